@@ -1,0 +1,72 @@
+"""On-disk layout of a preprocessed sample directory (the output of `tfsr preprocess`).
+
+```
+<samples_dir>/
+  manifest.json            schema version, feature spec, counts per domain and split, vocab sizes,
+                           text-encoder identity, the command that built it, reconciliation
+  feature_spec.json        FeatureSpec.to_json()
+  vocab/<feature>.txt      one value per line, most frequent first (user_id, item_id, query_id,
+                           item_genres, item_decade)
+  text_embeddings/<feature>.tfrecord.gz
+                           tf.train.Examples {text: bytes, embedding: float[text_dim]} for every unique
+                           text of a text feature (query_text, item_title): the exporter's lookup table
+  <split>/part-*.tfrecord.gz   gzip TFRecords of tf.train.Example samples, one directory per split
+  dead_letters/*.jsonl     rows that could not be used: {"source", "line", "reason", "raw"}
+```
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+PRETRAIN_TRAIN = "pretrain_train"
+PRETRAIN_EVAL = "pretrain_eval"
+COLDSTART_FINETUNE = "coldstart_finetune"
+COLDSTART_EVAL = "coldstart_eval"
+SPLITS = (PRETRAIN_TRAIN, PRETRAIN_EVAL, COLDSTART_FINETUNE, COLDSTART_EVAL)
+
+MANIFEST = "manifest.json"
+FEATURE_SPEC = "feature_spec.json"
+VOCAB_DIR = "vocab"
+TEXT_EMBEDDINGS_DIR = "text_embeddings"
+DEAD_LETTERS_DIR = "dead_letters"
+TFRECORD_SUFFIX = ".tfrecord.gz"
+
+
+def split_pattern(samples_dir: str | pathlib.Path, split: str) -> str:
+    """Glob pattern of one split's TFRecord shards."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {SPLITS}")
+    return str(pathlib.Path(samples_dir) / split / f"part-*{TFRECORD_SUFFIX}")
+
+
+def vocab_path(samples_dir: str | pathlib.Path, feature: str) -> pathlib.Path:
+    return pathlib.Path(samples_dir) / VOCAB_DIR / f"{feature}.txt"
+
+
+def read_vocab(samples_dir: str | pathlib.Path, feature: str) -> list[str]:
+    """A vocabulary file as a list (most frequent first)."""
+    path = vocab_path(samples_dir, feature)
+    if not path.exists():
+        raise FileNotFoundError(f"no vocabulary for feature {feature!r} at {path}")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def text_embeddings_path(samples_dir: str | pathlib.Path, feature: str) -> pathlib.Path:
+    return pathlib.Path(samples_dir) / TEXT_EMBEDDINGS_DIR / f"{feature}{TFRECORD_SUFFIX}"
+
+
+def read_manifest(samples_dir: str | pathlib.Path) -> dict:
+    path = pathlib.Path(samples_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{samples_dir} is not a tfsr samples directory: {path} is missing "
+                                "(run `tfsr preprocess` first)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_feature_spec(samples_dir: str | pathlib.Path):
+    """The FeatureSpec a samples directory was written with."""
+    from tfsr.features import FeatureSpec
+
+    return FeatureSpec.loads((pathlib.Path(samples_dir) / FEATURE_SPEC).read_text(encoding="utf-8"))
