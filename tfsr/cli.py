@@ -14,11 +14,19 @@ import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 
 # name -> (module, function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "preprocess": ("beam_jobs.build_samples", "run", "raw logs -> multi-domain TFRecord samples (Apache Beam)"),
+    "preprocess": (
+        "beam_jobs.build_samples",
+        "run",
+        "raw logs -> multi-domain TFRecord samples (Apache Beam)",
+    ),
     "synth": ("tfsr.datasets.synthetic", "main", "write synthetic raw logs in the generic log format"),
     "train": ("tfsr.training.cli", "train_main", "pretrain a model on the warm domains"),
     "finetune": ("tfsr.training.cli", "finetune_main", "fine-tune a pretrained model on a cold-start domain"),
-    "evaluate": ("tfsr.training.cli", "evaluate_main", "per-domain evaluation report (JSON, markdown, plots)"),
+    "evaluate": (
+        "tfsr.training.cli",
+        "evaluate_main",
+        "per-domain evaluation report (JSON, markdown, plots)",
+    ),
     "export": ("tfsr.export", "main", "export a trained model as a TF Serving SavedModel"),
     "serve": ("serving.server", "main", "local model server speaking the TF Serving gRPC API"),
     "score": ("serving.client", "main", "score candidates against a model server over gRPC"),

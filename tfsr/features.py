@@ -89,7 +89,9 @@ class Feature:
         if self.role not in ROLES:
             raise ValueError(f"Feature {self.name!r}: role must be one of {ROLES}, got {self.role!r}")
         if self.aspect is not None and self.aspect not in ASPECTS:
-            raise ValueError(f"Feature {self.name!r}: aspect must be one of {ASPECTS} or None, got {self.aspect!r}")
+            raise ValueError(
+                f"Feature {self.name!r}: aspect must be one of {ASPECTS} or None, got {self.aspect!r}"
+            )
         if self.role == "derived" and not self.source:
             raise ValueError(f"Feature {self.name!r}: a derived feature needs a source feature")
         if self.varlen and self.shape:
@@ -213,27 +215,77 @@ def default_features(text_dim: int = DEFAULT_TEXT_DIM) -> list[Feature]:
     return [
         Feature("domain", "string", "context", description="domain name from the DomainRegistry"),
         Feature("user_id", "string", "user", aspect="id", description="user identifier"),
-        Feature("query_id", "string", "query", aspect="id", default="",
-                description="normalised query string used as a query id; empty in rec domains"),
-        Feature("query_text", "string", "query", aspect="text", default="",
-                description="query text as typed; empty in rec domains"),
+        Feature(
+            "query_id",
+            "string",
+            "query",
+            aspect="id",
+            default="",
+            description="normalised query string used as a query id; empty in rec domains",
+        ),
+        Feature(
+            "query_text",
+            "string",
+            "query",
+            aspect="text",
+            default="",
+            description="query text as typed; empty in rec domains",
+        ),
         Feature("item_id", "string", "item", aspect="id", description="item identifier"),
         Feature("item_title", "string", "item", aspect="text", default="", description="item title"),
-        Feature("item_genres", "string", "item", aspect="sparse", varlen=True,
-                description="item categories (multi-valued)"),
-        Feature("item_decade", "string", "item", aspect="sparse", default="",
-                description="item release decade bucket, e.g. '1990s'"),
-        Feature("query_text_embedding", "float32", "query", role="derived", aspect="text",
-                shape=(text_dim,), source="query_text",
-                description="frozen text encoder embedding of query_text (zeros when empty)"),
-        Feature("item_title_embedding", "float32", "item", role="derived", aspect="text",
-                shape=(text_dim,), source="item_title",
-                description="frozen text encoder embedding of item_title"),
+        Feature(
+            "item_genres",
+            "string",
+            "item",
+            aspect="sparse",
+            varlen=True,
+            description="item categories (multi-valued)",
+        ),
+        Feature(
+            "item_decade",
+            "string",
+            "item",
+            aspect="sparse",
+            default="",
+            description="item release decade bucket, e.g. '1990s'",
+        ),
+        Feature(
+            "query_text_embedding",
+            "float32",
+            "query",
+            role="derived",
+            aspect="text",
+            shape=(text_dim,),
+            source="query_text",
+            description="frozen text encoder embedding of query_text (zeros when empty)",
+        ),
+        Feature(
+            "item_title_embedding",
+            "float32",
+            "item",
+            role="derived",
+            aspect="text",
+            shape=(text_dim,),
+            source="item_title",
+            description="frozen text encoder embedding of item_title",
+        ),
         Feature("label", "int64", "context", role="label", description="1 = click / positive, 0 = not"),
-        Feature("timestamp", "int64", "context", role="meta", default=0,
-                description="event time, seconds since the epoch"),
-        Feature("is_cold_item", "int64", "item", role="meta", default=0,
-                description="1 when the item has (almost) no training interactions"),
+        Feature(
+            "timestamp",
+            "int64",
+            "context",
+            role="meta",
+            default=0,
+            description="event time, seconds since the epoch",
+        ),
+        Feature(
+            "is_cold_item",
+            "int64",
+            "item",
+            role="meta",
+            default=0,
+            description="1 when the item has (almost) no training interactions",
+        ),
     ]
 
 
@@ -274,7 +326,9 @@ class FeatureSpec:
         self._by_name = {f.name: f for f in self.features}
 
     @classmethod
-    def default(cls, domains: DomainRegistry = MOVIELENS_DOMAINS, text_dim: int = DEFAULT_TEXT_DIM) -> FeatureSpec:
+    def default(
+        cls, domains: DomainRegistry = MOVIELENS_DOMAINS, text_dim: int = DEFAULT_TEXT_DIM
+    ) -> FeatureSpec:
         return cls(default_features(text_dim), domains, text_dim)
 
     def __getitem__(self, name: str) -> Feature:
@@ -295,13 +349,17 @@ class FeatureSpec:
         )
 
     # ----------------------------------------------------------------- selections
-    def select(self, roles: Iterable[str] | None = None, entity: str | None = None,
-               aspect: str | None = None) -> list[Feature]:
+    def select(
+        self, roles: Iterable[str] | None = None, entity: str | None = None, aspect: str | None = None
+    ) -> list[Feature]:
         """Features filtered by role, entity and aspect (None = any)."""
         roles = set(roles) if roles is not None else set(ROLES)
         return [
-            f for f in self.features
-            if f.role in roles and (entity is None or f.entity == entity) and (aspect is None or f.aspect == aspect)
+            f
+            for f in self.features
+            if f.role in roles
+            and (entity is None or f.entity == entity)
+            and (aspect is None or f.aspect == aspect)
         ]
 
     @property
@@ -312,8 +370,7 @@ class FeatureSpec:
     @property
     def model_features(self) -> list[Feature]:
         """What the model's Keras inputs are: raw features whose aspect is not text, plus derived ones."""
-        return [f for f in self.features
-                if (f.role == "raw" and f.aspect != "text") or f.role == "derived"]
+        return [f for f in self.features if (f.role == "raw" and f.aspect != "text") or f.role == "derived"]
 
     @property
     def sample_features(self) -> list[Feature]:
@@ -321,7 +378,9 @@ class FeatureSpec:
         return list(self.features)
 
     # ----------------------------------------------------------------- validation
-    def validate(self, record: Mapping[str, Any], roles: Iterable[str] = ("raw", "derived", "label", "meta")) -> dict:
+    def validate(
+        self, record: Mapping[str, Any], roles: Iterable[str] = ("raw", "derived", "label", "meta")
+    ) -> dict:
         """Checks a python record and returns it completed with defaults.
 
         Raises:
@@ -329,7 +388,9 @@ class FeatureSpec:
             not valid UTF-8, or (for `domain`) not a registered domain.
         """
         if not isinstance(record, Mapping):
-            raise FeatureValidationError("<record>", f"expected a mapping of feature name to value, got {type(record).__name__}")
+            raise FeatureValidationError(
+                "<record>", f"expected a mapping of feature name to value, got {type(record).__name__}"
+            )
         roles = set(roles)
         out = {}
         for f in self.features:
@@ -342,18 +403,24 @@ class FeatureSpec:
                 if f.default is None and f.role != "derived":
                     raise FeatureValidationError(f.name, "required feature is missing")
                 if f.role == "derived":
-                    raise FeatureValidationError(f.name, f"derived feature is missing (compute it from '{f.source}')")
+                    raise FeatureValidationError(
+                        f.name, f"derived feature is missing (compute it from '{f.source}')"
+                    )
                 out[f.name] = f.default
                 continue
             out[f.name] = _check_value(f, record[f.name])
         if "domain" in out and out["domain"] not in self.domains:
-            raise FeatureValidationError("domain", f"unknown domain {out['domain']!r}; known: {self.domains.names}")
+            raise FeatureValidationError(
+                "domain", f"unknown domain {out['domain']!r}; known: {self.domains.names}"
+            )
         if "label" in out and out["label"] not in (0, 1):
             raise FeatureValidationError("label", f"label must be 0 or 1, got {out['label']!r}")
         return out
 
     # ----------------------------------------------------------------- tf.train.Example
-    def to_example(self, record: Mapping[str, Any], roles: Iterable[str] = ("raw", "derived", "label", "meta")):
+    def to_example(
+        self, record: Mapping[str, Any], roles: Iterable[str] = ("raw", "derived", "label", "meta")
+    ):
         """Validates a python record and encodes it as a `tf.train.Example`."""
         import tensorflow as tf
 
@@ -363,7 +430,9 @@ class FeatureSpec:
             f = self._by_name[name]
             seq = list(value) if (f.varlen or f.shape) else [value]
             if f.dtype == "string":
-                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[s.encode("utf-8") for s in seq]))
+                feature[name] = tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[s.encode("utf-8") for s in seq])
+                )
             elif f.dtype == "int64":
                 feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=seq))
             else:
@@ -406,8 +475,9 @@ class FeatureSpec:
         import tensorflow as tf
 
         return {
-            f.name: tf.TensorSpec(shape=[None, None] if f.varlen else [None, *f.shape], dtype=_tf_dtype(f.dtype),
-                                  name=f.name)
+            f.name: tf.TensorSpec(
+                shape=[None, None] if f.varlen else [None, *f.shape], dtype=_tf_dtype(f.dtype), name=f.name
+            )
             for f in self.raw_features
         }
 
@@ -424,7 +494,9 @@ class FeatureSpec:
     def from_json(cls, data: Mapping[str, Any]) -> FeatureSpec:
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"unsupported feature spec schema_version {version!r}; this tfsr reads {SCHEMA_VERSION}")
+            raise ValueError(
+                f"unsupported feature spec schema_version {version!r}; this tfsr reads {SCHEMA_VERSION}"
+            )
         return cls(
             [Feature.from_json(f) for f in data["features"]],
             DomainRegistry.from_json(data["domains"]),
@@ -451,15 +523,23 @@ def _check_scalar(f: Feature, value: Any) -> Any:
             try:
                 value = value.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise FeatureValidationError(f.name, f"bytes are not valid UTF-8 ({err.reason} at byte {err.start})") from None
+                raise FeatureValidationError(
+                    f.name, f"bytes are not valid UTF-8 ({err.reason} at byte {err.start})"
+                ) from None
         if not isinstance(value, str):
-            raise FeatureValidationError(f.name, f"expected a string, got {type(value).__name__} {value!r:.40}")
+            raise FeatureValidationError(
+                f.name, f"expected a string, got {type(value).__name__} {value!r:.40}"
+            )
         return value
     if f.dtype == "int64":
-        if isinstance(value, bool) or not isinstance(value, int | float) or (
-            isinstance(value, float) and not value.is_integer()
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (isinstance(value, float) and not value.is_integer())
         ):
-            raise FeatureValidationError(f.name, f"expected an integer, got {type(value).__name__} {value!r:.40}")
+            raise FeatureValidationError(
+                f.name, f"expected an integer, got {type(value).__name__} {value!r:.40}"
+            )
         value = int(value)
         if not -(2**63) <= value < 2**63:
             raise FeatureValidationError(f.name, f"integer {value} does not fit in int64")
@@ -477,6 +557,8 @@ def _check_value(f: Feature, value: Any) -> Any:
             raise FeatureValidationError(f.name, f"expected a list of {f.dtype}, got {type(value).__name__}")
         values = [_check_scalar(f, v) for v in value]
         if f.shape and len(values) != f.size:
-            raise FeatureValidationError(f.name, f"expected {f.size} values (shape {f.shape}), got {len(values)}")
+            raise FeatureValidationError(
+                f.name, f"expected {f.size} values (shape {f.shape}), got {len(values)}"
+            )
         return values
     return _check_scalar(f, value)

@@ -60,8 +60,9 @@ def text_embeddings_path(samples_dir: str | pathlib.Path, feature: str) -> pathl
 def read_manifest(samples_dir: str | pathlib.Path) -> dict:
     path = pathlib.Path(samples_dir) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{samples_dir} is not a tfsr samples directory: {path} is missing "
-                                "(run `tfsr preprocess` first)")
+        raise FileNotFoundError(
+            f"{samples_dir} is not a tfsr samples directory: {path} is missing (run `tfsr preprocess` first)"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
