@@ -1,0 +1,513 @@
+"""The paper study on MovieLens, in one command: baselines, ablations, freeze splits and cold start.
+
+    .venv/bin/python benchmarks/paper_study.py                 # full study (~40 min on 2 CPU cores)
+    .venv/bin/python benchmarks/paper_study.py --quick         # a smoke run (~5 min): tiny encoder, few steps
+    .venv/bin/python benchmarks/paper_study.py --samples_dir artifacts/samples   # reuse preprocessed samples
+
+What it does (fixed seeds throughout):
+
+1. preprocesses ``../shared/data/ml-latest-small`` with the Beam job (``beam_jobs.build_samples``), unless
+   ``--samples_dir`` names an existing samples directory;
+2. **warm domains** (trained on ``pretrain_train``, evaluated on ``pretrain_eval``): one single-domain model
+   per warm domain, SharedBottom, MMoE, PLE, STAR and SRFoundation (several seeds for SRFoundation, the
+   single-domain models and the best-known multi-domain baseline — the headline rows);
+3. **ablations** of SRFoundation (one seed each): no text aspect; mean / cls / domain gating; no alignment,
+   JS, MMD;
+4. **cold start** (``coldstart_finetune`` → ``coldstart_eval``): a single-domain model trained on the small
+   slice alone vs SRFoundation pretrained + fine-tuned with L0+L1 frozen (one per pretraining seed), and
+   the freeze splits none / L0 / L0+L1 / L0+L1+L2_shared;
+5. **no-training baselines**: the constant-prediction log loss floor of every slice, and for the search
+   domain the cosine similarity of the query and title text embeddings as a score;
+6. writes ``benchmarks/results/paper_study.json`` (every number), ``docs/BENCHMARKS_QUALITY.md`` (tables)
+   and plots under ``docs/img/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import tfsr  # noqa: E402  (Keras 2 before TensorFlow)
+import numpy as np  # noqa: E402
+
+log = logging.getLogger("paper_study")
+
+MAIN_MODEL = "srfoundation"
+BASELINES = ("shared_bottom", "mmoe", "ple", "star")
+FREEZE_SPLITS = {"none": [], "L0": ["L0"], "L0+L1": ["L0", "L1"], "L0+L1+L2_shared": ["L0", "L1", "L2_shared"]}
+
+
+@dataclasses.dataclass
+class Budget:
+    """Sizes of one study; ``FULL`` fits 45 minutes on 2 CPU cores, ``QUICK`` is a smoke run."""
+
+    text_encoder: str
+    batch_size: int
+    epochs: int
+    max_steps: int | None
+    ft_batch_size: int
+    ft_epochs: int
+    seeds: tuple[int, ...]
+    ablations: bool = True
+    eval_max_batches: int | None = None
+
+
+FULL = Budget(text_encoder="minilm", batch_size=512, epochs=2, max_steps=None, ft_batch_size=64, ft_epochs=15,
+              seeds=(0, 1, 2))
+QUICK = Budget(text_encoder="tiny", batch_size=256, epochs=1, max_steps=40, ft_batch_size=64, ft_epochs=3,
+               seeds=(0, 1))
+
+
+# --------------------------------------------------------------------------- running one model
+class Study:
+    def __init__(self, samples_dir: pathlib.Path, work_dir: pathlib.Path, budget: Budget, base_model: dict):
+        from tfsr import layout
+
+        self.samples_dir = samples_dir
+        self.work_dir = work_dir
+        self.budget = budget
+        self.base_model = base_model
+        self.spec = layout.read_feature_spec(samples_dir)
+        self.warm = [d.name for d in self.spec.domains.warm()]
+        self.cold = [d.name for d in self.spec.domains.cold()]
+        self.runs: dict[str, dict] = {}
+        self.pretrained: dict[str, Any] = {}
+
+    def _cfg(self, name: str, **kw):
+        from tfsr.training.config import TrainConfig
+
+        out = self.work_dir / "runs" / name
+        if out.exists():
+            shutil.rmtree(out)  # the study always starts fresh: fixed seeds, comparable runs
+        base = {"samples_dir": str(self.samples_dir), "output_dir": str(out), "batch_size": self.budget.batch_size,
+                "epochs": self.budget.epochs, "max_steps": self.budget.max_steps, "log_every": 50,
+                "checkpoint_every": 100000}
+        base.update(kw)
+        return TrainConfig(**base).validate()
+
+    def _evaluate(self, model, splits, domains=None):
+        from tfsr import evaluation
+        from tfsr.training import workflows
+
+        preds = workflows.predict_splits(model, self.samples_dir, self.spec, splits, batch_size=4096,
+                                         domains=domains, max_batches=self.budget.eval_max_batches)
+        return evaluation.evaluate_predictions(preds, self.spec)
+
+    def _record(self, name: str, group: str, rep: dict, seconds: float, steps: int, extra=None):
+        row = {"name": name, "group": group, "seconds": round(seconds, 1), "steps": steps,
+               "domains": rep["domains"], "item_cold_start": rep.get("item_cold_start", {}),
+               "gate_weights": rep.get("gate_weights", {}), "overall": rep.get("overall")}
+        row.update(extra or {})
+        self.runs[name] = row
+        aucs = " ".join(f"{d}={m['auc']:.4f}" for d, m in rep["domains"].items())
+        log.info("[%s] %s: %s (%.0f s, %d steps)", group, name, aucs, seconds, steps)
+        return row
+
+    def pretrain(self, name: str, group: str, model_overrides: dict, seed: int = 0, domains=None, keep=False):
+        from tfsr.training import workflows
+
+        model = dict(self.base_model)
+        model.update(model_overrides)
+        model["seed"] = seed if "seed" in model else model.get("seed", seed)
+        cfg = self._cfg(name, model=model, seed=seed, domains=domains)
+        t0 = time.perf_counter()
+        result = workflows.run_train(cfg)
+        train_s = time.perf_counter() - t0
+        rep = self._evaluate(result["model"], ["pretrain_eval"], domains=domains or self.warm)
+        row = self._record(name, group, rep, train_s, int(result["trainer"].step.numpy()),
+                           {"model": cfg.model, "seed": seed, "history": result["history"]})
+        if keep:
+            self.pretrained[name] = result["model_path"]
+        return row
+
+    def finetune(self, name: str, group: str, pretrained: str, freeze: list[str], seed: int = 0):
+        from tfsr.training import workflows
+
+        cfg = self._cfg(name, split="coldstart_finetune", pretrained=str(pretrained), freeze=list(freeze),
+                        batch_size=self.budget.ft_batch_size, epochs=self.budget.ft_epochs, max_steps=None,
+                        learning_rate=1e-3, seed=seed, log_every=10)
+        t0 = time.perf_counter()
+        result = workflows.run_finetune(cfg)
+        secs = time.perf_counter() - t0
+        rep = self._evaluate(result["model"], ["coldstart_eval"], domains=self.cold)
+        return self._record(name, group, rep, secs, int(result["trainer"].step.numpy()),
+                            {"freeze": list(freeze), "seed": seed, "pretrained": str(pretrained),
+                             "history": result["history"]})
+
+    def cold_single_domain(self, name: str, seed: int = 0):
+        """A single-domain model trained on the cold-start slice alone (same batch size / epochs as fine-tuning)."""
+        from tfsr.training import workflows
+
+        model = dict(self.base_model)
+        model.update({"model_type": "single_domain"})
+        cfg = self._cfg(name, model=model, split="coldstart_finetune", domains=list(self.cold),
+                        batch_size=self.budget.ft_batch_size, epochs=self.budget.ft_epochs, max_steps=None,
+                        learning_rate=1e-3, seed=seed, log_every=10)
+        t0 = time.perf_counter()
+        result = workflows.run_train(cfg)
+        secs = time.perf_counter() - t0
+        rep = self._evaluate(result["model"], ["coldstart_eval"], domains=self.cold)
+        return self._record(name, "cold_start", rep, secs, int(result["trainer"].step.numpy()),
+                            {"seed": seed, "model": cfg.model, "history": result["history"]})
+
+
+# --------------------------------------------------------------------------- no-training baselines
+def text_similarity_baseline(samples_dir, spec, domain: str) -> dict:
+    """Cosine(query_text_embedding, item_title_embedding) as the score, on one domain's evaluation rows."""
+    from tfsr import evaluation
+    from tfsr.training import workflows
+
+    ds = workflows.make_dataset(samples_dir, "pretrain_eval", spec, 4096, shuffle=False, domains=[domain])
+    labels, scores, users = [], [], []
+    for batch in ds:
+        q = np.asarray(batch["query_text_embedding"])
+        t = np.asarray(batch["item_title_embedding"])
+        denom = np.linalg.norm(q, axis=1) * np.linalg.norm(t, axis=1)
+        scores.append(np.where(denom > 0, (q * t).sum(axis=1) / np.maximum(denom, 1e-12), 0.0))
+        labels.append(np.asarray(batch["label"]).reshape(-1))
+        users.append(np.asarray(batch["user_id"]).reshape(-1))
+    labels, scores, users = map(np.concatenate, (labels, scores, users))
+    m = evaluation.binary_metrics(labels, (scores + 1) / 2, users)
+    m["logloss"] = None  # a similarity is not a probability
+    return m
+
+
+# --------------------------------------------------------------------------- aggregation and report
+def _mean_std(values):
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+
+
+def _pm(mean, std, digits=4):
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" if not std else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def aggregate(runs: dict, prefix_of) -> dict:
+    """{label: {domain: {metric: (mean, std, n)}}} grouping runs by `prefix_of(name)`."""
+    groups: dict[str, list[dict]] = {}
+    for name, row in runs.items():
+        key = prefix_of(name)
+        if key:
+            groups.setdefault(key, []).append(row)
+    out = {}
+    for key, rows in groups.items():
+        domains = {d for r in rows for d in r["domains"]}
+        out[key] = {}
+        for d in domains:
+            out[key][d] = {}
+            for metric in ("auc", "gauc", "logloss", "logloss_const"):
+                mean, std = _mean_std([r["domains"].get(d, {}).get(metric) for r in rows])
+                out[key][d][metric] = {"mean": mean, "std": std, "n": len(rows)}
+    return out
+
+
+def write_outputs(study: Study, results: dict, args, started: float) -> None:
+    from tfsr import report
+
+    res_path = pathlib.Path(args.results_json)
+    report.dump_json(results, res_path)
+    img = pathlib.Path(args.img_dir)
+    img.mkdir(parents=True, exist_ok=True)
+    md = render_markdown(study, results, img, args, time.perf_counter() - started)
+    pathlib.Path(args.markdown).write_text(md, encoding="utf-8")
+    log.info("wrote %s, %s and plots in %s", res_path, args.markdown, img)
+
+
+def render_markdown(study: Study, results: dict, img: pathlib.Path, args, duration: float) -> str:
+    from tfsr import report
+
+    warm, cold = study.warm, study.cold
+    agg = results["aggregate"]
+    b = study.budget
+    md_dir = pathlib.Path(args.markdown).resolve().parent
+    rel = os.path.relpath(img.resolve(), md_dir)
+    lines = [
+        "# Quality benchmark: the paper study on MovieLens",
+        "",
+        f"Produced by `{results['command']}` in {duration / 60:.1f} min on {results['machine']} "
+        f"({results['date']}). All numbers: `{args.results_json}`.",
+        "",
+        f"Settings: text encoder `{b.text_encoder}`; pretraining batch {b.batch_size}, {b.epochs} epoch(s)"
+        + (f", at most {b.max_steps} steps" if b.max_steps else "")
+        + f"; fine-tuning / cold-start training batch {b.ft_batch_size}, {b.ft_epochs} epochs; "
+        f"headline seeds {list(b.seeds)} (mean ± sample std over seeds); other rows seed 0. "
+        "Data: `ml-latest-small` through `beam_jobs.build_samples` (per-user chronological split; see docs/DATA.md).",
+        "",
+        "`logloss_const` is the log loss of always predicting the slice's own positive rate (a floor any useful "
+        "model must beat). AUC is computed with average ranks for ties; GAUC is the impression-weighted mean of "
+        "per-user AUCs over users with both classes.",
+        "",
+    ]
+
+    def auc_table(keys, domains, title, metric="auc"):
+        header = ["model", *domains, "mean"]
+        rows = []
+        for key in keys:
+            if key not in agg:
+                continue
+            cells = [key]
+            means = []
+            for d in domains:
+                m = agg[key].get(d, {}).get(metric, {})
+                cells.append(_pm(m.get("mean"), m.get("std")))
+                if m.get("mean") is not None:
+                    means.append(m["mean"])
+            cells.append(f"{np.mean(means):.4f}" if len(means) == len(domains) else "–")
+            rows.append(cells)
+        return [f"### {title}", "", report.markdown_table(header, rows), ""]
+
+    warm_keys = ["single_domain", *BASELINES, MAIN_MODEL]
+    lines += ["## Warm domains (pretrain_eval)", ""]
+    lines += auc_table(warm_keys, warm, "AUC")
+    lines += auc_table(warm_keys, warm, "GAUC", metric="gauc")
+    lines += auc_table(warm_keys, warm, "Log loss", metric="logloss")
+    floor = {d: study.runs[next(iter(study.runs))]["domains"].get(d, {}).get("logloss_const") for d in warm}
+    lines += ["Constant-prediction log loss floor: "
+              + ", ".join(f"{d} {v:.4f}" for d, v in floor.items() if v is not None), ""]
+    if results.get("text_similarity"):
+        ts = results["text_similarity"]
+        lines += [f"No-training text-similarity baseline on `{ts['domain']}` (cosine of query and title "
+                  f"embeddings): AUC {ts['auc']:.4f}, GAUC {ts['gauc'] if ts['gauc'] is None else round(ts['gauc'], 4)}.",
+                  ""]
+    ablation_keys = [k for k in agg if k.startswith("ablation:")]
+    if ablation_keys:
+        lines += ["## Ablations of SRFoundation (warm domains, seed 0)", ""]
+        lines += auc_table([f"{MAIN_MODEL}@seed0", *ablation_keys], warm, "AUC")
+    lines += ["## Cold start (`" + "`, `".join(cold) + "`: coldstart_finetune → coldstart_eval)", ""]
+    cold_keys = [k for k in agg if k.startswith("cold:")]
+    rows = []
+    for key in cold_keys:
+        for d in cold:
+            m = agg[key].get(d, {})
+            ics = [study.runs[n]["item_cold_start"].get(d, {}).get("auc") for n in study.runs
+                   if _prefix(n) == key]
+            ics_mean, ics_std = _mean_std(ics)
+            rows.append([key.removeprefix("cold:"), _pm(m["auc"]["mean"], m["auc"]["std"]),
+                         _pm(m["gauc"]["mean"], m["gauc"]["std"]), _pm(m["logloss"]["mean"], m["logloss"]["std"]),
+                         m["logloss_const"]["mean"], _pm(ics_mean, ics_std), m["auc"]["n"]])
+    lines += [report.markdown_table(["model", "AUC", "GAUC", "log loss", "logloss_const", "AUC item-cold", "seeds"],
+                                    rows), ""]
+    lines += ["## Targets (the paper's direction) and what we measured", ""]
+    lines += [f"- {t['target']}: **{t['verdict']}** — {t['detail']}" for t in results["targets"]]
+    lines += ["", "## Plots", ""]
+    for name, path in results["plots"].items():
+        lines.append(f"![{name}]({rel}/{pathlib.Path(path).name})")
+    lines += ["", "## Run times", "",
+              report.markdown_table(["run", "steps", "seconds"],
+                                    [[n, r["steps"], r["seconds"]] for n, r in study.runs.items()]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _prefix(name: str) -> str:
+    """Run name -> aggregation key: seeds of one configuration share a key."""
+    if name.startswith("single_domain@"):
+        return "single_domain@" + name.split("@")[1]
+    return name.split("@")[0]
+
+
+def targets(study: Study, agg: dict) -> list[dict]:
+    out = []
+    cold = study.cold[0] if study.cold else None
+    ft = agg.get("cold:srfoundation_finetuned_L0+L1", {}).get(cold, {}).get("auc", {})
+    sd = agg.get("cold:single_domain", {}).get(cold, {}).get("auc", {})
+    if ft.get("mean") is not None and sd.get("mean") is not None:
+        diff = ft["mean"] - sd["mean"]
+        out.append({"target": "SRFoundation fine-tuned beats the single-domain model on the cold-start domain by >= 0.01 AUC",
+                    "verdict": "met" if diff >= 0.01 else "not met",
+                    "detail": f"{ft['mean']:.4f} vs {sd['mean']:.4f} ({diff:+.4f}; std {ft['std'] or 0:.4f} / {sd['std'] or 0:.4f})"})
+    dom = agg.get(f"{MAIN_MODEL}@seed0", {})
+    mean = agg.get("ablation:gating=mean", {})
+    if dom and mean:
+        a = np.mean([dom[d]["auc"]["mean"] for d in study.warm])
+        b = np.mean([mean[d]["auc"]["mean"] for d in study.warm])
+        out.append({"target": "domain gating >= mean pooling (mean warm-domain AUC)",
+                    "verdict": "met" if a >= b else "not met", "detail": f"{a:.4f} vs {b:.4f} ({a - b:+.4f}, one seed)"})
+    main = agg.get(MAIN_MODEL, {})
+    if main:
+        best = {}
+        for d in study.warm:
+            cands = [(agg[k][d]["auc"]["mean"], k) for k in ("single_domain", *BASELINES)
+                     if k in agg and d in agg[k] and agg[k][d]["auc"]["mean"] is not None]
+            if cands:
+                best[d] = max(cands)
+        gaps = {d: main[d]["auc"]["mean"] - best[d][0] for d in best}
+        ok = all(g >= -0.002 for g in gaps.values())
+        out.append({"target": "on warm domains SRFoundation within 0.002 AUC of the best baseline or better",
+                    "verdict": "met" if ok else "not met on " + ", ".join(d for d, g in gaps.items() if g < -0.002),
+                    "detail": "; ".join(f"{d} {g:+.4f} vs {best[d][1]}" for d, g in gaps.items())})
+    return out
+
+
+def plots(study: Study, agg: dict, img: pathlib.Path) -> dict[str, str]:
+    from tfsr import report
+
+    out = {}
+    keys = [k for k in ["single_domain", *BASELINES, MAIN_MODEL] if k in agg]
+    vals = {k: {d: agg[k][d]["auc"]["mean"] for d in study.warm if d in agg[k]} for k in keys}
+    errs = {k: {d: agg[k][d]["auc"]["std"] for d in study.warm if d in agg[k]} for k in keys}
+    out["AUC per warm domain"] = str(report.plot_metric_bars(vals, img / "paper_study_auc_warm.png", "AUC", errs,
+                                                             title="Warm domains: AUC per model (mean ± std)"))
+    abl = [k for k in agg if k.startswith("ablation:")]
+    if abl:
+        keys = [f"{MAIN_MODEL}@seed0", *abl]
+        vals = {k: {d: agg[k][d]["auc"]["mean"] for d in study.warm if d in agg.get(k, {})} for k in keys if k in agg}
+        out["Ablations"] = str(report.plot_metric_bars(vals, img / "paper_study_ablations.png", "AUC",
+                                                       title="SRFoundation ablations (seed 0)"))
+    cold_keys = [k for k in agg if k.startswith("cold:")]
+    if cold_keys and study.cold:
+        vals = {k.removeprefix("cold:"): {d: agg[k][d]["auc"]["mean"] for d in study.cold if d in agg[k]}
+                for k in cold_keys}
+        errs = {k.removeprefix("cold:"): {d: agg[k][d]["auc"]["std"] for d in study.cold if d in agg[k]}
+                for k in cold_keys}
+        out["Cold start"] = str(report.plot_metric_bars(vals, img / "paper_study_cold_start.png", "AUC", errs,
+                                                        title="Cold-start domain AUC"))
+    gates = {}
+    for name in (f"{MAIN_MODEL}@seed0", "cold:srfoundation_finetuned_L0+L1@seed0"):
+        if name in study.runs:
+            gates.update(study.runs[name]["gate_weights"])
+    if gates:
+        out["Gate weights"] = str(report.plot_gate_heatmaps(gates, img / "paper_study_gate_weights.png",
+                                                            title="SRFoundation aspect gate weights per domain"))
+    hist = {n: r["history"] for n, r in study.runs.items()
+            if n in (f"{MAIN_MODEL}@seed0", "cold:srfoundation_finetuned_L0+L1@seed0", "cold:single_domain@seed0")
+            and r.get("history")}
+    if hist:
+        out["Training curves"] = str(report.plot_training_curves(hist, img / "paper_study_training_curves.png"))
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def preprocess(data_dir: pathlib.Path, out: pathlib.Path, text_encoder: str) -> pathlib.Path:
+    from beam_jobs import build_samples
+
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    build_samples.run(["--movielens_dir", str(data_dir), "--output_dir", str(out), "--text_encoder", text_encoder])
+    log.info("preprocessed %s -> %s in %.0f s", data_dir, out, time.perf_counter() - t0)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-latest-small"))
+    parser.add_argument("--samples_dir", help="reuse this samples directory instead of preprocessing")
+    parser.add_argument("--work_dir", default=str(REPO / "artifacts" / "paper_study"))
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny encoder, few steps, 2 seeds")
+    parser.add_argument("--text_encoder", help="override the budget's text encoder (tiny | minilm)")
+    parser.add_argument("--seeds", type=int, help="number of seeds of the headline rows")
+    parser.add_argument("--epochs", type=int, help="override pretraining epochs")
+    parser.add_argument("--no_ablations", action="store_true")
+    parser.add_argument("--results_json", default=str(REPO / "benchmarks" / "results" / "paper_study.json"))
+    parser.add_argument("--markdown", default=str(REPO / "docs" / "BENCHMARKS_QUALITY.md"))
+    parser.add_argument("--img_dir", default=str(REPO / "docs" / "img"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    budget = dataclasses.replace(QUICK if args.quick else FULL)
+    if args.text_encoder:
+        budget.text_encoder = args.text_encoder
+    if args.seeds:
+        budget.seeds = tuple(range(args.seeds))
+    if args.epochs:
+        budget.epochs = args.epochs
+    if args.no_ablations:
+        budget.ablations = False
+    started = time.perf_counter()
+    work = pathlib.Path(args.work_dir)
+    if args.quick and args.results_json == parser.get_default("results_json"):
+        args.results_json = str(REPO / "benchmarks" / "results" / "paper_study_quick.json")
+        args.markdown = str(work / "BENCHMARKS_QUALITY_quick.md")
+        args.img_dir = str(work / "img")
+    samples = pathlib.Path(args.samples_dir) if args.samples_dir else preprocess(
+        pathlib.Path(args.data_dir), work / f"samples_{budget.text_encoder}", budget.text_encoder)
+    preprocess_s = time.perf_counter() - started
+    study = Study(samples, work, budget, base_model={})
+    seeds = list(budget.seeds)
+
+    # warm domains: headline rows with several seeds
+    for seed in seeds:
+        study.pretrain(f"{MAIN_MODEL}@seed{seed}", "headline", {"model_type": MAIN_MODEL}, seed=seed, keep=True)
+        for d in study.warm:
+            study.pretrain(f"single_domain@{d}@seed{seed}", "headline", {"model_type": "single_domain"}, seed=seed,
+                           domains=[d])
+    for base in BASELINES:
+        study.pretrain(f"{base}@seed0", "baseline", {"model_type": base}, seed=0)
+    if budget.ablations:
+        for label, overrides in ABLATIONS.items():
+            study.pretrain(f"ablation:{label}@seed0", "ablation", {"model_type": MAIN_MODEL, **overrides}, seed=0)
+    # cold start
+    for seed in seeds:
+        study.cold_single_domain(f"cold:single_domain@seed{seed}", seed=seed)
+        study.finetune(f"cold:srfoundation_finetuned_L0+L1@seed{seed}", "cold_start",
+                       study.pretrained[f"{MAIN_MODEL}@seed{seed}"], FREEZE_SPLITS["L0+L1"], seed=seed)
+    for label, levels in FREEZE_SPLITS.items():
+        if label != "L0+L1":
+            study.finetune(f"cold:srfoundation_finetuned_{label}@seed0", "freeze_split",
+                           study.pretrained[f"{MAIN_MODEL}@seed0"], levels, seed=0)
+
+    # aggregation: single-domain rows merge into one "single_domain" row (each domain from its own model)
+    def key(name):
+        if name.startswith("single_domain@"):
+            return "single_domain"
+        return _prefix(name)
+
+    agg = aggregate(study.runs, key)
+    agg.update({f"{MAIN_MODEL}@seed0": aggregate({n: r for n, r in study.runs.items() if n == f"{MAIN_MODEL}@seed0"},
+                                                 lambda n: n)[f"{MAIN_MODEL}@seed0"]})
+    agg.update(aggregate({n: r for n, r in study.runs.items() if n.startswith("cold:")},
+                         lambda n: n.split("@")[0]))
+    ts = None
+    search = [d.name for d in study.spec.domains.warm() if d.kind == "search"]
+    if search:
+        ts = text_similarity_baseline(samples, study.spec, search[0])
+        ts["domain"] = search[0]
+    img = pathlib.Path(args.img_dir)
+    results = {
+        "command": "python benchmarks/paper_study.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+        "tfsr_version": tfsr.__version__,
+        "budget": dataclasses.asdict(budget),
+        "samples_dir": str(samples),
+        "preprocess_seconds": round(preprocess_s, 1),
+        "runs": study.runs,
+        "aggregate": agg,
+        "text_similarity": ts,
+    }
+    results["targets"] = targets(study, agg)
+    results["plots"] = plots(study, agg, img)
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(study, results, args, started)
+    print(f"paper study done in {results['total_seconds'] / 60:.1f} min; see {args.markdown}")
+    return 0
+
+
+ABLATIONS = {
+    "no_text": {"use_text": False},
+    "gating=mean": {"gating": "mean"},
+    "gating=cls": {"gating": "cls"},
+    "alignment=none": {"alignment": "none"},
+    "alignment=mmd": {"alignment": "mmd"},
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""tf.data input pipelines over tfsr's gzip TFRecord samples.
+
+`make_dataset` parses `tf.train.Example`s with the one :class:`~tfsr.features.FeatureSpec`, so the
+tensors the model sees are exactly those the Beam job wrote and the serving signature parses.
+
+Example:
+  >>> spec = tfsr.layout.read_feature_spec(samples_dir)
+  >>> train = make_dataset((samples_dir, "pretrain_train"), spec, batch_size=1024, repeat=True,
+  ...                      domain_weights={"search_tags": 2.0, "rec_drama": 1.0})
+  >>> model.fit(train, steps_per_epoch=100)
+
+`synthetic_records` / `write_synthetic_samples` make small model-ready samples with real signal (for
+tests, examples and benchmarks); the full synthetic *raw-log* generator lives in `tfsr.datasets`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfsr import layout
+from tfsr.features import FeatureSpec
+
+FilesArg = str | os.PathLike | Sequence[str] | tuple[str | os.PathLike, str]
+
+
+def _resolve_files(files: FilesArg) -> list[str]:
+    """A glob pattern, a list of files, or `(samples_dir, split)` -> sorted list of files."""
+    if isinstance(files, tuple) and len(files) == 2 and files[1] in layout.SPLITS:
+        pattern = layout.split_pattern(files[0], files[1])
+        paths = tf.io.gfile.glob(pattern)
+    elif isinstance(files, str | os.PathLike):
+        pattern = str(files)
+        paths = tf.io.gfile.glob(pattern)
+    else:
+        pattern = repr(list(files))
+        paths = [str(f) for f in files]
+    if not paths:
+        raise FileNotFoundError(f"no TFRecord files match {pattern}")
+    return sorted(paths)
+
+
+def _check_first_record(path: str, spec: FeatureSpec, parse_spec: dict) -> None:
+    """Parses the first record of a file eagerly, so a mismatching file fails here, naming the feature."""
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+        try:
+            parsed = tf.io.parse_single_example(record, parse_spec)
+        except tf.errors.InvalidArgumentError as err:
+            raise ValueError(f"{path}: record does not match the feature spec: {err.message}") from None
+        domain = parsed["domain"].numpy().decode("utf-8", "replace")
+        if domain not in spec.domains:
+            raise ValueError(f"{path}: feature 'domain' has value {domain!r}, not one of {spec.domains.names}")
+
+
+def make_dataset(
+    files: FilesArg,
+    spec: FeatureSpec,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    domains: Sequence[str] | None = None,
+    domain_weights: Mapping[str, float] | None = None,
+    repeat: bool = False,
+    drop_label: bool = False,
+    shuffle_buffer: int = 10_000,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """A batched dataset of feature dicts parsed from gzip TFRecords.
+
+    Args:
+      files: a glob pattern, a list of files, or `(samples_dir, split)` with a split of
+        :data:`tfsr.layout.SPLITS`.
+      spec: the feature specification the files were written with.
+      batch_size: rows per batch.
+      shuffle: shuffle files and rows (deterministically under `seed`).
+      seed: the seed of every random choice in the pipeline.
+      domains: keep only these domains (names); None keeps all.
+      domain_weights: per-domain sampling weights (names -> weight > 0); rows are drawn from one
+        dataset per domain with `tf.data.Dataset.sample_from_datasets`. Domains not named are dropped.
+        Each per-domain stream reads the files once, so this costs one pass per domain. Use with
+        `repeat=True`: without it the mix drifts once the small domains are exhausted.
+      repeat: repeat forever.
+      drop_label: drop the `label` feature (for prediction).
+      shuffle_buffer: rows in the shuffle buffer.
+      drop_remainder: drop the last, smaller batch.
+
+    Returns:
+      A `tf.data.Dataset` of `dict[str, Tensor]` batches: scalars `[B]`, vectors `[B, n]`, varlen
+      features `tf.RaggedTensor [B, None]`.
+
+    Raises:
+      FileNotFoundError: no file matches.
+      ValueError: bad arguments, or the first record of a file does not match `spec` (naming the
+        feature); records further in are checked when read (TensorFlow's error names the feature).
+    """
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if domains is not None and domain_weights is not None:
+        raise ValueError("give domains or domain_weights, not both")
+    for name in list(domains or []) + list(domain_weights or {}):
+        if name not in spec.domains:
+            raise ValueError(f"unknown domain {name!r}; known domains: {spec.domains.names}")
+    if domain_weights is not None and (not domain_weights or any(not w > 0 for w in domain_weights.values())):
+        raise ValueError(f"domain_weights must be a non-empty mapping of positive weights, got {dict(domain_weights)!r}")
+
+    paths = _resolve_files(files)
+    parse_spec = spec.parse_spec()
+    for path in paths:
+        _check_first_record(path, spec, parse_spec)
+
+    options = tf.data.Options()
+    options.deterministic = True
+    file_ds = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle:
+        file_ds = file_ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    records = file_ds.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        cycle_length=min(len(paths), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+    )
+    domain_spec = {"domain": parse_spec["domain"]}
+
+    def domain_of(record):
+        return tf.io.parse_single_example(record, domain_spec)["domain"]
+
+    def only(names):
+        names = tf.constant(list(names))
+        return lambda record: tf.reduce_any(tf.equal(domain_of(record), names))
+
+    if domains is not None:
+        records = records.filter(only(domains))
+    if domain_weights is not None:
+        names = list(domain_weights)
+        streams = []
+        for i, name in enumerate(names):
+            stream = records.filter(only([name]))
+            if shuffle:
+                stream = stream.shuffle(shuffle_buffer, seed=seed + i + 1)
+            streams.append(stream.repeat() if repeat else stream)
+        total = float(sum(domain_weights.values()))
+        records = tf.data.Dataset.sample_from_datasets(
+            streams, weights=[domain_weights[n] / total for n in names], seed=seed)
+    else:
+        if shuffle:
+            records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            records = records.repeat()
+
+    def parse(serialized):
+        features = tf.io.parse_example(serialized, parse_spec)
+        if drop_label:
+            features.pop("label")
+        return features
+
+    dataset = records.batch(batch_size, drop_remainder=drop_remainder).map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def dummy_batch(spec: FeatureSpec) -> dict[str, tf.Tensor]:
+    """A two-row batch of the model features (one sample with a query, one without).
+
+    Used to build a model's variables before restoring weights or tracing.
+    """
+    search = next((d.name for d in spec.domains if d.kind == "search"), spec.domains.names[0])
+    rec = next((d.name for d in spec.domains if d.kind == "rec"), spec.domains.names[0])
+    batch = {}
+    for f in spec.model_features:
+        dtype = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}[f.dtype]
+        if f.name == "domain":
+            batch[f.name] = tf.constant([search, rec])
+        elif f.varlen:
+            values = [["a"], []] if f.dtype == "string" else [[1], []]
+            batch[f.name] = tf.ragged.constant(values, dtype=dtype, row_splits_dtype=tf.int64)
+        elif f.shape:
+            batch[f.name] = tf.concat([tf.ones([1, *f.shape], dtype), tf.zeros([1, *f.shape], dtype)], axis=0)
+        elif f.dtype == "string":
+            batch[f.name] = tf.constant(["a", ""])
+        else:
+            batch[f.name] = tf.constant([1, 0], dtype)
+    return batch
+
+
+def synthetic_records(spec: FeatureSpec, num_rows: int, seed: int = 0, num_users: int = 40, num_items: int = 80,
+                      num_queries: int = 20, latent_dim: int = 4) -> Iterator[dict]:
+    """Model-ready python records (the default feature schema) whose labels carry real signal.
+
+    Users, items and queries have latent factors; an item's title embedding and a query's text
+    embedding are noisy linear images of their factors, so text carries signal. Rec domains click with
+    `p = sigmoid(2 u.v + shift_d)`, search domains with `p = sigmoid(2 q.v + u.v)`. Genres and the
+    decade follow the item's factors. Deterministic under `seed`.
+    """
+    rng = np.random.default_rng(seed)
+    text_dim = spec.text_dim
+    users = rng.normal(size=(num_users, latent_dim)) / np.sqrt(latent_dim) * 1.5
+    items = rng.normal(size=(num_items, latent_dim)) / np.sqrt(latent_dim) * 1.5
+    queries = rng.normal(size=(num_queries, latent_dim)) / np.sqrt(latent_dim) * 1.5
+    text_map = rng.normal(size=(latent_dim, text_dim)) / np.sqrt(latent_dim)
+    genres = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
+    decades = ["1970s", "1980s", "1990s", "2000s"]
+    domains = list(spec.domains)
+    shifts = rng.normal(scale=0.5, size=len(domains))
+
+    def embed(factor):
+        vector = factor @ text_map + rng.normal(scale=0.05, size=text_dim)
+        return (vector / np.linalg.norm(vector)).astype(np.float32).tolist()
+
+    for _ in range(num_rows):
+        domain = domains[rng.integers(len(domains))]
+        u, i = int(rng.integers(num_users)), int(rng.integers(num_items))
+        item = items[i]
+        record = {
+            "domain": domain.name,
+            "user_id": f"u{u}",
+            "item_id": f"i{i}",
+            "item_title": f"title {i}",
+            "item_title_embedding": embed(item),
+            "item_genres": [genres[j] for j in np.argsort(-item)[:2] % len(genres)],
+            "item_decade": decades[int(np.argmax(item)) % len(decades)],
+            "timestamp": int(rng.integers(1_000_000)),
+        }
+        if domain.kind == "search":
+            q = int(rng.integers(num_queries))
+            record.update(query_id=f"q{q}", query_text=f"query {q}", query_text_embedding=embed(queries[q]))
+            logit = 2.0 * queries[q] @ item + users[u] @ item
+        else:
+            record.update(query_text_embedding=[0.0] * text_dim)
+            logit = 2.0 * users[u] @ item + shifts[domain.id]
+        record["label"] = int(rng.random() < 1.0 / (1.0 + np.exp(-logit)))
+        yield record
+
+
+def write_synthetic_samples(directory: str | os.PathLike, spec: FeatureSpec, num_rows: int, seed: int = 0,
+                            num_shards: int = 2, **kwargs) -> str:
+    """Writes `synthetic_records` as gzip TFRecord shards; returns their glob pattern."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    writers = [tf.io.TFRecordWriter(str(directory / f"part-{s:05d}{layout.TFRECORD_SUFFIX}"), options)
+               for s in range(num_shards)]
+    for n, record in enumerate(synthetic_records(spec, num_rows, seed, **kwargs)):
+        writers[n % num_shards].write(spec.to_example(record).SerializeToString())
+    for writer in writers:
+        writer.close()
+    return str(directory / f"part-*{layout.TFRECORD_SUFFIX}")

@@ -1,0 +1,115 @@
+"""The generic search-log / rec-log format: how a team brings its own logs to ``tfsr preprocess``.
+
+One row per impression (shown item), JSONL or CSV, columns documented in ``docs/BEAM.md``:
+
+=============  ======  ==================================================================
+column         type    meaning
+=============  ======  ==================================================================
+domain         string  a domain of the registry (search domains need a query)
+user_id        string  user identifier
+query_text     string  the query as typed; empty for recommendation domains
+item_id        string  item identifier
+item_title     string  item title (text aspect)
+item_genres    list    item categories; a JSON list, or '|'-joined in CSV
+item_decade    string  sparse item bucket, e.g. '1990s'; may be empty
+label          int     1 = clicked, 0 = shown but not clicked
+timestamp      int     event time, seconds since the epoch
+=============  ======  ==================================================================
+
+``query_id`` is derived (:func:`tfsr.datasets.movielens.normalize_query`), never read. Every row is
+validated against the :class:`~tfsr.features.FeatureSpec`; a bad row raises
+:class:`~tfsr.datasets.movielens.RowError` whose reason names the field, so it becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from tfsr.datasets.movielens import MAX_TEXT_CHARS, RowError, decode_line, normalize_query, split_csv_line
+from tfsr.features import FeatureSpec, FeatureValidationError
+
+COLUMNS = ("domain", "user_id", "query_text", "item_id", "item_title", "item_genres", "item_decade", "label",
+           "timestamp")
+CSV_HEADER = ",".join(COLUMNS)
+FORMATS = ("jsonl", "csv")
+_INT_COLUMNS = ("label", "timestamp")
+_TEXT_COLUMNS = ("query_text", "item_title")
+
+
+def log_format(path: str) -> str:
+    """'jsonl' or 'csv' from a file name (``.jsonl``, ``.json``, ``.csv``, optionally ``.gz``)."""
+    name = path.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".json")):
+        return "jsonl"
+    if name.endswith(".csv"):
+        return "csv"
+    raise ValueError(f"cannot tell the log format of {path!r}: name it *.jsonl or *.csv (optionally .gz)")
+
+
+def _from_jsonl(raw: bytes | str) -> dict[str, Any]:
+    line = decode_line(raw)
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RowError("malformed_json", f"{err.msg} at column {err.colno}") from None
+    if not isinstance(record, dict):
+        raise RowError("malformed_json", f"expected a JSON object, got {type(record).__name__}")
+    unknown = sorted(set(record) - set(COLUMNS))
+    if unknown:
+        raise RowError("unknown_column", f"unknown columns {unknown[:5]}; known: {list(COLUMNS)}")
+    return record
+
+
+def _from_csv(raw: bytes | str) -> dict[str, Any]:
+    record: dict[str, Any] = dict(zip(COLUMNS, split_csv_line(raw, len(COLUMNS)), strict=True))
+    for name in _INT_COLUMNS:
+        try:
+            record[name] = int(record[name])
+        except ValueError:
+            raise RowError(f"invalid_{name}", f"{name} {record[name][:40]!r} is not an integer") from None
+    record["item_genres"] = [g for g in record["item_genres"].split("|") if g]
+    return record
+
+
+def parse_log_line(raw: bytes | str, fmt: str, spec: FeatureSpec) -> dict[str, Any]:
+    """One generic-format line as a validated sample record (raw, label and meta features).
+
+    Raises:
+      RowError: malformed line, unknown column, text too long, a query missing in a search domain
+        (or present in a rec domain), or any FeatureSpec violation (reason ``invalid_<field>``).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    record = _from_jsonl(raw) if fmt == "jsonl" else _from_csv(raw)
+    for name in _TEXT_COLUMNS:
+        value = record.get(name)
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise RowError(f"{name}_too_long", f"{name} has {len(value)} characters (max {MAX_TEXT_CHARS})")
+    try:
+        values = spec.validate(record, roles=("raw", "label", "meta"))
+    except FeatureValidationError as err:
+        raise RowError(f"invalid_{err.field}", err.problem) from None
+    values["query_id"] = normalize_query(values["query_text"])
+    is_search = spec.domains[values["domain"]].kind == "search"
+    if is_search and not values["query_id"]:
+        raise RowError("missing_query", f"search domain {values['domain']!r} needs a non-empty query_text")
+    if not is_search and values["query_text"]:
+        raise RowError("unexpected_query", f"rec domain {values['domain']!r} rows must have no query_text")
+    return values
+
+
+def format_log_line(record: Mapping[str, Any], fmt: str) -> str:
+    """One record as a generic-format line (no line ending); the inverse of :func:`parse_log_line`."""
+    row = {name: record.get(name, "") for name in COLUMNS}
+    if fmt == "jsonl":
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+    if fmt == "csv":
+        row["item_genres"] = "|".join(row["item_genres"])
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="").writerow([row[name] for name in COLUMNS])
+        return buffer.getvalue()
+    raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")

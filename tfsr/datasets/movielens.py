@@ -1,0 +1,500 @@
+"""MovieLens (ml-latest-small layout) reader and its mapping to unified search + recommendation samples.
+
+The mapping (DESIGN.md §5; the data card is ``docs/DATA.md``):
+
+* **search** domain ``search_tags``: each tag application is a search; the tag as typed is the query,
+  the tagged movie the clicked item (label 1). Non-clicked impressions are *constructed*: movies
+  retrieved for the query (see :class:`SearchIndex`), never the clicked movie.
+* **recommendation** domains from ratings, by the movie's primary genre (:func:`rec_domain`), label
+  ``rating >= 4`` (:func:`label_from_rating`).
+* **cold start**: movies with Animation or Children among their genres form ``rec_children``, held out
+  of pretraining (``cold_start=True`` in :data:`tfsr.features.MOVIELENS_DOMAINS`).
+* **splits** by time (:func:`user_eval_cutoff`, :func:`split_of`): per-user chronological by default.
+
+Every function here is pure and row-level so that the in-memory reader (:func:`read_movielens`) and
+the Beam job (``beam_jobs/build_samples.py``) share exactly the same rules. A row that cannot be used
+raises :class:`RowError` with a short machine-readable ``reason`` and a human ``detail``; callers count
+it (dead letters), they never drop it silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import pathlib
+import random
+import re
+import unicodedata
+import urllib.error
+import urllib.request
+import zipfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+from tfsr.features import MOVIELENS_DOMAINS
+
+logger = logging.getLogger(__name__)
+
+MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+# GroupLens publishes an MD5 beside each archive; we fetch and check it at download time.
+MOVIELENS_MD5_URL = MOVIELENS_URL + ".md5"
+# SHA-256 of the extracted CSVs of the release we test against (ml-latest-small, generated
+# 2018-09-26; 100,836 ratings). Checked after extraction, so a different release is noticed.
+MOVIELENS_FILE_SHA256 = {
+    "movies.csv": "c47b783f23eb304413307e1bb05335e427737da20ec8d3c0e96335567dd5f3dc",
+    "ratings.csv": "80da8b3393dae325bbba5a31f291a6ba55d8d4f4396de3c456f2c1635b1b70e8",
+    "tags.csv": "68eec00a0820c2faa8863a6df7032f13d5899a4462bce9a97213905297ff3d34",
+    "links.csv": "028a4a1d17751ca9276e0e0718cfc22356350f224a996e1ec348c23274b9209d",
+}
+REQUIRED_FILES = ("movies.csv", "ratings.csv", "tags.csv")
+
+# Source name -> header line. The Beam job reads the same names.
+HEADERS = {
+    "movies": "movieId,title,genres",
+    "ratings": "userId,movieId,rating,timestamp",
+    "tags": "userId,movieId,tag,timestamp",
+}
+
+RATING_MIN, RATING_MAX = 0.5, 5.0
+POSITIVE_RATING = 4.0
+MAX_TEXT_CHARS = 1000  # titles and tags longer than this are rejected, not truncated
+NO_GENRES = "(no genres listed)"
+COLD_START_GENRES = frozenset({"Animation", "Children"})
+# Primary genre -> rec domain, first match wins (MovieLens lists genres alphabetically, so "first
+# listed" would always favour Action; an explicit priority says what we mean).
+GENRE_DOMAINS = (("Action", "rec_action"), ("Comedy", "rec_comedy"), ("Drama", "rec_drama"))
+OTHER_DOMAIN = "rec_other"
+COLD_DOMAIN = "rec_children"
+SEARCH_DOMAIN = "search_tags"
+_STOPWORDS = frozenset({"the", "and", "for", "with", "from", "that", "this", "not", "but", "les", "der"})
+_YEAR_RE = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?\s*)?\)\s*$")
+_TOKEN_RE = re.compile(r"[^\W_]+")
+
+_UNREGISTERED = {SEARCH_DOMAIN, OTHER_DOMAIN, COLD_DOMAIN, *(d for _, d in GENRE_DOMAINS)} - set(MOVIELENS_DOMAINS.names)
+if _UNREGISTERED:  # the registry in tfsr.features is the source of truth for domain names
+    raise ImportError(f"MovieLens mapping uses domains missing from MOVIELENS_DOMAINS: {sorted(_UNREGISTERED)}")
+
+
+class RowError(ValueError):
+    """An input row that cannot be used.
+
+    Attributes:
+      reason: short machine-readable cause, e.g. ``"rating_out_of_range"``; dead letters and the
+        manifest's reconciliation are counted by it.
+      detail: a human explanation naming the offending value.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Movie:
+    movie_id: int
+    title: str
+    genres: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rating:
+    user_id: int
+    movie_id: int
+    rating: float
+    timestamp: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Tag:
+    user_id: int
+    movie_id: int
+    tag: str
+    timestamp: int
+
+
+# --------------------------------------------------------------------------------------------- rows
+def decode_line(raw: bytes | str) -> str:
+    """One input line as text without its line ending; invalid UTF-8 is a RowError."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RowError("invalid_utf8", f"bytes are not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    return raw.rstrip("\r\n")
+
+
+def split_csv_line(raw: bytes | str, num_columns: int) -> list[str]:
+    """Splits one CSV line (quoted fields allowed, as in MovieLens titles) into exactly `num_columns`."""
+    line = decode_line(raw)
+    if not line.strip():
+        raise RowError("blank_line", "empty line")
+    try:
+        fields = next(csv.reader([line], strict=True))
+    except csv.Error as err:
+        raise RowError("malformed_csv", f"{err} in line {line[:80]!r}") from None
+    if len(fields) != num_columns:
+        raise RowError("wrong_column_count", f"expected {num_columns} columns, got {len(fields)}")
+    return fields
+
+
+def is_header(source: str, raw: bytes | str) -> bool:
+    """True when `raw` is the header line of a MovieLens file."""
+    try:
+        return decode_line(raw).strip() == HEADERS[source]
+    except RowError:
+        return False
+
+
+def _int(field: str, name: str) -> int:
+    try:
+        return int(field)
+    except ValueError:
+        raise RowError(f"non_numeric_{name}", f"{name} {field[:40]!r} is not an integer") from None
+
+
+def _text(field: str, name: str) -> str:
+    text = field.strip()
+    if not text:
+        raise RowError(f"empty_{name}", f"{name} is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise RowError(f"{name}_too_long", f"{name} has {len(text)} characters (max {MAX_TEXT_CHARS})")
+    return text
+
+
+def _movie_ref(field: str, movies: Mapping[int, Movie]) -> int:
+    movie_id = _int(field, "movie_id")
+    if movie_id not in movies:
+        raise RowError("unknown_movie_id", f"movie id {movie_id} is not in movies.csv")
+    return movie_id
+
+
+def parse_movie(raw: bytes | str) -> Movie:
+    """A movies.csv line (``movieId,title,genres``) as a :class:`Movie`."""
+    movie_id, title, genres = split_csv_line(raw, 3)
+    genre_list = tuple(g for g in genres.strip().split("|") if g and g != NO_GENRES)
+    return Movie(_int(movie_id, "movie_id"), _text(title, "title"), genre_list)
+
+
+def parse_rating(raw: bytes | str, movies: Mapping[int, Movie]) -> Rating:
+    """A ratings.csv line (``userId,movieId,rating,timestamp``) as a :class:`Rating`."""
+    user_id, movie_id, rating, timestamp = split_csv_line(raw, 4)
+    try:
+        value = float(rating)
+    except ValueError:
+        raise RowError("non_numeric_rating", f"rating {rating[:40]!r} is not a number") from None
+    if not (math.isfinite(value) and RATING_MIN <= value <= RATING_MAX):
+        raise RowError("rating_out_of_range", f"rating {value} is outside [{RATING_MIN}, {RATING_MAX}]")
+    return Rating(_int(user_id, "user_id"), _movie_ref(movie_id, movies), value, _int(timestamp, "timestamp"))
+
+
+def parse_tag(raw: bytes | str, movies: Mapping[int, Movie]) -> Tag:
+    """A tags.csv line (``userId,movieId,tag,timestamp``) as a :class:`Tag`."""
+    user_id, movie_id, tag, timestamp = split_csv_line(raw, 4)
+    text = _text(tag, "tag")
+    if not normalize_query(text):
+        raise RowError("empty_tag", f"tag {text!r} is empty after normalisation")
+    return Tag(_int(user_id, "user_id"), _movie_ref(movie_id, movies), text, _int(timestamp, "timestamp"))
+
+
+# ------------------------------------------------------------------------------------ mapping rules
+def rec_domain(genres: Sequence[str]) -> str:
+    """The recommendation domain of a movie: cold-start children/animation first, else primary genre."""
+    if COLD_START_GENRES.intersection(genres):
+        return COLD_DOMAIN
+    for genre, domain in GENRE_DOMAINS:
+        if genre in genres:
+            return domain
+    return OTHER_DOMAIN
+
+
+def label_from_rating(rating: float) -> int:
+    """Explicit rating -> click label: 1 when ``rating >= 4``."""
+    return int(rating >= POSITIVE_RATING)
+
+
+def decade_of(title: str) -> str:
+    """Release decade from a title's trailing ``(YYYY)`` (or ``(YYYY-YYYY)``), e.g. ``'1990s'``; '' if none."""
+    match = _YEAR_RE.search(title)
+    return f"{int(match.group(1)) // 10 * 10}s" if match else ""
+
+
+def normalize_query(text: str) -> str:
+    """Query id from query text: Unicode NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def text_tokens(text: str) -> list[str]:
+    """Content tokens for text matching: normalised word tokens of 3+ characters, stopwords removed."""
+    return [t for t in _TOKEN_RE.findall(normalize_query(text)) if len(t) >= 3 and t not in _STOPWORDS]
+
+
+def item_features(movie: Movie) -> dict:
+    """The item features of a movie, named as in the FeatureSpec."""
+    return {
+        "item_id": str(movie.movie_id),
+        "item_title": movie.title,
+        "item_genres": list(movie.genres),
+        "item_decade": decade_of(movie.title),
+    }
+
+
+def rating_record(rating: Rating, movie: Movie) -> dict:
+    """A rating as one recommendation sample (raw, label and meta features)."""
+    return {
+        "domain": rec_domain(movie.genres),
+        "user_id": str(rating.user_id),
+        **item_features(movie),
+        "label": label_from_rating(rating.rating),
+        "timestamp": rating.timestamp,
+    }
+
+
+@dataclasses.dataclass
+class SearchIndex:
+    """What a simple search engine would retrieve for a tag query; the source of constructed negatives.
+
+    Retrieval tiers, in order, each excluding the clicked movie and any movie the same user tagged
+    with the same query (those are clicks, not skips):
+
+    1. movies tagged with the same normalised query by anyone;
+    2. movies tagged with a query sharing a content token with it ("similar tags");
+    3. movies whose title or genres contain a query token (text match), most popular first;
+    4. the most popular movies.
+
+    Within a tier candidates are shuffled by a per-impression seeded RNG, so output is reproducible.
+
+    Attributes:
+      query_movies: normalised query -> movies tagged with it.
+      token_queries: content token -> normalised queries containing it.
+      token_movies: content token -> movies matching it in title/genres, most popular first (capped).
+      user_query_movies: (user id, normalised query) -> movies that user tagged with it.
+      popular: most-rated movie ids, most popular first.
+    """
+
+    query_movies: dict[str, tuple[int, ...]]
+    token_queries: dict[str, tuple[str, ...]]
+    token_movies: dict[str, tuple[int, ...]]
+    user_query_movies: dict[tuple[int, str], frozenset[int]]
+    popular: tuple[int, ...]
+
+    MAX_TOKEN_MOVIES = 200
+
+    @classmethod
+    def build(cls, movies: Iterable[Movie], tags: Iterable[Tag], popularity: Mapping[int, int],
+              num_popular: int = 200) -> SearchIndex:
+        """Builds the index from the movies, the tag applications and per-movie rating counts."""
+        query_movies, token_queries = defaultdict(set), defaultdict(set)
+        user_query_movies = defaultdict(set)
+        for tag in tags:
+            query = normalize_query(tag.tag)
+            query_movies[query].add(tag.movie_id)
+            user_query_movies[(tag.user_id, query)].add(tag.movie_id)
+            for token in text_tokens(query):
+                token_queries[token].add(query)
+        token_movies = defaultdict(set)
+        for movie in movies:
+            for token in set(text_tokens(movie.title + " " + " ".join(movie.genres))):
+                token_movies[token].add(movie.movie_id)
+
+        def by_popularity(ids: Iterable[int]) -> tuple[int, ...]:
+            return tuple(sorted(ids, key=lambda m: (-popularity.get(m, 0), m)))
+
+        return cls(
+            query_movies={q: tuple(sorted(ms)) for q, ms in query_movies.items()},
+            token_queries={t: tuple(sorted(qs)) for t, qs in token_queries.items()},
+            token_movies={t: by_popularity(ms)[: cls.MAX_TOKEN_MOVIES] for t, ms in token_movies.items()},
+            user_query_movies={k: frozenset(v) for k, v in user_query_movies.items()},
+            popular=by_popularity(popularity)[:num_popular],
+        )
+
+    def negatives(self, tag: Tag, num_negatives: int, seed: int) -> list[int]:
+        """Up to `num_negatives` movie ids retrieved for the tag's query but not clicked."""
+        query = normalize_query(tag.tag)
+        rng = random.Random(f"{seed}|{tag.user_id}|{tag.movie_id}|{query}|{tag.timestamp}")
+        excluded = {tag.movie_id} | self.user_query_movies.get((tag.user_id, query), frozenset())
+        tokens = text_tokens(query)
+        similar = {m for t in tokens for q in self.token_queries.get(t, ()) if q != query
+                   for m in self.query_movies.get(q, ())}
+        text_match = [m for t in tokens for m in self.token_movies.get(t, ())]
+        tiers = (self.query_movies.get(query, ()), sorted(similar), text_match, self.popular)
+        chosen: list[int] = []
+        for tier in tiers:
+            candidates = [m for m in dict.fromkeys(tier) if m not in excluded]
+            rng.shuffle(candidates)
+            for movie_id in candidates[: num_negatives - len(chosen)]:
+                chosen.append(movie_id)
+                excluded.add(movie_id)
+            if len(chosen) == num_negatives:
+                break
+        return chosen
+
+
+def search_records(tag: Tag, movies: Mapping[int, Movie], index: SearchIndex, num_negatives: int,
+                   seed: int) -> list[dict]:
+    """A tag application as one search impression list: the clicked movie plus constructed negatives.
+
+    All impressions share the tag's user, query and timestamp, so a time split keeps them together.
+    """
+    query = {"domain": SEARCH_DOMAIN, "user_id": str(tag.user_id), "query_text": tag.tag,
+             "query_id": normalize_query(tag.tag), "timestamp": tag.timestamp}
+    items = [(tag.movie_id, 1)] + [(m, 0) for m in index.negatives(tag, num_negatives, seed)]
+    return [{**query, **item_features(movies[m]), "label": label} for m, label in items]
+
+
+# ------------------------------------------------------------------------------------------ splits
+def user_eval_cutoff(timestamps: Iterable[int], eval_fraction: float) -> int:
+    """The per-user chronological split point: rows with ``timestamp > cutoff`` go to evaluation.
+
+    The latest ~`eval_fraction` of a user's rows are evaluation rows; rows sharing the boundary
+    timestamp all stay in training, so no evaluation row is older than (or as old as) a training row
+    of the same user. A user whose rows all share one timestamp is training-only.
+    """
+    ordered = sorted(timestamps)
+    if not ordered:
+        raise ValueError("user_eval_cutoff needs at least one timestamp, got none")
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    num_train = max(1, math.ceil(len(ordered) * (1.0 - eval_fraction)))
+    return ordered[num_train - 1]
+
+
+def split_of(timestamp: int, cutoff: int, eval_split: str, train_split: str) -> str:
+    """`eval_split` when the row is strictly after the cutoff, else `train_split`."""
+    return eval_split if timestamp > cutoff else train_split
+
+
+def is_cold_item(train_count: int, max_train_count: int) -> int:
+    """Item cold-start marker: 1 when the item appears in at most `max_train_count` training samples."""
+    return int(train_count <= max_train_count)
+
+
+# ----------------------------------------------------------------------------------- file reading
+@dataclasses.dataclass
+class Rejection:
+    """A counted rejection of one input row (what the Beam job writes as a dead letter)."""
+
+    source: str
+    line: int
+    reason: str
+    detail: str
+
+
+@dataclasses.dataclass
+class MovieLensData:
+    """Parsed ml-latest-small: the usable rows and the counted rejections."""
+
+    movies: dict[int, Movie]
+    ratings: list[Rating]
+    tags: list[Tag]
+    rejections: list[Rejection]
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes without line ending) for each line of a file, streaming."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            yield number, raw.rstrip(b"\r\n")
+
+
+def read_movielens(directory: str | os.PathLike | None = None) -> MovieLensData:
+    """Reads an ml-latest-small directory into memory, rejecting bad rows with counted reasons.
+
+    Args:
+      directory: folder with movies.csv, ratings.csv and tags.csv; default: the download cache
+        (:func:`ensure_movielens`).
+    """
+    folder = ensure_movielens(directory)
+    rejections: list[Rejection] = []
+
+    def rows(source: str, parse):
+        for number, raw in iter_lines(folder / f"{source}.csv"):
+            if number == 1 and is_header(source, raw):
+                continue
+            try:
+                yield parse(raw)
+            except RowError as err:
+                rejections.append(Rejection(source, number, err.reason, err.detail))
+
+    movies: dict[int, Movie] = {}
+
+    def parse_new_movie(raw: bytes) -> Movie:
+        movie = parse_movie(raw)
+        if movie.movie_id in movies:
+            raise RowError("duplicate_movie_id", f"movie id {movie.movie_id} appears earlier in movies.csv")
+        return movie
+
+    for movie in rows("movies", parse_new_movie):
+        movies[movie.movie_id] = movie
+    ratings = list(rows("ratings", lambda raw: parse_rating(raw, movies)))
+    tags = list(rows("tags", lambda raw: parse_tag(raw, movies)))
+    if rejections:
+        logger.warning("%s: rejected %d rows (first: %s)", folder, len(rejections), rejections[0])
+    return MovieLensData(movies, ratings, tags, rejections)
+
+
+# ----------------------------------------------------------------------------------------- download
+def default_cache_dir() -> pathlib.Path:
+    """Where the downloaded archive is extracted: ``$TFSR_DATA_HOME`` or ``~/.cache/tfsr``."""
+    return pathlib.Path(os.environ.get("TFSR_DATA_HOME", pathlib.Path.home() / ".cache" / "tfsr"))
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_movielens(directory: str | os.PathLike | None = None, download: bool = True) -> pathlib.Path:
+    """An ml-latest-small directory, downloading the official archive into the cache when needed.
+
+    Args:
+      directory: an existing folder to use as is (its files must be present).
+      download: when no directory is given and the cache is empty, fetch the official archive from
+        :data:`MOVIELENS_URL`, check it against the MD5 GroupLens publishes beside it and the CSVs
+        against :data:`MOVIELENS_FILE_SHA256`.
+
+    Raises:
+      FileNotFoundError: the directory lacks a required file, or nothing is cached and download=False.
+      RuntimeError: the download failed (offline?) or a checksum does not match.
+    """
+    if directory is not None:
+        folder = pathlib.Path(directory)
+        missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not an ml-latest-small directory: missing {missing}")
+        return folder
+    folder = default_cache_dir() / "ml-latest-small"
+    if all((folder / name).is_file() for name in REQUIRED_FILES):
+        return folder
+    if not download:
+        raise FileNotFoundError(f"MovieLens is not cached at {folder}; pass a directory or allow download")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    archive = folder.parent / "ml-latest-small.zip"
+    logger.info("downloading %s to %s", MOVIELENS_URL, archive)
+    try:
+        urllib.request.urlretrieve(MOVIELENS_URL, archive)
+        with urllib.request.urlopen(MOVIELENS_MD5_URL, timeout=30) as response:
+            expected_md5 = response.read().decode("ascii").split()[0].lower()
+    except (urllib.error.URLError, OSError) as err:
+        raise RuntimeError(
+            f"could not download {MOVIELENS_URL} ({err}). If this machine is offline, download the archive "
+            f"elsewhere, unzip it and pass its ml-latest-small directory explicitly."
+        ) from err
+    actual_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    if actual_md5 != expected_md5:
+        raise RuntimeError(f"{archive}: MD5 {actual_md5} does not match the published {expected_md5}")
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(folder.parent)
+    for name, expected in MOVIELENS_FILE_SHA256.items():
+        actual = _sha256(folder / name)
+        if actual != expected:
+            raise RuntimeError(f"{folder / name}: SHA-256 {actual} differs from the release tfsr was tested "
+                               f"with ({expected}); GroupLens may have published a new version")
+    return folder

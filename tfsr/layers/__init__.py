@@ -1,0 +1,45 @@
+"""Keras layers of the S&R Multi-Domain Foundation model (Gong et al., CIKM 2023).
+
+Levels (DESIGN.md §4): L0 aspect encoders (:mod:`.encoders`), L1 Aspect Gating Fusion
+(:mod:`.fusion`) and the Domain Adaptive layer with its alignment losses (:mod:`.adaptive`,
+:mod:`.alignment`), L2 multi-task expert blocks and towers (:mod:`.experts`).
+
+`ENTITIES` and `ASPECTS` fix the order of the model's `gate_weights [B, len(ENTITIES), len(ASPECTS)]`.
+"""
+
+from tfsr.layers.adaptive import DomainAdaptiveLayer
+from tfsr.layers.alignment import ALIGNMENTS, js_divergence_alignment, mmd_alignment
+from tfsr.layers.domain import DomainWeights, WeightBank, grouped_dense, select_domain
+from tfsr.layers.encoders import AspectEncoder, IdEncoder, MissingEntityVector, SparseEncoder, TextEncoder
+from tfsr.layers.experts import MLP, PLE, STAR, DomainTowers, ExpertBank, MMoE, SharedTower
+from tfsr.layers.fusion import GATING_STRATEGIES, AspectGatingFusion
+
+ENTITIES = ("user", "query", "item")
+ASPECTS = ("id", "text", "sparse")
+
+__all__ = [
+    "ALIGNMENTS",
+    "ASPECTS",
+    "ENTITIES",
+    "GATING_STRATEGIES",
+    "MLP",
+    "PLE",
+    "STAR",
+    "AspectEncoder",
+    "AspectGatingFusion",
+    "DomainAdaptiveLayer",
+    "DomainTowers",
+    "DomainWeights",
+    "ExpertBank",
+    "IdEncoder",
+    "MMoE",
+    "MissingEntityVector",
+    "SharedTower",
+    "SparseEncoder",
+    "TextEncoder",
+    "WeightBank",
+    "grouped_dense",
+    "js_divergence_alignment",
+    "mmd_alignment",
+    "select_domain",
+]

@@ -1,0 +1,108 @@
+"""L1 Aspect Gating Fusion (Gong et al. 2023, §3.3, "Aspect Gating Fusion")."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from tfsr.layers.domain import DomainWeights, check_positive_int
+
+GATING_STRATEGIES = ("domain", "cls", "mean")
+
+
+@tf.keras.utils.register_keras_serializable(package="tfsr")
+class AspectGatingFusion(tf.keras.layers.Layer):
+    """Fuses an entity's aspect vectors into one: `h = sum_a w_a * E_a`.
+
+    Strategies (the paper's three):
+      * "mean" (Mean-Pooling): `w_a = 1 / |A|` over the present aspects;
+      * "cls" ([CLS]-Gating): `w_a = softmax_a(c . E_a * s)` with one learned vector `c`;
+      * "domain" (Domain-Gating, the paper's best): `w_a = softmax_a(E_D[d] . E_a * s)` with one learned
+        vector `E_D[d]` per domain (a :class:`DomainWeights` family, so domains can be added).
+
+    `s` is `gate_scale`, by default `1 / sqrt(H)`. Absent aspects (mask False) get weight 0 and
+    are excluded from the softmax; a sample with no aspect present gets zero weights and a zero vector
+    (the model substitutes a learned "missing entity" vector). Gate vectors start at zero, so every
+    strategy starts as mean pooling and learns away from it; a newly added domain likewise starts from
+    mean pooling.
+
+    Args:
+      strategy: "domain", "cls" or "mean".
+      num_domains: K; required for "domain".
+      gate_scale: multiplier of the gate logits; None for `1 / sqrt(H)`.
+
+    Call args:
+      aspects: `[B, A, H]` aspect vectors.
+      domain_ids: `[B]` int domain ids (used by "domain").
+      aspect_mask: `[B, A]` or `[A]` bool, True where an aspect is present; None = all present.
+
+    Returns:
+      `(fused [B, H], weights [B, A])`.
+
+    Example:
+      >>> fusion = AspectGatingFusion("domain", num_domains=3)
+      >>> fused, weights = fusion(aspects, domain_ids=ids, aspect_mask=mask)
+    """
+
+    def __init__(self, strategy: str = "domain", num_domains: int | None = None, gate_scale: float | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if strategy not in GATING_STRATEGIES:
+            raise ValueError(f"strategy must be one of {GATING_STRATEGIES}, got {strategy!r}")
+        if strategy == "domain" and num_domains is None:
+            raise ValueError("strategy='domain' needs num_domains, got None")
+        if gate_scale is not None and not gate_scale > 0:
+            raise ValueError(f"gate_scale must be positive or None, got {gate_scale!r}")
+        self.strategy = strategy
+        self.gate_scale = gate_scale
+        self.domain_weights = (
+            DomainWeights(check_positive_int("num_domains", num_domains), name="domain_gates")
+            if strategy == "domain" else None
+        )
+        self._num_domains = num_domains
+
+    @property
+    def num_domains(self) -> int | None:
+        return self.domain_weights.num_domains if self.domain_weights is not None else self._num_domains
+
+    def build(self, input_shape):
+        width = tf.TensorShape(input_shape)[-1]
+        if width is None:
+            raise ValueError(f"AspectGatingFusion needs a known width H, got aspects shape {input_shape}")
+        self.width = int(width)
+        if self.strategy == "domain":
+            self.domain_weights.add_family("gate", (self.width,), initializer="zeros")
+        elif self.strategy == "cls":
+            self.cls_vector = self.add_weight(name="cls_vector", shape=(self.width,), initializer="zeros")
+        super().build(input_shape)
+
+    def _scale(self) -> float:
+        return self.gate_scale if self.gate_scale is not None else 1.0 / math.sqrt(self.width)
+
+    def call(self, aspects: tf.Tensor, domain_ids: tf.Tensor | None = None,
+             aspect_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        aspects = tf.cast(aspects, tf.float32)
+        batch, num_aspects = tf.shape(aspects)[0], tf.shape(aspects)[1]
+        mask = tf.ones([batch, num_aspects], tf.bool) if aspect_mask is None else tf.broadcast_to(
+            tf.cast(aspect_mask, tf.bool), [batch, num_aspects])
+        if self.strategy == "mean":
+            weights = tf.cast(mask, tf.float32)
+            weights = tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=1, keepdims=True))
+        else:
+            if self.strategy == "domain":
+                if domain_ids is None:
+                    raise ValueError("strategy='domain' needs domain_ids in call(), got None")
+                query = tf.gather(self.domain_weights.stacked("gate"), tf.cast(domain_ids, tf.int32))  # [B, H]
+            else:
+                query = tf.broadcast_to(self.cls_vector[None, :], [batch, self.width])
+            logits = tf.einsum("bh,bah->ba", query, aspects) * self._scale()
+            logits = tf.where(mask, logits, tf.fill(tf.shape(logits), -1e9))
+            # Multiplying by the mask makes absent weights exactly 0, also in rows with no aspect present.
+            weights = tf.nn.softmax(logits, axis=1) * tf.cast(mask, tf.float32)
+        fused = tf.einsum("ba,bah->bh", weights, aspects)
+        return fused, weights
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "strategy": self.strategy, "num_domains": self.num_domains,
+                "gate_scale": self.gate_scale}

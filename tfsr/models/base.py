@@ -1,0 +1,340 @@
+"""`MultiDomainModel`: the shared harness of the S&R Foundation model and its baselines.
+
+Every model type runs the same pipeline (DESIGN.md §4), so comparisons are fair:
+
+```
+features ─► L0 aspect encoders (one per feature)  ─► per entity: aspects [B, 3, H] + presence mask
+         ─► L1 fusion per entity (AspectGatingFusion) ─► x = [h_user; h_query; h_item]   [B, 3H]
+         ─► L1 domain adapter (SRFoundation only)     ─► representation (x_hat)
+         ─► L2 experts (MMoE / PLE / STAR / MLP)      ─► hidden
+         ─► towers                                     ─► logit [B]
+```
+
+and differs only in what the hooks `build_fusion`, `build_domain_adapter`, `build_experts` and
+`build_towers` return. Teams subclass a model and override a hook (see `examples/`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfsr.features import Domain, DomainRegistry, Feature, FeatureSpec
+from tfsr.layers import (
+    ALIGNMENTS,
+    ASPECTS,
+    ENTITIES,
+    AspectEncoder,
+    AspectGatingFusion,
+    DomainTowers,
+    DomainWeights,
+    IdEncoder,
+    MissingEntityVector,
+    SparseEncoder,
+    TextEncoder,
+)
+from tfsr.models.config import ModelConfig
+
+LEVELS = ("L0", "L1", "L2_shared")
+OUTPUT_KEYS = ("ctr", "logit", "gate_weights")
+
+
+class MultiDomainModel(tfrs.models.Model):
+    """Base class of tfsr's multi-domain CTR models (a `tfrs.models.Model`).
+
+    Args:
+      config: the model's :class:`ModelConfig`. `gating`/`alignment` left None take the class's
+        `default_gating`/`default_alignment`; `domains` left None takes `spec.domains`. The resolved
+        config is `model.config`.
+      spec: the feature specification; model inputs are `spec.model_features`.
+      vocabularies: `feature name -> values` (most frequent first); features without one are hashed.
+
+    Call: `model(features, training=False)` with a dict of `[B]` scalars, `[B, T]` text vectors and
+    ragged `[B, None]` lists (extra keys, e.g. `label`, are ignored) returns
+      * `"ctr"`: `[B]` float32 click probability,
+      * `"logit"`: `[B]` float32,
+      * `"gate_weights"`: `[B, 3, 3]` float32 aspect weights, rows `ENTITIES` (user, query, item),
+        columns `ASPECTS` (id, text, sparse). Absent aspects weigh 0; a row of an absent entity
+        (the query of a rec sample) is all 0, otherwise it sums to 1.
+
+    Hooks (override in a subclass; each is called once, from `__init__`):
+      `build_feature_encoder(feature)`, `build_aspect_encoders()`, `build_fusion(entity)`,
+      `build_domain_adapter()`, `build_experts()`, `build_towers()`; and `forward()` for the whole pass.
+
+    Training: `compute_loss` = `sum_d alpha_d BCE_d` (one `tfrs.tasks.Ranking` per domain, on that
+    domain's samples only) + `lambda L_reg` (alignment of the representation across domains).
+    Metrics: `<domain>_auc` per domain, `auc` overall, `alignment_loss`.
+    """
+
+    default_gating = "mean"
+    default_alignment = "none"
+    model_type = None  # set by tfsr.models.register_model
+
+    def __init__(self, config: ModelConfig, spec: FeatureSpec, vocabularies: Mapping[str, Sequence[str]] | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.config = config.replace(
+            gating=config.gating or self.default_gating,
+            alignment=config.alignment or self.default_alignment,
+            domains=config.domains if config.domains is not None else spec.domains.to_json(),
+        )
+        self.spec = spec
+        self.vocabularies = {name: list(values) for name, values in (vocabularies or {}).items()}
+        unknown = set(self.vocabularies) - {f.name for f in spec.features}
+        if unknown:
+            raise ValueError(f"vocabularies for unknown features {sorted(unknown)}")
+        self.domain_registry = self.config.registry
+        self.domain_table = self._make_domain_table()
+        self.aspect_features = self._aspect_features()
+        self.feature_encoders = self.build_aspect_encoders()
+        self.missing_entities = {e: MissingEntityVector(self.config.embedding_dim, name=f"missing_{e}")
+                                 for e in ENTITIES}
+        self.fusions = {e: self.build_fusion(e) for e in ENTITIES}
+        self.domain_adapter = self.build_domain_adapter()
+        self.experts = self.build_experts()
+        self.towers = self.build_towers()
+        self.tasks = [self._make_task(d.name) for d in self.domain_registry]
+        self.overall_task = self._make_task(None)
+        self.alignment_tracker = tf.keras.metrics.Mean(name="alignment_loss")
+
+    # ------------------------------------------------------------------ hooks
+    def build_feature_encoder(self, feature: Feature) -> tf.keras.layers.Layer:
+        """The L0 encoder of one model feature: `[B]`/`[B, T]`/ragged -> `[B, H]`.
+
+        Default: `IdEncoder` (id aspect), `SparseEncoder` (sparse aspect), `TextEncoder` (text aspect),
+        looked up in `vocabularies[feature.name]` or hashed into `config.num_hash_bins` buckets.
+        """
+        dim = self.config.embedding_dim
+        if feature.aspect == "text":
+            if feature.dtype != "float32" or not feature.shape:
+                raise ValueError(f"text feature {feature.name!r} must be a float32 vector, got {feature.dtype} "
+                                 f"shape {feature.shape}")
+            return TextEncoder(dim, name=f"{feature.name}_encoder")
+        vocabulary = self.vocabularies.get(feature.name)
+        lookup = ({"vocabulary": vocabulary, "num_oov_buckets": self.config.num_oov_buckets} if vocabulary is not None
+                  else {"num_hash_bins": self.config.num_hash_bins})
+        if feature.aspect == "id":
+            return IdEncoder(dim, name=f"{feature.name}_encoder", **lookup)
+        if feature.aspect == "sparse":
+            return SparseEncoder(dim, name=f"{feature.name}_encoder", **lookup)
+        raise ValueError(f"feature {feature.name!r} has no aspect to encode, got aspect {feature.aspect!r}")
+
+    def build_aspect_encoders(self) -> dict[str, tf.keras.layers.Layer]:
+        """`feature name -> encoder` for every feature of `aspect_features`."""
+        return {name: self.build_feature_encoder(self.spec[name])
+                for aspects in self.aspect_features.values() for names in aspects.values() for name in names}
+
+    def build_fusion(self, entity: str) -> tf.keras.layers.Layer:
+        """The L1 fusion of one entity: `(aspects [B,A,H], domain_ids, aspect_mask) -> ([B,H], [B,A])`."""
+        return AspectGatingFusion(self.config.gating, num_domains=len(self.domain_registry), name=f"{entity}_fusion")
+
+    def build_domain_adapter(self) -> tf.keras.layers.Layer | None:
+        """The L1 domain-adaptive map `(x, domain_ids) -> x_hat`, or None (the representation is x)."""
+        return None
+
+    def build_experts(self) -> tf.keras.layers.Layer | None:
+        """The L2 shared/multi-task block `(representation, domain_ids) -> hidden`, or None."""
+        return None
+
+    def build_towers(self) -> tf.keras.layers.Layer:
+        """The heads `(hidden, domain_ids) -> logit [B]`: one tower per domain by default."""
+        return DomainTowers(len(self.domain_registry), self.config.tower_units, name="towers")
+
+    # ------------------------------------------------------------------ structure
+    def _aspect_features(self) -> dict[str, dict[str, list[str]]]:
+        """`entity -> aspect -> feature names` from the spec (text left out when `use_text` is False)."""
+        table = {e: {a: [] for a in ASPECTS} for e in ENTITIES}
+        for f in self.spec.model_features:
+            if f.entity in table and f.aspect in ASPECTS and (self.config.use_text or f.aspect != "text"):
+                table[f.entity][f.aspect].append(f.name)
+        return table
+
+    def _make_domain_table(self) -> tf.lookup.StaticHashTable:
+        names = self.domain_registry.names
+        return tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.range(len(names), dtype=tf.int32)),
+            default_value=-1)
+
+    def _make_task(self, domain: str | None) -> tfrs.tasks.Ranking:
+        name = "auc" if domain is None else f"{domain}_auc"
+        return tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.AUC(from_logits=True, name=name)],
+            name=f"{domain or 'overall'}_task",
+        )
+
+    def level_layers(self, level: str) -> list[tf.keras.layers.Layer]:
+        """The layers of a level: "L0" encoders, "L1" fusion + adapter, "L2_shared" shared experts."""
+        if level == "L0":
+            return [*self.feature_encoders.values(), *self.missing_entities.values()]
+        if level == "L1":
+            return [*self.fusions.values(), *([self.domain_adapter] if self.domain_adapter is not None else [])]
+        if level == "L2_shared":
+            if self.experts is None:
+                return []
+            return list(getattr(self.experts, "shared_layers", [self.experts]))
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+
+    # ------------------------------------------------------------------ forward
+    def domain_ids(self, domain: tf.Tensor) -> tf.Tensor:
+        """`[B]` domain names -> `[B]` int32 ids; an unknown name fails (InvalidArgumentError)."""
+        ids = self.domain_table.lookup(tf.reshape(domain, [-1]))
+        check = tf.debugging.assert_non_negative(
+            ids, message=f"unknown domain name in the batch; this model knows {self.domain_registry.names}")
+        with tf.control_dependencies([check]):
+            return tf.identity(ids)
+
+    def encode_entity(self, features: Mapping[str, tf.Tensor], entity: str,
+                      training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """L0 of one entity: `(aspects [B, 3, H], aspect_mask [B, 3])` in `ASPECTS` order.
+
+        An aspect's vector is the mean of its present features' encodings; it is present when any of
+        its features is.
+        """
+        batch = tf.shape(tf.reshape(features["domain"], [-1]))[0]
+        vectors, masks = [], []
+        for aspect in ASPECTS:
+            names = self.aspect_features[entity][aspect]
+            if not names:
+                vectors.append(tf.zeros([batch, self.config.embedding_dim]))
+                masks.append(tf.zeros([batch], tf.bool))
+                continue
+            encoded, present = [], []
+            for name in names:
+                encoder, value = self.feature_encoders[name], features[name]
+                encoded.append(encoder(value, training=training))
+                present.append(encoder.presence(value) if isinstance(encoder, AspectEncoder)
+                               else tf.ones([batch], tf.bool))
+            weights = tf.cast(tf.stack(present, axis=1), tf.float32)  # [B, F]
+            count = tf.reduce_sum(weights, axis=1)
+            summed = tf.einsum("bf,bfh->bh", weights, tf.stack(encoded, axis=1))
+            vectors.append(summed / tf.maximum(count, 1.0)[:, None])
+            masks.append(count > 0)
+        return tf.stack(vectors, axis=1), tf.stack(masks, axis=1)
+
+    def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        """The whole pass: the public outputs plus `"representation"` (what alignment acts on) and
+        `"domain_ids"` `[B]` int32."""
+        domain_ids = self.domain_ids(features["domain"])
+        fused, gate_weights = [], []
+        for entity in ENTITIES:
+            aspects, mask = self.encode_entity(features, entity, training)
+            h, weights = self.fusions[entity](aspects, domain_ids=domain_ids, aspect_mask=mask, training=training)
+            fused.append(self.missing_entities[entity](h, tf.reduce_any(mask, axis=1)))
+            gate_weights.append(weights)
+        representation = tf.concat(fused, axis=1)
+        if self.domain_adapter is not None:
+            representation = self.domain_adapter(representation, domain_ids, training=training)
+        hidden = representation if self.experts is None else self.experts(representation, domain_ids,
+                                                                          training=training)
+        logit = tf.reshape(self.towers(hidden, domain_ids, training=training), [-1])
+        return {
+            "ctr": tf.sigmoid(logit),
+            "logit": logit,
+            "gate_weights": tf.stack(gate_weights, axis=1),
+            "representation": representation,
+            "domain_ids": domain_ids,
+        }
+
+    def call(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        outputs = self.forward(features, training=training)
+        return {key: outputs[key] for key in OUTPUT_KEYS}
+
+    # ------------------------------------------------------------------ training
+    def alignment_loss(self, representation: tf.Tensor, domain_ids: tf.Tensor) -> tf.Tensor:
+        """L_reg of `config.alignment` over the domains present in the batch (0 for "none")."""
+        kind = self.config.alignment
+        if kind == "none":
+            return tf.constant(0.0)
+        num_domains = len(self.domain_registry)
+        if kind == "js":
+            return ALIGNMENTS[kind](representation, domain_ids, num_domains, temperature=self.config.temperature)
+        return ALIGNMENTS[kind](representation, domain_ids, num_domains, bandwidth=self.config.mmd_bandwidth)
+
+    def compute_loss(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """`sum_d alpha_d * BCE_d + lambda * L_reg`; BCE_d is the mean over domain d's samples only."""
+        if "label" not in inputs:
+            raise ValueError(f"compute_loss needs a 'label' feature, got keys {sorted(inputs)}")
+        outputs = self.forward(inputs, training=training)
+        labels = tf.reshape(tf.cast(inputs["label"], tf.float32), [-1, 1])
+        logits = outputs["logit"][:, None]
+        domain_ids = outputs["domain_ids"]
+        loss = tf.constant(0.0)
+        for domain_id, (domain, task) in enumerate(zip(self.domain_registry, self.tasks, strict=True)):
+            mask = tf.equal(domain_ids, domain_id)
+            domain_loss = task(tf.boolean_mask(labels, mask), tf.boolean_mask(logits, mask), training=training)
+            loss += self.config.loss_weight(domain.name) * domain_loss
+        self.overall_task(labels, logits, training=training)
+        if self.config.alignment != "none":
+            reg = self.alignment_loss(outputs["representation"], domain_ids)
+            self.alignment_tracker.update_state(reg)
+            loss += self.config.alignment_weight * reg
+        return loss
+
+    def compile(self, optimizer=None, **kwargs):
+        """Keras `compile`; without an optimizer, Adam with `config.learning_rate`."""
+        if optimizer is None:
+            optimizer = tf.keras.optimizers.Adam(self.config.learning_rate)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def _reset_compiled_functions(self) -> None:
+        self.train_function = self.test_function = self.predict_function = None
+
+    # ------------------------------------------------------------------ transfer
+    def freeze(self, *levels: str) -> None:
+        """Makes the levels' weights non-trainable ("L0", "L1", "L2_shared"). Re-`compile()` afterwards."""
+        self._set_trainable(levels, False)
+
+    def unfreeze(self, *levels: str) -> None:
+        """Undoes `freeze`. Re-`compile()` afterwards."""
+        self._set_trainable(levels, True)
+
+    def _set_trainable(self, levels: Sequence[str], trainable: bool) -> None:
+        if not levels:
+            raise ValueError(f"name at least one level of {LEVELS}")
+        layers = [layer for level in levels for layer in self.level_layers(level)]
+        for layer in layers:
+            layer.trainable = trainable
+        self._reset_compiled_functions()
+
+    def add_domain(self, domain: Domain, init_from: str | None = None, loss_weight: float | None = None) -> Domain:
+        """Adds a domain for cold-start fine-tuning, keeping every existing weight.
+
+        Every per-domain parameter (gate vector, adaptive map, gate of the experts, tower, …: all
+        :class:`~tfsr.layers.DomainWeights` of the model) gets a new entry, freshly initialised or
+        copied from domain `init_from`; the domain gets its own Ranking task. The domain takes the
+        next id (`len(registry)`) whatever `domain.id` says. Re-`compile()` with a new optimizer
+        afterwards (the old one does not know the new variables).
+
+        Returns:
+          the domain as registered (with its new id).
+        """
+        if domain.name in self.domain_registry:
+            raise ValueError(f"domain {domain.name!r} is already one of {self.domain_registry.names}")
+        source = None if init_from is None else self.domain_registry[init_from].id
+        added = dataclasses.replace(domain, id=len(self.domain_registry))
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, DomainWeights):
+                layer.add_domain(source)
+        self.domain_registry = DomainRegistry([*self.domain_registry, added])
+        weights = dict(self.config.domain_loss_weights)
+        if loss_weight is not None:
+            weights[added.name] = float(loss_weight)
+        self.config = self.config.replace(domains=self.domain_registry.to_json(), domain_loss_weights=weights)
+        self.domain_table = self._make_domain_table()
+        self.tasks.append(self._make_task(added.name))
+        self._reset_compiled_functions()
+        return added
+
+    # ------------------------------------------------------------------ serialisation
+    def get_config(self) -> dict:
+        return {"config": self.config.to_json(), "spec": self.spec.to_json(),
+                "vocabularies": {name: list(values) for name, values in self.vocabularies.items()}}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None):
+        return cls(ModelConfig.from_json(config["config"]), FeatureSpec.from_json(config["spec"]),
+                   config["vocabularies"])

@@ -1,0 +1,155 @@
+"""`ModelConfig`: every hyper-parameter of a tfsr model, saved with it as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from tfsr.features import Domain, DomainRegistry
+from tfsr.layers.alignment import ALIGNMENTS
+from tfsr.layers.fusion import GATING_STRATEGIES
+
+ALIGNMENT_CHOICES = (*ALIGNMENTS, "none")
+_TUPLE_FIELDS = ("expert_units", "tower_units")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Configuration of a multi-domain model (DESIGN.md §4 names in brackets).
+
+    Args:
+      model_type: a registered model type: "srfoundation", "single_domain", "shared_bottom", "mmoe",
+        "ple", "star" or a team's own (see `tfsr.models.register_model`).
+      embedding_dim: H, the width of every aspect vector.
+      gating: aspect fusion, "domain" | "cls" | "mean"; None = the model type's default ("domain" for
+        srfoundation, "mean" for the baselines).
+      use_text: encode the text aspect (False: the "no text" ablation).
+      alignment: "js" | "mmd" | "none"; None = the model type's default ("js" for srfoundation,
+        "none" for the baselines).
+      alignment_weight: lambda, weight of L_reg.
+      temperature: tau of the JS estimator's softmax.
+      mmd_bandwidth: sigma of the MMD Gaussian kernel.
+      adaptive_units: width of the Domain Adaptive layer's output x_hat.
+      num_experts: MMoE experts.
+      expert_units: widths of each expert's layers (MMoE, PLE), of the shared bottom
+        (SharedBottom, single-domain) and of the STAR network.
+      num_shared_experts, num_specific_experts, num_levels: PLE.
+      tower_units: hidden widths of each domain's tower.
+      domain_loss_weights: alpha_d by domain name; missing domains weigh 1.
+      learning_rate: Adam's learning rate used by `model.compile()` without an optimizer.
+      num_hash_bins: hash buckets of an id/sparse feature that has no vocabulary.
+      num_oov_buckets: OOV rows of a feature that has a vocabulary.
+      domains: the model's domain registry as JSON (`DomainRegistry.to_json()`); None = the feature
+        spec's. `add_domain` extends it.
+      extra: free-form options of a team's subclass (JSON-serialisable).
+
+    Example:
+      >>> config = ModelConfig(model_type="srfoundation", embedding_dim=32, alignment="mmd")
+      >>> ModelConfig.from_json(config.to_json()) == config
+      True
+    """
+
+    model_type: str = "srfoundation"
+    embedding_dim: int = 32
+    gating: str | None = None
+    use_text: bool = True
+    alignment: str | None = None
+    alignment_weight: float = 0.1
+    temperature: float = 1.0
+    mmd_bandwidth: float = 1.0
+    adaptive_units: int = 64
+    num_experts: int = 4
+    expert_units: tuple[int, ...] = (64,)
+    num_shared_experts: int = 2
+    num_specific_experts: int = 1
+    num_levels: int = 2
+    tower_units: tuple[int, ...] = (32,)
+    domain_loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    learning_rate: float = 1e-3
+    num_hash_bins: int = 100_000
+    num_oov_buckets: int = 1
+    domains: list[dict] | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in _TUPLE_FIELDS:
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.model_type, str) or not self.model_type:
+            raise ValueError(f"model_type must be a non-empty string, got {self.model_type!r}")
+        if self.gating is not None and self.gating not in GATING_STRATEGIES:
+            raise ValueError(f"gating must be one of {GATING_STRATEGIES} or None, got {self.gating!r}")
+        if self.alignment is not None and self.alignment not in ALIGNMENT_CHOICES:
+            raise ValueError(f"alignment must be one of {ALIGNMENT_CHOICES} or None, got {self.alignment!r}")
+        for name in ("embedding_dim", "adaptive_units", "num_experts", "num_shared_experts", "num_specific_experts",
+                     "num_levels", "num_hash_bins", "num_oov_buckets"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in _TUPLE_FIELDS:
+            units = getattr(self, name)
+            if not units or any(not isinstance(u, int) or u <= 0 for u in units):
+                raise ValueError(f"{name} must be a non-empty list of positive ints, got {units!r}")
+        for name in ("temperature", "mmd_bandwidth", "learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not self.alignment_weight >= 0:
+            raise ValueError(f"alignment_weight must be >= 0, got {self.alignment_weight!r}")
+        bad = {k: v for k, v in self.domain_loss_weights.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"domain_loss_weights must be >= 0, got {bad!r}")
+        if self.domains is not None:
+            registry = DomainRegistry.from_json(self.domains)  # validates
+            unknown = set(self.domain_loss_weights) - set(registry.names)
+            if unknown:
+                raise ValueError(f"domain_loss_weights names unknown domains {sorted(unknown)}; known: {registry.names}")
+
+    @property
+    def registry(self) -> DomainRegistry:
+        """The domain registry (requires `domains` to be set, as it is in a built model's config)."""
+        if self.domains is None:
+            raise ValueError("this config has no domains yet; build_model() fills them in from the feature spec")
+        return DomainRegistry.from_json(self.domains)
+
+    def loss_weight(self, domain: str) -> float:
+        """alpha_d of a domain."""
+        return float(self.domain_loss_weights.get(domain, 1.0))
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def with_registry(self, registry: DomainRegistry) -> ModelConfig:
+        return self.replace(domains=registry.to_json())
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        for name in _TUPLE_FIELDS:
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_json(cls, data: str | Mapping[str, Any]) -> ModelConfig:
+        """From `to_json()`'s dict or its JSON text. Unknown keys are an error."""
+        if isinstance(data, str):
+            data = json.loads(data)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> ModelConfig:
+        return cls.from_json(text)
+
+
+def warm_registry(registry: DomainRegistry) -> DomainRegistry:
+    """The registry's warm (pretraining) domains, re-numbered 0..K-1, for a model to pretrain on.
+
+    Cold-start domains are added later with `model.add_domain(domain)`.
+    """
+    return DomainRegistry([Domain(d.name, d.kind, i, d.cold_start) for i, d in enumerate(registry.warm())])

@@ -1,0 +1,11 @@
+"""Training workflows: pretraining, cold-start fine-tuning and evaluation (``tfsr train|finetune|evaluate``).
+
+* :mod:`tfsr.training.config` — :class:`TrainConfig`: JSON config file + flag overrides;
+* :mod:`tfsr.training.loop` — :class:`Trainer`: resumable checkpoints, TensorBoard, progress, loss history;
+* :mod:`tfsr.training.workflows` — build / load models, run a stage, evaluate and report;
+* :mod:`tfsr.training.cli` — the command-line entry points.
+
+See ``docs/TRAINING.md``.
+"""
+
+from tfsr.training.config import FINETUNE_DEFAULTS, FREEZE_LEVELS, TrainConfig  # noqa: F401

@@ -1,0 +1,139 @@
+"""``tfsr train``, ``tfsr finetune`` and ``tfsr evaluate``.
+
+Examples::
+
+    tfsr train    --samples_dir artifacts/samples --output_dir runs/pretrain --epochs 2
+    tfsr finetune --samples_dir artifacts/samples --pretrained runs/pretrain --output_dir runs/coldstart \\
+                  --freeze L0 L1 --batch_size 64 --epochs 20
+    tfsr evaluate --model runs/coldstart --samples_dir artifacts/samples --output_dir runs/coldstart/report
+
+Each training command takes ``--config FILE`` (JSON, keys of :class:`tfsr.training.config.TrainConfig`),
+flags that override it, and ``--set key=value`` for any other key including the model's
+(``--set model.gating=mean``). Re-running a command on the same ``--output_dir`` resumes from its latest
+checkpoint (the step count continues); ``--fresh`` deletes the run directory's checkpoints first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import shutil
+
+from tfsr.training.config import FINETUNE_DEFAULTS, FREEZE_LEVELS, resolve
+
+log = logging.getLogger("tfsr.training")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="JSON config file (TrainConfig keys); flags override it")
+    parser.add_argument("--samples_dir", help="samples directory written by `tfsr preprocess`")
+    parser.add_argument("--output_dir", help="run directory: checkpoints/, tensorboard/, history.json, model/")
+    parser.add_argument("--batch_size", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max_steps", type=int, help="cap on the global step (a resumed run continues to it)")
+    parser.add_argument("--learning_rate", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--domains", nargs="+", help="domains to train on (default: warm / cold-start domains)")
+    parser.add_argument("--log_every", type=int, help="steps between progress lines and history points")
+    parser.add_argument("--checkpoint_every", type=int, help="steps between checkpoints")
+    parser.add_argument("--evaluate", action="store_true", default=None,
+                        help="evaluate after training and write <output_dir>/report/")
+    parser.add_argument("--verbose", action="store_true", default=None, help="Keras progress bar per epoch")
+    parser.add_argument("--fresh", action="store_true", help="delete existing checkpoints instead of resuming")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set model.gating=mean (repeatable)")
+    parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+
+
+def _flags(args: argparse.Namespace, names) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+_COMMON_KEYS = ("samples_dir", "output_dir", "batch_size", "epochs", "max_steps", "learning_rate", "seed",
+                "domains", "log_every", "checkpoint_every", "evaluate", "verbose")
+
+
+def _prepare(cfg, args) -> bool:
+    if args.print_config:
+        print(json.dumps(cfg.to_json(), indent=2))
+        return False
+    out = pathlib.Path(cfg.output_dir)
+    if args.fresh and (out / "checkpoints").exists():
+        shutil.rmtree(out / "checkpoints")
+        (out / "history.json").unlink(missing_ok=True)
+    return True
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tfsr train", description="Pretrain a model on the warm domains.")
+    _common(parser)
+    parser.add_argument("--model_type", help="srfoundation | single_domain | shared_bottom | mmoe | ple | star")
+    args = parser.parse_args(argv)
+    sets = list(args.set)
+    if args.model_type:
+        sets.insert(0, f"model.model_type={args.model_type}")
+    cfg = resolve({}, args.config, _flags(args, _COMMON_KEYS), sets)
+    if not _prepare(cfg, args):
+        return 0
+    from tfsr.training.workflows import run_train
+
+    result = run_train(cfg)
+    print(f"model saved to {result['model_path']} after {int(result['trainer'].step.numpy())} steps")
+    return 0
+
+
+def finetune_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tfsr finetune",
+        description="Fine-tune a pretrained model on a cold-start domain with the chosen levels frozen.")
+    _common(parser)
+    parser.add_argument("--pretrained", help="saved model, or a `tfsr train` run directory")
+    parser.add_argument("--freeze", nargs="*", choices=FREEZE_LEVELS,
+                        help="levels to freeze (default L0 L1; give none for `--freeze` alone)")
+    parser.add_argument("--split", help="split to fine-tune on (default coldstart_finetune)")
+    args = parser.parse_args(argv)
+    flags = _flags(args, (*_COMMON_KEYS, "pretrained", "split"))
+    if args.freeze is not None:
+        flags["freeze"] = list(args.freeze)
+    cfg = resolve(FINETUNE_DEFAULTS, args.config, flags, args.set)
+    if not _prepare(cfg, args):
+        return 0
+    from tfsr.training.workflows import run_finetune
+
+    result = run_finetune(cfg)
+    print(f"model saved to {result['model_path']} after {int(result['trainer'].step.numpy())} steps "
+          f"(frozen: {', '.join(cfg.freeze) or 'nothing'})")
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tfsr evaluate",
+        description="Per-domain AUC / GAUC / log loss, cold-start and item-cold-start slices, gate weights: "
+                    "report.json, report.md and PNG plots.")
+    parser.add_argument("--model", required=True, help="saved model, or a run directory (adds its loss curves)")
+    parser.add_argument("--samples_dir", required=True)
+    parser.add_argument("--output_dir", help="where to write the report (default <run dir>/report)")
+    parser.add_argument("--splits", nargs="+",
+                        help="evaluation splits (default pretrain_eval, plus coldstart_eval when the model "
+                             "knows the cold-start domain)")
+    parser.add_argument("--batch_size", type=int, default=4096)
+    parser.add_argument("--max_batches", type=int, help="evaluate only this many batches per split (smoke tests)")
+    parser.add_argument("--name", help="model name in the report")
+    parser.add_argument("--no_plots", action="store_true")
+    args = parser.parse_args(argv)
+    from tfsr.training.workflows import run_evaluate
+
+    out = args.output_dir
+    if out is None:
+        base = pathlib.Path(args.model)
+        out = (base if (base / "model").is_dir() else base.parent) / "report"
+    rep = run_evaluate(args.model, args.samples_dir, out, splits=args.splits, batch_size=args.batch_size,
+                       name=args.name, max_batches=args.max_batches, plots=not args.no_plots)
+    for name, m in rep["domains"].items():
+        print(f"{name:>16}  n={m['count']:>7}  auc={m['auc']:.4f}  gauc={m.get('gauc', float('nan')):.4f}  "
+              f"logloss={m['logloss']:.4f} (const {m['logloss_const']:.4f})")
+    print(f"report written to {out}/report.md")
+    return 0

@@ -1,0 +1,230 @@
+"""The three stages as functions: pretrain, fine-tune for cold start, evaluate (what the CLI and the paper
+study call).
+
+* :func:`run_train` — build the model from ``config.model`` (a ``tfsr.models.ModelConfig`` dict), train it on
+  the warm domains of ``pretrain_train``, save it to ``<output_dir>/model``.
+* :func:`run_finetune` — load a pretrained model, ``add_domain`` the cold-start domain, ``freeze`` the chosen
+  levels (default L0 + L1, the paper's best split), train on ``coldstart_finetune`` with the stage's own
+  batch size and epochs, save it.
+* :func:`run_evaluate` — predict the evaluation splits, compute :mod:`tfsr.evaluation`'s metrics, and write
+  :mod:`tfsr.report`'s JSON + markdown + plots.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import pathlib
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf  # noqa: E402
+
+from tfsr import evaluation, layout, report  # noqa: E402
+from tfsr.training.config import TrainConfig  # noqa: E402
+from tfsr.training.loop import Trainer, load_histories, set_seeds  # noqa: E402
+
+log = logging.getLogger("tfsr.training")
+
+MODEL_DIR = "model"
+REPORT_DIR = "report"
+
+
+# --------------------------------------------------------------------------- helpers
+def load_vocabularies(samples_dir: str | pathlib.Path) -> dict[str, list[str]]:
+    """Every ``vocab/<feature>.txt`` of a samples directory as {feature: values}."""
+    vocab_dir = pathlib.Path(samples_dir) / layout.VOCAB_DIR
+    return {p.stem: layout.read_vocab(samples_dir, p.stem) for p in sorted(vocab_dir.glob("*.txt"))}
+
+
+def resolve_model_path(path: str | pathlib.Path) -> pathlib.Path:
+    """A saved model directory, given it or a run directory holding it under ``model/``."""
+    path = pathlib.Path(path)
+    if (path / MODEL_DIR).is_dir():
+        return path / MODEL_DIR
+    if not path.exists():
+        raise FileNotFoundError(f"no saved model at {path}")
+    return path
+
+
+def model_domains(model, spec) -> list[str]:
+    """Names of the domains a model has towers for (falls back to the spec's warm domains)."""
+    for attr in ("domain_names", "domains"):
+        value = getattr(model, attr, None)
+        if value is not None and not callable(value):
+            names = [getattr(d, "name", d) for d in value]
+            if names and all(isinstance(n, str) for n in names):
+                return list(names)
+    config = getattr(model, "config", None)
+    for attr in ("domains", "domain_names"):
+        value = getattr(config, attr, None) if config is not None else None
+        if value:
+            return [getattr(d, "name", d) for d in value]
+    return [d.name for d in spec.domains.warm()]
+
+
+def make_dataset(samples_dir, split: str, spec, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 domains: Sequence[str] | None = None, domain_weights=None) -> tf.data.Dataset:
+    from tfsr import data
+
+    kwargs: dict[str, Any] = {"shuffle": shuffle, "seed": seed, "domains": list(domains) if domains else None}
+    if domain_weights:
+        kwargs["domain_weights"] = domain_weights
+    return data.make_dataset(layout.split_pattern(samples_dir, split), spec, batch_size, **kwargs)
+
+
+def _optimizer(cfg: TrainConfig, model_config: dict | None):
+    lr = cfg.learning_rate
+    if lr is None and model_config:
+        lr = model_config.get("learning_rate")
+    kwargs = {"learning_rate": float(lr or 1e-3)}
+    if cfg.clipnorm:
+        kwargs["clipnorm"] = float(cfg.clipnorm)
+    return tf.keras.optimizers.Adam(**kwargs)
+
+
+def _fit(model, cfg: TrainConfig, spec, stage: str, domains: Sequence[str], model_config: dict | None):
+    out = pathlib.Path(cfg.output_dir)
+    trainer = Trainer(model, _optimizer(cfg, model_config), out, stage=stage, seed=cfg.seed,
+                      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                      keep_checkpoints=cfg.keep_checkpoints, verbose=cfg.verbose)
+
+    def dataset_fn(epoch: int):
+        return make_dataset(cfg.samples_dir, cfg.split, spec, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
+                            domains=domains, domain_weights=cfg.domain_weights)
+
+    started = time.perf_counter()
+    history = trainer.fit(dataset_fn, epochs=cfg.epochs, max_steps=cfg.max_steps)
+    log.info("%s: %d steps in %.1f s", stage, int(trainer.step.numpy()), time.perf_counter() - started)
+    return trainer, history
+
+
+def _save(model, cfg: TrainConfig) -> pathlib.Path:
+    from tfsr.models import save_model
+
+    path = pathlib.Path(cfg.output_dir) / MODEL_DIR
+    save_model(model, str(path))
+    log.info("saved the model to %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------- stages
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Pretrains on the warm domains. Returns {"model", "model_path", "trainer", "history", "report"?}."""
+    from tfsr.models import ModelConfig, build_model
+
+    cfg.validate()
+    set_seeds(cfg.seed)
+    spec = layout.read_feature_spec(cfg.samples_dir)
+    model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
+    cfg.model = model_config.to_json()
+    cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
+    model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
+    domains = cfg.domains or [d.name for d in spec.domains.warm()]
+    trainer, history = _fit(model, cfg, spec, "train", domains, cfg.model)
+    result = {"model": model, "model_path": _save(model, cfg), "trainer": trainer, "history": history}
+    if cfg.evaluate:
+        result["report"] = run_evaluate(model, cfg.samples_dir, pathlib.Path(cfg.output_dir) / REPORT_DIR,
+                                        batch_size=cfg.eval_batch_size, run_dir=cfg.output_dir)
+    return result
+
+
+def prepare_finetune_model(pretrained, spec, domains: Sequence[str], freeze: Iterable[str]):
+    """Loads a pretrained model (path or model), adds the cold-start domains and freezes the given levels."""
+    from tfsr.models import load_model
+
+    model = load_model(str(resolve_model_path(pretrained))) if isinstance(pretrained, str | pathlib.Path) else pretrained
+    known = set(model_domains(model, spec))
+    for name in domains:
+        if name not in known:
+            model.add_domain(name)
+    freeze = list(freeze)
+    if freeze:
+        model.freeze(*freeze)
+    return model
+
+
+def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
+    """Fine-tunes a pretrained model on the cold-start slice with the chosen levels frozen."""
+    cfg.validate()
+    if not cfg.pretrained:
+        raise ValueError("finetune needs --pretrained (a saved model or a pretraining run directory)")
+    set_seeds(cfg.seed)
+    spec = layout.read_feature_spec(cfg.samples_dir)
+    domains = cfg.domains or [d.name for d in spec.domains.cold()]
+    if not domains:
+        raise ValueError("the feature spec has no cold-start domain; pass --domains")
+    model = prepare_finetune_model(cfg.pretrained, spec, domains, cfg.freeze)
+    config_obj = getattr(model, "config", None)
+    if config_obj is not None and hasattr(config_obj, "to_json"):
+        cfg.model = config_obj.to_json()
+    cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
+    trainer, history = _fit(model, cfg, spec, "finetune", domains, None)
+    result = {"model": model, "model_path": _save(model, cfg), "trainer": trainer, "history": history}
+    if cfg.evaluate:
+        result["report"] = run_evaluate(model, cfg.samples_dir, pathlib.Path(cfg.output_dir) / REPORT_DIR,
+                                        batch_size=cfg.eval_batch_size, run_dir=cfg.output_dir)
+    return result
+
+
+def default_eval_splits(model, spec) -> list[str]:
+    """``pretrain_eval``, plus ``coldstart_eval`` when the model has a tower for a cold-start domain."""
+    known = set(model_domains(model, spec))
+    splits = [layout.PRETRAIN_EVAL]
+    if any(d.name in known for d in spec.domains.cold()):
+        splits.append(layout.COLDSTART_EVAL)
+    return splits
+
+
+def predict_splits(model, samples_dir, spec, splits: Sequence[str], batch_size: int = 4096,
+                   domains: Sequence[str] | None = None, max_batches: int | None = None) -> dict:
+    """Predictions over several splits, concatenated (only the model's own domains by default)."""
+    import numpy as np
+
+    domains = list(domains) if domains else model_domains(model, spec)
+    parts = []
+    for split in splits:
+        ds = make_dataset(samples_dir, split, spec, batch_size, shuffle=False, domains=domains)
+        parts.append(evaluation.predict_dataset(model, ds, max_batches=max_batches))
+    keys = set.intersection(*(set(p) for p in parts))
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in keys}
+
+
+def run_evaluate(model, samples_dir, output_dir=None, splits: Sequence[str] | None = None,
+                 batch_size: int = 4096, run_dir=None, name: str | None = None,
+                 max_batches: int | None = None, plots: bool = True) -> dict[str, Any]:
+    """Evaluates a model (object, saved-model path or run directory) and writes the report.
+
+    Returns the report dict (also written to ``output_dir`` as report.json / report.md / PNGs when given).
+    """
+    from tfsr.models import load_model
+
+    model_ref = None
+    if isinstance(model, str | pathlib.Path):
+        model_ref = str(model)
+        if run_dir is None and (pathlib.Path(model) / MODEL_DIR).is_dir():
+            run_dir = model
+        model = load_model(str(resolve_model_path(model)))
+    spec = layout.read_feature_spec(samples_dir)
+    splits = list(splits) if splits else default_eval_splits(model, spec)
+    started = time.perf_counter()
+    preds = predict_splits(model, samples_dir, spec, splits, batch_size, max_batches=max_batches)
+    rep = evaluation.evaluate_predictions(preds, spec)
+    rep["meta"] = {
+        "model": name or model_ref or getattr(model, "name", "model"),
+        "model_type": (getattr(getattr(model, "config", None), "model_type", None)),
+        "samples_dir": str(samples_dir),
+        "splits": ", ".join(splits),
+        "rows": int(preds["label"].size),
+        "eval_seconds": round(time.perf_counter() - started, 2),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tfsr_version": tfsr.__version__,
+    }
+    if run_dir is not None:
+        rep["history"] = load_histories(run_dir)
+    if output_dir is not None:
+        report.write_report(rep, output_dir, title=f"Evaluation of {rep['meta']['model']}", plots=plots)
+        log.info("wrote the report to %s", output_dir)
+    return rep
