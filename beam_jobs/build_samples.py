@@ -108,7 +108,7 @@ class _NumberedLinesFn(beam.DoFn):
         self.header_of = header_of
         self.rows_read = Metrics.counter(METRICS_NAMESPACE, f"rows_read_{source}")
 
-    def process(self, path: str) -> Iterator[Any]:
+    def process(self, path):
         header = self.header_of(path)
         logger.info("reading %s (%s)", path, self.source)
         with FileSystems.open(path) as handle:
@@ -404,7 +404,7 @@ class _WriteVocabFn(beam.DoFn):
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
 
-    def process(self, element) -> Iterator[tuple[tuple[str, ...], int]]:
+    def process(self, element):
         feature, entries = element
         ordered = sorted((e for e in entries if e is not None), key=lambda e: (-e[0], e[1]))
         path = str(layout.vocab_path(self.output_dir, feature))
@@ -518,11 +518,20 @@ class _ToExampleFn(beam.DoFn):
 
 
 # --------------------------------------------------------------------------------------- the ledger
-def _sample_stats(split_record) -> Iterator[tuple[tuple[str, ...], int]]:
+def _sample_stats(split_record):
     split, record = split_record
-    yield ("samples", split, record["domain"]), 1
-    yield ("positives", split, record["domain"]), record["label"]
-    yield ("cold_items", split, record["domain"]), record["is_cold_item"]
+    return (split, record["domain"]), (1, record["label"], record["is_cold_item"])
+
+
+def _sum_columns(rows):
+    return tuple(map(sum, zip(*rows, strict=True))) if rows else (0, 0, 0)
+
+
+def _flatten_sample_stats(element):
+    (split, domain), (samples, positives, cold_items) = element
+    yield ("samples", split, domain), samples
+    yield ("positives", split, domain), positives
+    yield ("cold_items", split, domain), cold_items
 
 
 def build_manifest(stats: dict, spec: FeatureSpec, encoder_identity: dict, command: str, options: dict) -> dict:
@@ -654,7 +663,12 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, spec: FeatureSpec
         | "WriteDeadLetters" >> beam.io.WriteToText(
             f"{out}/{layout.DEAD_LETTERS_DIR}/dead_letters", file_name_suffix=".jsonl", num_shards=1)
     )
-    sample_stats = split_records | "SampleStats" >> beam.FlatMap(_sample_stats)
+    sample_stats = (
+        split_records
+        | "SampleStats" >> beam.Map(_sample_stats)
+        | "SumSampleStats" >> beam.CombinePerKey(_sum_columns)
+        | "SampleStatRows" >> beam.FlatMap(_flatten_sample_stats)
+    )
     options = {k: v for k, v in vars(args).items() if k not in ("output_dir",)}
     _ = (
         (*ledger, sample_stats, vocab_sizes)

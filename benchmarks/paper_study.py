@@ -68,8 +68,8 @@ class Budget:
 
 FULL = Budget(text_encoder="minilm", batch_size=512, epochs=2, max_steps=None, ft_batch_size=64, ft_epochs=15,
               seeds=(0, 1, 2))
-QUICK = Budget(text_encoder="tiny", batch_size=256, epochs=1, max_steps=40, ft_batch_size=64, ft_epochs=3,
-               seeds=(0, 1))
+QUICK = Budget(text_encoder="tiny", batch_size=256, epochs=1, max_steps=20, ft_batch_size=64, ft_epochs=2,
+               seeds=(0,), eval_max_batches=2)
 
 
 # --------------------------------------------------------------------------- running one model
@@ -122,7 +122,6 @@ class Study:
 
         model = dict(self.base_model)
         model.update(model_overrides)
-        model["seed"] = seed if "seed" in model else model.get("seed", seed)
         cfg = self._cfg(name, model=model, seed=seed, domains=domains)
         t0 = time.perf_counter()
         result = workflows.run_train(cfg)

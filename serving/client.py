@@ -24,6 +24,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+
+# isort: split
+
 import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.example import example_pb2, feature_pb2  # noqa: E402
@@ -36,8 +40,6 @@ from tensorflow_serving.apis import (  # noqa: E402
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-
-import tfsr  # noqa: F401  (environment set-up before TensorFlow)
 
 log = logging.getLogger("tfsr.client")
 

@@ -37,6 +37,10 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 
+import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+
+# isort: split
+
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -53,8 +57,6 @@ from tensorflow_serving.apis import (  # noqa: E402
     status_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
-
-import tfsr  # noqa: F401  (environment set-up before TensorFlow; nothing of the model code)
 
 try:  # registers the TF Text ops the stock model server links in
     import tensorflow_text  # noqa: F401

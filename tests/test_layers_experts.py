@@ -82,11 +82,14 @@ def test_domain_towers_send_each_sample_through_its_own_tower():
 
 def test_ple_output_shape_and_add_domain():
     layer = PLE(num_levels=2, num_shared_experts=2, num_specific_experts=1, units=[4], num_domains=3)
-    before = layer(X, IDS).numpy()
-    assert before.shape == (5, 4)
+    assert layer(X, IDS).shape == (5, 4)
+    before = {w.ref(): w.numpy() for w in layer.weights}
     for weights in layer.level_weights:
         weights.add_domain(init_from=0)
-    np.testing.assert_allclose(layer(X, IDS), before, rtol=1e-5, atol=1e-6)
+    assert len(layer.weights) > len(before)
+    assert all(np.array_equal(ref.deref().numpy(), value) for ref, value in before.items())
+    # The shared gate between levels mixes every domain's experts, so (unlike MMoE and STAR) a new
+    # domain also reaches the existing domains' shared path: only the shapes are checked here.
     assert layer(X, tf.constant([3] * 5)).shape == (5, 4)
 
 

@@ -55,7 +55,7 @@ def test_parse_rating_and_tag():
         (b"1,\xff\xfe,4.0,964983500", "invalid_utf8"),
         (b"x1,3,4.0,964983700", "non_numeric_user_id"),
         (b"1,3,4.0,soon", "non_numeric_timestamp"),
-        (b"1,3,4.0," + b"9" * (1 << 20), "malformed_csv"),  # a 1 MB field exceeds the CSV field limit
+        (b"1,3,4.0," + b"9" * (1 << 20), "field_too_long"),  # a 1 MB field exceeds the CSV field limit
     ],
 )
 def test_parse_rating_rejects_with_reason(line, reason):

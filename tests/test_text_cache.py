@@ -85,7 +85,8 @@ def test_tfrecord_round_trip_and_read_only(tiny, tmp_path):
     # the records parse with the layout's feature spec
     record = next(iter(tf.data.TFRecordDataset(str(path), compression_type="GZIP")))
     parsed = tf.io.parse_single_example(
-        record, {"text": tf.io.FixedLenFeature([], tf.string), "embedding": tf.io.FixedLenFeature([DIM], tf.float32)}
+        record,
+        {"text": tf.io.FixedLenFeature([], tf.string), "embedding": tf.io.FixedLenFeature([DIM], tf.float32)},
     )
     assert parsed["text"].numpy() == "Amélie (2001)".encode()
     assert make_example("x", np.zeros(DIM)).features.feature["text"].bytes_list.value == [b"x"]
@@ -96,11 +97,18 @@ def test_cli_embed_and_export(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cli, "load_text_encoder", lambda weights_dir, max_length: tiny)
     csv_path = tmp_path / "movies.csv"
-    csv_path.write_text("movieId,title\n1,Toy Story (1995)\n2,Heat (1995)\n3,Toy Story (1995)\n", encoding="utf-8")
+    csv_path.write_text(
+        "movieId,title\n1,Toy Story (1995)\n2,Heat (1995)\n3,Toy Story (1995)\n", encoding="utf-8"
+    )
 
-    assert cli.main(["embed", "--input", str(csv_path), "--column", "title", "--out", str(tmp_path / "t.npy")]) == 0
+    assert (
+        cli.main(["embed", "--input", str(csv_path), "--column", "title", "--out", str(tmp_path / "t.npy")])
+        == 0
+    )
     matrix = np.load(tmp_path / "t.npy")
-    np.testing.assert_allclose(matrix, tiny.encode(["Toy Story (1995)", "Heat (1995)", "Toy Story (1995)"]), atol=1e-6)
+    np.testing.assert_allclose(
+        matrix, tiny.encode(["Toy Story (1995)", "Heat (1995)", "Toy Story (1995)"]), atol=1e-6
+    )
 
     out = tmp_path / "t.tfrecord.gz"
     assert cli.main(["embed", "--input", str(csv_path), "--column", "title", "--out", str(out)]) == 0

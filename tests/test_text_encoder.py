@@ -40,12 +40,18 @@ def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
     folder = tmp_path_factory.mktemp("tiny_bert")
     vocab = (default_weights_dir() / VOCAB_FILE).read_text(encoding="utf-8").splitlines()
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
     )
     state = {f"bert.{k}": v for k, v in random_hf_state_dict(config, seed=3).items()}
     state["pooler.dense.weight"] = np.zeros((16, 16), np.float32)  # ignored, as in real checkpoints
     save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**config.to_dict(), "model_type": "bert"}), encoding="utf-8")
+    (folder / "config.json").write_text(
+        json.dumps({**config.to_dict(), "model_type": "bert"}), encoding="utf-8"
+    )
     shutil.copy(default_weights_dir() / VOCAB_FILE, folder / VOCAB_FILE)
     return folder
 
@@ -80,7 +86,9 @@ def test_deterministic_under_seed(tiny):
 def test_padding_does_not_change_embeddings(tiny):
     """Dynamic padding: a text's vector does not depend on the other texts of its batch."""
     alone = tiny(tf.constant(["sci-fi"])).numpy()
-    batched = tiny(tf.constant(["sci-fi", "a much longer text that forces a lot of padding onto sci-fi"])).numpy()
+    batched = tiny(
+        tf.constant(["sci-fi", "a much longer text that forces a lot of padding onto sci-fi"])
+    ).numpy()
     np.testing.assert_allclose(batched[0], alone[0], atol=1e-6)
 
 
@@ -93,7 +101,14 @@ def test_truncation_to_max_length(tiny):
 
 
 def test_encode_matches_call_and_keeps_order(tiny):
-    texts = ["Jumanji (1995)", "a", "", "Star Wars: Episode IV - A New Hope (1977)", "a", "千と千尋の神隠し"] * 3
+    texts = [
+        "Jumanji (1995)",
+        "a",
+        "",
+        "Star Wars: Episode IV - A New Hope (1977)",
+        "a",
+        "千と千尋の神隠し",
+    ] * 3
     direct = tiny(tf.constant(texts)).numpy()
     for batch_size in (1, 4, 256):
         np.testing.assert_allclose(tiny.encode(texts, batch_size=batch_size), direct, atol=1e-6)
@@ -224,6 +239,7 @@ def test_export_and_reload(tiny, tmp_path):
     loaded = tf.saved_model.load(path)
     sig = loaded.signatures["serving_default"]
     assert list(sig.structured_outputs) == ["embeddings"]
+    assert sig.structured_outputs["embeddings"].shape.as_list() == [None, DIM]  # static width for readers
     assert sig.structured_input_signature[1]["texts"].shape.as_list() == [None]
     np.testing.assert_allclose(sig(texts=tf.constant(texts))["embeddings"].numpy(), expected, atol=1e-6)
 
@@ -253,7 +269,9 @@ def test_load_from_checkpoint_folder(tiny_checkpoint):
     assert identity["name"] == tiny_checkpoint.name and identity["weights"] == str(tiny_checkpoint.resolve())
     import hashlib
 
-    assert identity["sha256"] == hashlib.sha256((tiny_checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        identity["sha256"] == hashlib.sha256((tiny_checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    )
     np.testing.assert_allclose(np.linalg.norm(encoder.encode(["hello world"]), axis=1), 1.0, atol=1e-6)
 
 
@@ -291,8 +309,17 @@ def test_missing_weights_package_message(monkeypatch):
     [
         BertEmbeddings(vocab_size=10, hidden_size=8, max_position_embeddings=16, name="emb"),
         BertTransformerBlock(hidden_size=8, num_attention_heads=2, intermediate_size=16, name="block"),
-        BertEncoder(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=16, max_position_embeddings=16).to_dict(), name="bert"),
+        BertEncoder(
+            BertConfig(
+                vocab_size=10,
+                hidden_size=8,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=16,
+                max_position_embeddings=16,
+            ).to_dict(),
+            name="bert",
+        ),
     ],
 )
 def test_layer_config_round_trip(layer):
@@ -305,8 +332,14 @@ def test_layer_config_round_trip(layer):
 
 def test_bert_encoder_matches_hand_computation_for_one_token():
     """With one token, attention is the identity on V: check the block against numpy."""
-    config = BertConfig(vocab_size=5, hidden_size=4, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=6, max_position_embeddings=3)
+    config = BertConfig(
+        vocab_size=5,
+        hidden_size=4,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=6,
+        max_position_embeddings=3,
+    )
     state = random_hf_state_dict(config, seed=7)
     bert = BertEncoder(config.to_dict())
     bert.load_hf_state_dict(state)
@@ -319,7 +352,11 @@ def test_bert_encoder_matches_hand_computation_for_one_token():
 
     s = state
     x = s["embeddings.word_embeddings.weight"][3] + s["embeddings.position_embeddings.weight"][0]
-    x = ln(x + s["embeddings.token_type_embeddings.weight"][0], s["embeddings.LayerNorm.weight"], s["embeddings.LayerNorm.bias"])
+    x = ln(
+        x + s["embeddings.token_type_embeddings.weight"][0],
+        s["embeddings.LayerNorm.weight"],
+        s["embeddings.LayerNorm.bias"],
+    )
     p = "encoder.layer.0."
     v = s[p + "attention.self.value.weight"] @ x + s[p + "attention.self.value.bias"]
     a = s[p + "attention.output.dense.weight"] @ v + s[p + "attention.output.dense.bias"]
@@ -348,7 +385,7 @@ def _reference(fixtures_dir):
 
 
 def _assert_matches(out, ref, texts):
-    for text, got, want in zip(texts, out, ref):
+    for text, got, want in zip(texts, out, ref, strict=True):
         diff = np.abs(got - want).max()
         cosine = float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want)))
         assert diff <= 1e-5 and cosine >= 0.99999, f"{text[:40]!r}: max|diff| {diff:.2e}, cosine {cosine:.7f}"

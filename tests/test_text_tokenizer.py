@@ -144,7 +144,7 @@ def tokenizer(vocab) -> BertTextTokenizer:
 def _check_same(tokenizer, vocab, texts):
     index = {t: i for i, t in enumerate(vocab)}
     got = tokenizer.tokenize(tf.constant(texts)).to_list()
-    mismatches = [(t, encode(t, index), g) for t, g in zip(texts, got) if encode(t, index) != g]
+    mismatches = [(t, encode(t, index), g) for t, g in zip(texts, got, strict=True) if encode(t, index) != g]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, first: {mismatches[0]}"
 
 

@@ -255,7 +255,7 @@ def evaluate_arrays(
     if n:
         report["overall"] = metrics(np.ones(n, dtype=bool))
         warm = ~np.isin(domains, cold_domains)
-        if warm.any() and cold_domains:
+        if warm.any() and not warm.all():
             report["overall_warm"] = metrics(warm)
         if cold_item is not None and (cold_item == 1).any():
             report["item_cold_start"]["all"] = metrics(cold_item == 1)
@@ -271,9 +271,12 @@ def predict_dataset(model, dataset, max_batches: int | None = None) -> dict[str,
     """
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
-    def _predict(batch):
+    def _call(batch):
         return model(batch, training=False)
+
+    # one trace for all batches (the batch dimension of the element spec is None)
+    _predict = tf.function(_call, input_signature=[dataset.element_spec]) if isinstance(
+        dataset.element_spec, Mapping) else tf.function(_call, reduce_retracing=True)
 
     keep = ("label", "domain", "user_id", "item_id", "is_cold_item")
     chunks: dict[str, list[np.ndarray]] = {}

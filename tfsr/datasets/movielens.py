@@ -136,7 +136,8 @@ def split_csv_line(raw: bytes | str, num_columns: int) -> list[str]:
     try:
         fields = next(csv.reader([line], strict=True))
     except csv.Error as err:
-        raise RowError("malformed_csv", f"{err} in line {line[:80]!r}") from None
+        reason = "field_too_long" if "field larger than field limit" in str(err) else "malformed_csv"
+        raise RowError(reason, f"{err} in line {line[:80]!r}") from None
     if len(fields) != num_columns:
         raise RowError("wrong_column_count", f"expected {num_columns} columns, got {len(fields)}")
     return fields

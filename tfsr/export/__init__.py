@@ -36,9 +36,12 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
+import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+
+# isort: split
+
 import tensorflow as tf  # noqa: E402
 
-import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
 from tfsr import layout  # noqa: E402
 from tfsr.features import FeatureSpec  # noqa: E402
 

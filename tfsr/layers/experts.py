@@ -227,7 +227,9 @@ class PLE(_BlockBase):
     Each level has `num_shared_experts` shared experts and, per domain, `num_specific_experts`
     domain-specific experts. Domain k's gate mixes its own experts and the shared ones; between
     levels a shared gate mixes all experts into the next level's shared input. The shared gate's
-    logits for domain k's experts are themselves a per-domain parameter, so domains can be added.
+    logits for domain k's experts are themselves a per-domain parameter, so domains can be added; as
+    that gate mixes every domain's experts, a domain added later also enters the existing domains'
+    shared path (MMoE, STAR and the towers leave existing domains' outputs unchanged).
 
     Args:
       num_levels: number of CGC levels (>= 1).

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
+
+# isort: split
+import tensorflow as tf
 
 _SUPPORTED_ACTIVATIONS = ("gelu",)
 
@@ -47,8 +49,16 @@ class BertConfig:
                 f"({self.num_attention_heads})"
             )
         if self.hidden_act not in _SUPPORTED_ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {_SUPPORTED_ACTIVATIONS}")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings"):
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported; expected one of {_SUPPORTED_ACTIVATIONS}"
+            )
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -58,7 +68,9 @@ class BertConfig:
         config = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
         model_type = config.get("model_type", "bert")
         if config.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"only absolute position embeddings are supported, got {config['position_embedding_type']!r}")
+            raise ValueError(
+                f"only absolute position embeddings are supported, got {config['position_embedding_type']!r}"
+            )
         if model_type not in ("bert",):
             raise ValueError(f"{path}: model_type {model_type!r} is not a BERT checkpoint")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -109,9 +121,14 @@ class BertEmbeddings(tf.keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         h = self.hidden_size
-        self.word_embeddings = self.add_weight("word_embeddings", [self.vocab_size, h], initializer=_init(), trainable=self.trainable)
+        self.word_embeddings = self.add_weight(
+            "word_embeddings", [self.vocab_size, h], initializer=_init(), trainable=self.trainable
+        )
         self.position_embeddings = self.add_weight(
-            "position_embeddings", [self.max_position_embeddings, h], initializer=_init(), trainable=self.trainable
+            "position_embeddings",
+            [self.max_position_embeddings, h],
+            initializer=_init(),
+            trainable=self.trainable,
         )
         self.token_type_embeddings = self.add_weight(
             "token_type_embeddings", [self.type_vocab_size, h], initializer=_init(), trainable=self.trainable
@@ -179,18 +196,38 @@ class BertTransformerBlock(tf.keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         h, i = self.hidden_size, self.intermediate_size
-        self.qkv_kernel = self.add_weight("qkv_kernel", [h, 3 * h], initializer=_init(), trainable=self.trainable)
+        self.qkv_kernel = self.add_weight(
+            "qkv_kernel", [h, 3 * h], initializer=_init(), trainable=self.trainable
+        )
         self.qkv_bias = self.add_weight("qkv_bias", [3 * h], initializer="zeros", trainable=self.trainable)
-        self.attn_out_kernel = self.add_weight("attention_output_kernel", [h, h], initializer=_init(), trainable=self.trainable)
-        self.attn_out_bias = self.add_weight("attention_output_bias", [h], initializer="zeros", trainable=self.trainable)
-        self.attn_ln_gamma = self.add_weight("attention_layer_norm_gamma", [h], initializer="ones", trainable=self.trainable)
-        self.attn_ln_beta = self.add_weight("attention_layer_norm_beta", [h], initializer="zeros", trainable=self.trainable)
-        self.ffn_in_kernel = self.add_weight("intermediate_kernel", [h, i], initializer=_init(), trainable=self.trainable)
-        self.ffn_in_bias = self.add_weight("intermediate_bias", [i], initializer="zeros", trainable=self.trainable)
-        self.ffn_out_kernel = self.add_weight("output_kernel", [i, h], initializer=_init(), trainable=self.trainable)
+        self.attn_out_kernel = self.add_weight(
+            "attention_output_kernel", [h, h], initializer=_init(), trainable=self.trainable
+        )
+        self.attn_out_bias = self.add_weight(
+            "attention_output_bias", [h], initializer="zeros", trainable=self.trainable
+        )
+        self.attn_ln_gamma = self.add_weight(
+            "attention_layer_norm_gamma", [h], initializer="ones", trainable=self.trainable
+        )
+        self.attn_ln_beta = self.add_weight(
+            "attention_layer_norm_beta", [h], initializer="zeros", trainable=self.trainable
+        )
+        self.ffn_in_kernel = self.add_weight(
+            "intermediate_kernel", [h, i], initializer=_init(), trainable=self.trainable
+        )
+        self.ffn_in_bias = self.add_weight(
+            "intermediate_bias", [i], initializer="zeros", trainable=self.trainable
+        )
+        self.ffn_out_kernel = self.add_weight(
+            "output_kernel", [i, h], initializer=_init(), trainable=self.trainable
+        )
         self.ffn_out_bias = self.add_weight("output_bias", [h], initializer="zeros", trainable=self.trainable)
-        self.ffn_ln_gamma = self.add_weight("output_layer_norm_gamma", [h], initializer="ones", trainable=self.trainable)
-        self.ffn_ln_beta = self.add_weight("output_layer_norm_beta", [h], initializer="zeros", trainable=self.trainable)
+        self.ffn_ln_gamma = self.add_weight(
+            "output_layer_norm_gamma", [h], initializer="ones", trainable=self.trainable
+        )
+        self.ffn_ln_beta = self.add_weight(
+            "output_layer_norm_beta", [h], initializer="zeros", trainable=self.trainable
+        )
         super().build(input_shape)
 
     def call(self, x: tf.Tensor, positions: tf.Tensor, attention_bias: tf.Tensor) -> tf.Tensor:
@@ -320,18 +357,26 @@ class BertEncoder(tf.keras.layers.Layer):
 
         def assign(var: tf.Variable, value: np.ndarray, key: str) -> None:
             if tuple(var.shape) != value.shape:
-                raise ValueError(f"weight {key!r} has shape {value.shape}, the model expects {tuple(var.shape)}")
+                raise ValueError(
+                    f"weight {key!r} has shape {value.shape}, the model expects {tuple(var.shape)}"
+                )
             var.assign(value)
 
         e = self.embeddings
-        assign(e.word_embeddings, get("embeddings.word_embeddings.weight"), "embeddings.word_embeddings.weight")
+        assign(
+            e.word_embeddings, get("embeddings.word_embeddings.weight"), "embeddings.word_embeddings.weight"
+        )
         assign(e.position_embeddings, get("embeddings.position_embeddings.weight"), "position_embeddings")
-        assign(e.token_type_embeddings, get("embeddings.token_type_embeddings.weight"), "token_type_embeddings")
+        assign(
+            e.token_type_embeddings, get("embeddings.token_type_embeddings.weight"), "token_type_embeddings"
+        )
         assign(e.ln_gamma, get("embeddings.LayerNorm.weight"), "embeddings.LayerNorm.weight")
         assign(e.ln_beta, get("embeddings.LayerNorm.bias"), "embeddings.LayerNorm.bias")
         for i, block in enumerate(self.blocks):
             p = f"encoder.layer.{i}."
-            qkv_w = np.concatenate([get(p + f"attention.self.{n}.weight").T for n in ("query", "key", "value")], 1)
+            qkv_w = np.concatenate(
+                [get(p + f"attention.self.{n}.weight").T for n in ("query", "key", "value")], 1
+            )
             qkv_b = np.concatenate([get(p + f"attention.self.{n}.bias") for n in ("query", "key", "value")])
             assign(block.qkv_kernel, qkv_w, p + "attention.self.{query,key,value}.weight")
             assign(block.qkv_bias, qkv_b, p + "attention.self.{query,key,value}.bias")

@@ -17,9 +17,11 @@ from typing import Any, Protocol
 import numpy as np
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
 
-from tfsr.text.encoder import to_string_list  # noqa: E402
+# isort: split
+import tensorflow as tf
+
+from tfsr.text.encoder import to_string_list
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class EmbeddingCache:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(keys), self.dim):
             raise ValueError(f"vectors have shape {vectors.shape}, expected {(len(keys), self.dim)}")
-        for key, vector in zip(keys, vectors):
+        for key, vector in zip(keys, vectors, strict=True):
             self._vectors[key] = vector
 
     def items(self) -> Iterable[tuple[bytes, np.ndarray]]:
@@ -130,7 +132,11 @@ class EmbeddingCache:
 
     @classmethod
     def load_tfrecord(
-        cls, path: str | pathlib.Path, encoder: SupportsEncode | None = None, dim: int | None = None, **kwargs: Any
+        cls,
+        path: str | pathlib.Path,
+        encoder: SupportsEncode | None = None,
+        dim: int | None = None,
+        **kwargs: Any,
     ) -> EmbeddingCache:
         """Reads a file written by :meth:`save_tfrecord`; with an encoder, misses are encoded."""
         path = pathlib.Path(path)
@@ -160,7 +166,9 @@ def make_example(text: str | bytes, vector: np.ndarray) -> tf.train.Example:
         features=tf.train.Features(
             feature={
                 TEXT_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[key])),
-                EMBEDDING_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(vector).ravel())),
+                EMBEDDING_KEY: tf.train.Feature(
+                    float_list=tf.train.FloatList(value=np.asarray(vector).ravel())
+                ),
             }
         )
     )

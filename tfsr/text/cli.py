@@ -32,8 +32,12 @@ logger = logging.getLogger(__name__)
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfsr encode-text", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--weights-dir", default=None, help="BERT checkpoint folder (default: all-MiniLM-L6-v2 package)")
-    common.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="max tokens incl. [CLS]/[SEP]")
+    common.add_argument(
+        "--weights-dir", default=None, help="BERT checkpoint folder (default: all-MiniLM-L6-v2 package)"
+    )
+    common.add_argument(
+        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="max tokens incl. [CLS]/[SEP]"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     export = sub.add_parser("export", parents=[common], help="write the encoder alone as a SavedModel")
@@ -42,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     embed = sub.add_parser("embed", parents=[common], help="embed the texts of a file")
     embed.add_argument("--input", required=True, help=".txt (one text per line) or .csv (with --column)")
     embed.add_argument("--column", default=None, help="CSV column holding the texts")
-    embed.add_argument("--out", required=True, help=".npy (matrix in input order) or .tfrecord[.gz] (unique texts)")
+    embed.add_argument(
+        "--out", required=True, help=".npy (matrix in input order) or .tfrecord[.gz] (unique texts)"
+    )
     embed.add_argument("--batch-size", type=int, default=256)
 
     sub.add_parser("identity", parents=[common], help="print the encoder identity (JSON)")

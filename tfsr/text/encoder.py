@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
 
-from tfsr.text.bert import BertConfig, BertEncoder, random_hf_state_dict  # noqa: E402
-from tfsr.text.tokenizer import BertTextTokenizer, read_vocab  # noqa: E402
+# isort: split
+import tensorflow as tf
+
+from tfsr.text.bert import BertConfig, BertEncoder, random_hf_state_dict
+from tfsr.text.tokenizer import BertTextTokenizer, read_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ def to_string_list(texts: Any) -> list[bytes]:
     non-string element, naming its index.
     """
     if isinstance(texts, (str, bytes)):
-        raise TypeError(f"texts must be a sequence of strings, not a single {type(texts).__name__}; wrap it in a list")
+        raise TypeError(
+            f"texts must be a sequence of strings, not a single {type(texts).__name__}; wrap it in a list"
+        )
     if isinstance(texts, np.ndarray):
         texts = texts.reshape(-1).tolist() if texts.ndim <= 1 else None
         if texts is None:
@@ -130,7 +134,13 @@ class TextEncoder(tf.Module):
     Attributes: ``dim``, ``max_length``, ``identity``, ``tokenizer``, ``bert``.
     """
 
-    def __init__(self, tokenizer: BertTextTokenizer, bert: BertEncoder, identity: dict[str, Any], name: str | None = None):
+    def __init__(
+        self,
+        tokenizer: BertTextTokenizer,
+        bert: BertEncoder,
+        identity: dict[str, Any],
+        name: str | None = None,
+    ):
         super().__init__(name=name)
         if tokenizer.vocab_size != bert.bert_config.vocab_size:
             raise ValueError(
@@ -234,7 +244,9 @@ def _build(
     return TextEncoder(tokenizer, bert, identity, name="text_encoder")
 
 
-def load_text_encoder(weights_dir: str | pathlib.Path | None = None, max_length: int = DEFAULT_MAX_LENGTH) -> TextEncoder:
+def load_text_encoder(
+    weights_dir: str | pathlib.Path | None = None, max_length: int = DEFAULT_MAX_LENGTH
+) -> TextEncoder:
     """Loads a BERT-family sentence encoder from a Hugging Face checkpoint folder, without PyTorch.
 
     Args:

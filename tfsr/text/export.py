@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
-import tensorflow_text  # noqa: E402,F401  (registers the TF Text ops the SavedModel uses)
 
-from tfsr.text.encoder import _TEXTS_SPEC, TextEncoder, encode_sorted  # noqa: E402
+# isort: split
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the TF Text ops the SavedModel uses)
+
+from tfsr.text.encoder import _TEXTS_SPEC, TextEncoder, encode_sorted
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ def export_text_encoder(encoder: TextEncoder, export_dir: str | pathlib.Path) ->
     tf.saved_model.save(encoder, str(path), signatures={SIGNATURE_NAME: serve})
     extra = path / "assets.extra"
     extra.mkdir(parents=True, exist_ok=True)
-    (extra / IDENTITY_FILE).write_text(json.dumps(encoder.identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (extra / IDENTITY_FILE).write_text(
+        json.dumps(encoder.identity, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     logger.info("exported text encoder %s to %s", encoder.identity.get("name"), path)
     return str(path)
 

@@ -25,8 +25,10 @@ from __future__ import annotations
 import pathlib
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
-import tensorflow_text as tf_text  # noqa: E402
+
+# isort: split
+import tensorflow as tf
+import tensorflow_text as tf_text
 
 CLS_TOKEN = "[CLS]"
 SEP_TOKEN = "[SEP]"

@@ -206,7 +206,8 @@ class Trainer:
             self.restore()
         first_epoch_ds = dataset_fn(int(self.epoch.numpy()))
         if self._train_fn is None:
-            self._train_fn = tf.function(self.model.train_step, reduce_retracing=True)
+            # one trace for every batch, the last (smaller) one included: the batch dimension is None
+            self._train_fn = tf.function(self.model.train_step, input_signature=[first_epoch_ds.element_spec])
         writer = self._summary_writer()
         last_saved = int(self.step.numpy())
         steps_per_epoch: int | None = None

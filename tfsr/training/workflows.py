@@ -49,20 +49,29 @@ def resolve_model_path(path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
-def model_domains(model, spec) -> list[str]:
-    """Names of the domains a model has towers for (falls back to the spec's warm domains)."""
-    for attr in ("domain_names", "domains"):
-        value = getattr(model, attr, None)
-        if value is not None and not callable(value):
-            names = [getattr(d, "name", d) for d in value]
-            if names and all(isinstance(n, str) for n in names):
-                return list(names)
-    config = getattr(model, "config", None)
-    for attr in ("domains", "domain_names"):
-        value = getattr(config, attr, None) if config is not None else None
-        if value:
-            return [getattr(d, "name", d) for d in value]
+def model_domains(model, spec=None) -> list[str]:
+    """Names of the domains a model has towers for (its registry)."""
+    registry = getattr(model, "domain_registry", None)
+    if registry is not None:
+        return list(registry.names)
+    if spec is None:
+        raise ValueError("cannot tell the model's domains: it has no domain_registry")
     return [d.name for d in spec.domains.warm()]
+
+
+def training_registry(spec, domains: Sequence[str]):
+    """The registry a new model is built with: the domains it trains on, in the spec's order, ids 0..K-1.
+
+    Pretraining on the warm domains leaves the cold-start domain out, to be added by ``add_domain``;
+    a single-domain model knows only its domain.
+    """
+    from tfsr.features import Domain, DomainRegistry
+
+    unknown = [d for d in domains if d not in spec.domains]
+    if unknown:
+        raise ValueError(f"unknown domains {unknown}; the samples know {spec.domains.names}")
+    chosen = [d for d in spec.domains if d.name in set(domains)]
+    return DomainRegistry([Domain(d.name, d.kind, i, d.cold_start) for i, d in enumerate(chosen)])
 
 
 def make_dataset(samples_dir, split: str, spec, batch_size: int, *, shuffle: bool, seed: int = 0,
@@ -118,11 +127,13 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     cfg.validate()
     set_seeds(cfg.seed)
     spec = layout.read_feature_spec(cfg.samples_dir)
-    model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
-    cfg.model = model_config.to_json()
-    cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
-    model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
     domains = cfg.domains or [d.name for d in spec.domains.warm()]
+    model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
+    if model_config.domains is None:
+        model_config = model_config.with_registry(training_registry(spec, domains))
+    model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
+    cfg.model = model.config.to_json()
+    cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, "train", domains, cfg.model)
     result = {"model": model, "model_path": _save(model, cfg), "trainer": trainer, "history": history}
     if cfg.evaluate:
@@ -139,7 +150,7 @@ def prepare_finetune_model(pretrained, spec, domains: Sequence[str], freeze: Ite
     known = set(model_domains(model, spec))
     for name in domains:
         if name not in known:
-            model.add_domain(name)
+            model.add_domain(spec.domains[name])
     freeze = list(freeze)
     if freeze:
         model.freeze(*freeze)
@@ -157,9 +168,7 @@ def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
     if not domains:
         raise ValueError("the feature spec has no cold-start domain; pass --domains")
     model = prepare_finetune_model(cfg.pretrained, spec, domains, cfg.freeze)
-    config_obj = getattr(model, "config", None)
-    if config_obj is not None and hasattr(config_obj, "to_json"):
-        cfg.model = config_obj.to_json()
+    cfg.model = model.config.to_json()
     cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, "finetune", domains, None)
     result = {"model": model, "model_path": _save(model, cfg), "trainer": trainer, "history": history}

@@ -1,0 +1,89 @@
+"""serving/client.py without a server: retries, deadlines, example encoding, formatting."""
+
+import grpc
+import pytest
+import tensorflow as tf
+
+from serving import client as client_lib
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code):
+        super().__init__()
+        self._code = code
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return f"fake {self._code.name}"
+
+
+class FakeMethod:
+    def __init__(self, failures):
+        self.failures = list(failures)
+        self.timeouts = []
+
+    def __call__(self, request, timeout=None):
+        self.timeouts.append(timeout)
+        if self.failures:
+            raise FakeRpcError(self.failures.pop(0))
+        return "ok"
+
+
+def _client(**kwargs):
+    return client_lib.ScoringClient("127.0.0.1:1", "m", deadline_s=0.5, backoff_s=0.001, **kwargs)
+
+
+def test_retries_unavailable_only_with_a_deadline_on_every_call():
+    client = _client(max_retries=3)
+    method = FakeMethod([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE])
+    assert client._call(method, None) == "ok"
+    assert method.timeouts == [0.5, 0.5, 0.5]
+    method = FakeMethod([grpc.StatusCode.INVALID_ARGUMENT])
+    with pytest.raises(grpc.RpcError) as info:
+        client._call(method, None)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(method.timeouts) == 1
+    method = FakeMethod([grpc.StatusCode.DEADLINE_EXCEEDED])
+    with pytest.raises(grpc.RpcError):
+        client._call(method, None)
+    assert len(method.timeouts) == 1
+    method = FakeMethod([grpc.StatusCode.UNAVAILABLE] * 5)
+    with pytest.raises(grpc.RpcError) as info:
+        client._call(method, None)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and len(method.timeouts) == 4
+    client.close()
+
+
+def test_bad_client_arguments():
+    with pytest.raises(ValueError, match="deadline_s must be positive, got 0"):
+        client_lib.ScoringClient("127.0.0.1:1", "m", deadline_s=0)
+    with pytest.raises(ValueError, match="max_retries"):
+        client_lib.ScoringClient("127.0.0.1:1", "m", max_retries=-1)
+
+
+def test_make_example_and_candidate_request():
+    example = client_lib.make_example({"user_id": "u1", "item_genres": ["A", "B"], "n": 3, "x": 0.5, "e": []})
+    f = example.features.feature
+    assert f["user_id"].bytes_list.value == [b"u1"] and f["item_genres"].bytes_list.value == [b"A", b"B"]
+    assert f["n"].int64_list.value == [3] and f["x"].float_list.value == [0.5]
+    with pytest.raises(ValueError, match="feature 'bad'"):
+        client_lib.make_example({"bad": ["a", 1]})
+    client = _client(version=7)
+    request = client.candidate_request({"domain": "d", "user_id": "u"}, [{"item_id": "a"}, {"item_id": "b"}])
+    assert request.model_spec.name == "m" and request.model_spec.version.value == 7
+    assert request.model_spec.signature_name == "serving_default"
+    examples = tf.make_ndarray(request.inputs["examples"])
+    assert examples.shape == (2,)
+    parsed = tf.train.Example.FromString(examples[1]).features.feature
+    assert parsed["item_id"].bytes_list.value == [b"b"] and parsed["user_id"].bytes_list.value == [b"u"]
+    with pytest.raises(ValueError, match="no candidates"):
+        client.candidate_request({}, [])
+    client.close()
+
+
+def test_format_ranking():
+    rows = [{"item_id": "a", "ctr": 0.5, "gate_weights": {e: {"id": 0.2, "text": 0.5, "sparse": 0.3}
+                                                         for e in ("user", "query", "item")}}]
+    text = client_lib.format_ranking(rows)
+    assert "0.5000" in text and "0.20/0.50/0.30" in text

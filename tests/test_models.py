@@ -1,0 +1,249 @@
+"""The multi-domain models: outputs, config, save/load, per-domain loss masking, freezing, new domains."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsr import data
+from tfsr.features import Domain, FeatureSpec
+from tfsr.layers import ASPECTS, ENTITIES
+from tfsr.models import (
+    LEVELS,
+    MODEL_TYPES,
+    ModelConfig,
+    SRFoundationModel,
+    build_model,
+    load_model,
+    save_model,
+    warm_registry,
+)
+
+SPEC = FeatureSpec.default(text_dim=6)
+VOCABS = {"user_id": [f"u{i}" for i in range(10)], "item_genres": ["Action", "Comedy", "Drama"]}
+SMALL = {"embedding_dim": 4, "adaptive_units": 8, "expert_units": (8,), "tower_units": (4,), "num_hash_bins": 64,
+         "num_experts": 2}
+
+
+def _config(model_type="srfoundation", **kwargs):
+    return ModelConfig(model_type, **{**SMALL, **kwargs})
+
+
+def _batch(n=32, seed=0, spec=SPEC):
+    records = list(data.synthetic_records(spec, n, seed=seed))
+    serialized = tf.constant([spec.to_example(r).SerializeToString() for r in records])
+    return tf.io.parse_example(serialized, spec.parse_spec())
+
+
+BATCH = _batch()
+
+
+def test_config_json_round_trip_and_validation():
+    config = _config(alignment="mmd", domain_loss_weights={"rec_action": 2.0}, domains=SPEC.domains.to_json(),
+                     extra={"team": "search"})
+    text = json.dumps(config.to_json())
+    assert ModelConfig.from_json(text) == config
+    assert ModelConfig.loads(config.dumps()) == config
+    assert config.loss_weight("rec_action") == 2.0 and config.loss_weight("rec_drama") == 1.0
+    with pytest.raises(ValueError, match="gating must be one of .* got 'max'"):
+        ModelConfig(gating="max")
+    with pytest.raises(ValueError, match="alignment must be one of .* got 'kl'"):
+        ModelConfig(alignment="kl")
+    with pytest.raises(ValueError, match="embedding_dim must be a positive int, got 0"):
+        ModelConfig(embedding_dim=0)
+    with pytest.raises(ValueError, match="tower_units must be a non-empty list of positive ints"):
+        ModelConfig(tower_units=())
+    with pytest.raises(ValueError, match=r"domain_loss_weights names unknown domains \['nope'\]"):
+        ModelConfig(domains=SPEC.domains.to_json(), domain_loss_weights={"nope": 1.0})
+    with pytest.raises(ValueError, match=r"unknown ModelConfig fields \['colour'\]"):
+        ModelConfig.from_json({"colour": "red"})
+    with pytest.raises(ValueError, match="unknown model_type 'gpt'"):
+        build_model(ModelConfig("gpt"), SPEC)
+
+
+def test_defaults_resolve_per_model_type():
+    sr = build_model(_config(), SPEC, VOCABS)
+    assert (sr.config.gating, sr.config.alignment) == ("domain", "js")
+    assert sr.config.domains == SPEC.domains.to_json()
+    mmoe = build_model(_config("mmoe"), SPEC, VOCABS)
+    assert (mmoe.config.gating, mmoe.config.alignment) == ("mean", "none")
+
+
+def test_output_format_and_gate_weights():
+    model = build_model(_config(), SPEC, VOCABS)
+    out = model(BATCH)
+    assert set(out) == {"ctr", "logit", "gate_weights"}
+    assert out["ctr"].shape == (32,) and out["logit"].shape == (32,) and out["gate_weights"].shape == (32, 3, 3)
+    assert out["ctr"].dtype == tf.float32 and out["gate_weights"].dtype == tf.float32
+    np.testing.assert_allclose(out["ctr"], tf.sigmoid(out["logit"]), rtol=1e-6)
+    weights = out["gate_weights"].numpy()
+    user, query, item = (ENTITIES.index(e) for e in ("user", "query", "item"))
+    text, sparse = ASPECTS.index("text"), ASPECTS.index("sparse")
+    np.testing.assert_allclose(weights[:, user], np.tile([1.0, 0.0, 0.0], (32, 1)))  # the user has ids only
+    np.testing.assert_allclose(weights[:, item].sum(-1), 1.0, rtol=1e-6)
+    has_query = BATCH["query_id"].numpy() != b""
+    assert has_query.any() and (~has_query).any()
+    np.testing.assert_allclose(weights[has_query, query].sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(weights[~has_query, query], 0.0)  # rec samples: the "no query" vector
+    assert np.all(weights[:, query, sparse] == 0) and np.all(weights[:, item, text] > 0)
+
+
+def test_no_text_ablation_gives_text_zero_weight():
+    model = build_model(_config(use_text=False), SPEC, VOCABS)
+    assert not any("embedding" in name for name in model.feature_encoders)
+    np.testing.assert_array_equal(model(BATCH)["gate_weights"][:, :, ASPECTS.index("text")], 0.0)
+
+
+def test_unknown_domain_fails():
+    model = build_model(_config(domains=warm_registry(SPEC.domains).to_json()), SPEC, VOCABS)
+    batch = dict(BATCH, domain=tf.fill([32], "rec_children"))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unknown domain name"):
+        model(batch)
+
+
+@pytest.mark.parametrize("model_type", sorted(["srfoundation", "single_domain", "shared_bottom", "mmoe", "ple", "star"]))
+def test_save_load_same_predictions(model_type, tmp_path):
+    model = build_model(_config(model_type), SPEC, VOCABS)
+    model.compile()
+    model.fit(tf.data.Dataset.from_tensors(BATCH), epochs=1, verbose=0)  # move weights off their init
+    expected = model(BATCH)
+    restored = load_model(save_model(model, tmp_path / model_type))
+    assert type(restored) is MODEL_TYPES[model_type] and restored.config == model.config
+    for key, value in restored(BATCH).items():
+        np.testing.assert_array_equal(value, expected[key])
+
+
+def test_checkpoint_resumes_model_and_optimizer(tmp_path):
+    model = build_model(_config(), SPEC, VOCABS)
+    model.compile()
+    dataset = tf.data.Dataset.from_tensors(BATCH)
+    model.fit(dataset, epochs=1, verbose=0)
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(tmp_path / "ckpt"))
+    model.fit(dataset, epochs=1, verbose=0)
+    resumed = build_model(model.config, SPEC, VOCABS)
+    resumed.compile()
+    resumed.optimizer.build(resumed.trainable_variables)
+    tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).read(str(tmp_path / "ckpt"))
+    resumed.fit(dataset, epochs=1, verbose=0)
+    np.testing.assert_allclose(resumed(BATCH)["logit"], model(BATCH)["logit"], rtol=1e-5, atol=1e-6)
+
+
+def test_call_traces_in_a_tf_function_with_a_serving_signature():
+    model = build_model(_config(), SPEC, VOCABS)
+    signature = {
+        f.name: (tf.RaggedTensorSpec([None, None], tf.string, 1, tf.int64) if f.varlen
+                 else tf.TensorSpec([None, *f.shape], tf.float32 if f.dtype == "float32" else tf.string))
+        for f in SPEC.model_features
+    }
+    serve = tf.function(lambda features: model(features), input_signature=[signature])
+    features = {name: BATCH[name] for name in signature}
+    np.testing.assert_allclose(serve(features)["ctr"], model(features)["ctr"], rtol=1e-6)
+
+
+def test_each_domain_loss_sees_only_its_own_samples():
+    model = build_model(_config(alignment="none", domain_loss_weights={d.name: 0.0 for d in SPEC.domains
+                                                                       if d.name != "rec_drama"}), SPEC, VOCABS)
+    drama = BATCH["domain"].numpy() == b"rec_drama"
+    assert drama.any() and (~drama).any()
+    loss = float(model.compute_loss(BATCH))
+    flipped = dict(BATCH, label=tf.where(drama, BATCH["label"], 1 - BATCH["label"]))
+    assert float(model.compute_loss(flipped)) == pytest.approx(loss, rel=1e-6)  # other domains' labels
+    logits = model(BATCH)["logit"].numpy()[drama].astype(np.float64)
+    labels = BATCH["label"].numpy()[drama]
+    bce = np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits))))
+    assert loss == pytest.approx(bce, rel=1e-5)  # the mean over rec_drama's samples only
+    weighted = build_model(model.config.replace(domain_loss_weights={**model.config.domain_loss_weights,
+                                                                     "rec_drama": 3.0}), SPEC, VOCABS)
+    weighted.set_weights(model.get_weights())
+    assert float(weighted.compute_loss(BATCH)) == pytest.approx(3 * loss, rel=1e-5)
+
+
+def test_alignment_is_added_with_its_weight():
+    base = build_model(_config(alignment="none"), SPEC, VOCABS)
+    for kind in ("js", "mmd"):
+        model = build_model(base.config.replace(alignment=kind, alignment_weight=0.5), SPEC, VOCABS)
+        model.set_weights(base.get_weights())
+        outputs = model.forward(BATCH)
+        reg = float(model.alignment_loss(outputs["representation"], outputs["domain_ids"]))
+        assert reg > 0
+        assert float(model.compute_loss(BATCH)) == pytest.approx(float(base.compute_loss(BATCH)) + 0.5 * reg, rel=1e-5)
+
+
+def _snapshot(layers):
+    return {v.ref(): v.numpy().copy() for layer in layers for v in layer.weights}
+
+
+def test_freeze_keeps_frozen_weights_bit_identical():
+    model = build_model(_config(), SPEC, VOCABS)
+    model.freeze("L0", "L1")
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    frozen = _snapshot(model.level_layers("L0") + model.level_layers("L1"))
+    trained = _snapshot([model.experts, model.towers])
+    model.fit(tf.data.Dataset.from_tensors(BATCH), epochs=1, verbose=0)
+    assert frozen and all(np.array_equal(ref.deref().numpy(), value) for ref, value in frozen.items())
+    assert any(not np.array_equal(ref.deref().numpy(), value) for ref, value in trained.items())
+    frozen_ids = set(frozen)
+    assert not any(v.ref() in frozen_ids for v in model.trainable_variables)
+    model.unfreeze("L0", "L1")
+    assert len(model.trainable_variables) == len(model.variables) - len(
+        [v for v in model.variables if not v.trainable])
+    with pytest.raises(ValueError, match="level must be one of .* got 'L3'"):
+        model.freeze("L3")
+    assert LEVELS == ("L0", "L1", "L2_shared")
+
+
+def test_freeze_shared_experts_only():
+    model = build_model(_config(), SPEC, VOCABS)
+    model.freeze("L2_shared")
+    assert model.level_layers("L2_shared") == [model.experts.experts]
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    frozen = _snapshot(model.level_layers("L2_shared"))
+    gates = _snapshot([model.experts.domain_weights])
+    model.fit(tf.data.Dataset.from_tensors(BATCH), epochs=1, verbose=0)
+    assert all(np.array_equal(ref.deref().numpy(), value) for ref, value in frozen.items())
+    assert any(not np.array_equal(ref.deref().numpy(), value) for ref, value in gates.items())
+
+
+def test_add_domain_then_fine_tune_with_lower_levels_frozen(tmp_path):
+    warm = warm_registry(SPEC.domains)
+    model = build_model(_config(domains=warm.to_json()), SPEC, VOCABS)
+    model.compile()
+    warm_batch = _batch(64, seed=1)
+    warm_batch = {k: v for k, v in warm_batch.items()}
+    keep = warm_batch["domain"] != "rec_children"
+    warm_batch = {k: tf.ragged.boolean_mask(v, keep) if isinstance(v, tf.RaggedTensor) else tf.boolean_mask(v, keep)
+                  for k, v in warm_batch.items()}
+    model.fit(tf.data.Dataset.from_tensors(warm_batch), epochs=1, verbose=0)
+    before = model(warm_batch)
+
+    added = model.add_domain(SPEC.domains["rec_children"], init_from="rec_other")
+    assert added.id == len(warm) and model.domain_registry.names[-1] == "rec_children"
+    assert model.config.registry.names == model.domain_registry.names
+    after = model(warm_batch)
+    for key in before:  # existing domains are unchanged by adding one
+        np.testing.assert_array_equal(after[key], before[key])
+
+    cold = {k: v for k, v in _batch(32, seed=2).items()}
+    cold["domain"] = tf.fill([32], "rec_children")
+    cold["query_id"] = tf.fill([32], "")
+    cold["query_text_embedding"] = tf.zeros_like(cold["query_text_embedding"])
+    model.freeze("L0", "L1")
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    frozen = _snapshot(model.level_layers("L0") + model.level_layers("L1"))
+    history = model.fit(tf.data.Dataset.from_tensors(cold), epochs=1, verbose=0)
+    assert "rec_children_auc" in history.history
+    assert all(np.array_equal(ref.deref().numpy(), value) for ref, value in frozen.items())
+    assert model(cold)["ctr"].shape == (32,)
+
+    restored = load_model(save_model(model, tmp_path / "finetuned"))
+    np.testing.assert_array_equal(restored(cold)["ctr"], model(cold)["ctr"])
+    with pytest.raises(ValueError, match="already one of"):
+        model.add_domain(Domain("rec_children", "rec", 9))
+
+
+def test_model_get_config_round_trip():
+    model = build_model(_config("star"), SPEC, VOCABS)
+    clone = type(model).from_config(model.get_config())
+    assert isinstance(clone, type(model)) and clone.config == model.config and clone.vocabularies == VOCABS
+    assert isinstance(build_model(_config(), SPEC, VOCABS), SRFoundationModel)

@@ -1,0 +1,133 @@
+"""End to end on the real MovieLens data (a slice of it, tiny text encoder, few steps):
+`tfsr train` → resume → `tfsr finetune` → `tfsr evaluate`, the report's structure, frozen levels."""
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from tfsr.training import cli, workflows
+from tfsr.training.loop import read_history
+
+pytestmark = pytest.mark.slow  # Beam preprocessing of a MovieLens slice + three short trainings (~1-2 min)
+
+MODEL_FLAGS = ["--set", "model.embedding_dim=8", "--set", "model.adaptive_units=16", "--set", "model.expert_units=[16]",
+               "--set", "model.tower_units=[8]", "--set", "model.num_hash_bins=1000"]
+
+
+def _slice_movielens(src: pathlib.Path, dst: pathlib.Path, max_user: int = 40, max_tags: int = 400) -> pathlib.Path:
+    """ratings of users <= max_user, the first max_tags tag applications, the movies they reference."""
+    dst.mkdir(parents=True)
+    movies_used = set()
+    with open(src / "ratings.csv", newline="") as fin, open(dst / "ratings.csv", "w", newline="") as fout:
+        reader, writer = csv.reader(fin), csv.writer(fout)
+        writer.writerow(next(reader))
+        for row in reader:
+            if int(row[0]) <= max_user:
+                writer.writerow(row)
+                movies_used.add(row[1])
+    with open(src / "tags.csv", newline="") as fin, open(dst / "tags.csv", "w", newline="") as fout:
+        reader, writer = csv.reader(fin), csv.writer(fout)
+        writer.writerow(next(reader))
+        for i, row in enumerate(reader):
+            if i >= max_tags:
+                break
+            writer.writerow(row)
+            movies_used.add(row[1])
+    with open(src / "movies.csv", newline="") as fin, open(dst / "movies.csv", "w", newline="") as fout:
+        reader, writer = csv.reader(fin), csv.writer(fout)
+        writer.writerow(next(reader))
+        for i, row in enumerate(reader):
+            if row[0] in movies_used or i % 10 == 0:  # plus some unrated movies, as search candidates
+                writer.writerow(row)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def samples(movielens_dir, tmp_path_factory):
+    from beam_jobs import build_samples
+
+    root = tmp_path_factory.mktemp("e2e")
+    data = _slice_movielens(movielens_dir, root / "ml")
+    out = root / "samples"
+    rc = build_samples.run(["--movielens_dir", str(data), "--output_dir", str(out), "--text_encoder", "tiny",
+                            "--coldstart_finetune_rows", "150"])
+    assert not rc
+    return out
+
+
+def _train_args(samples, run, max_steps):
+    return ["--samples_dir", str(samples), "--output_dir", str(run), "--batch_size", "128", "--epochs", "3",
+            "--max_steps", str(max_steps), "--log_every", "2", "--checkpoint_every", "3", *MODEL_FLAGS]
+
+
+@pytest.fixture(scope="module")
+def pretrained(samples, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "pretrain"
+    assert cli.train_main(_train_args(samples, run, 6)) == 0
+    return run
+
+
+def test_train_writes_run_directory(pretrained):
+    assert (pretrained / "model" / "model_config.json").exists()
+    assert (pretrained / "checkpoints" / "ckpt-6.index").exists()
+    assert list((pretrained / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    config = json.loads((pretrained / "config.json").read_text())
+    assert config["model"]["embedding_dim"] == 8
+    assert "rec_children" not in [d["name"] for d in config["model"]["domains"]]  # cold domain held out
+    assert [h["step"] for h in read_history(pretrained)] == [2, 4, 6]
+
+
+def test_resume_continues_the_step_count(samples, pretrained, tmp_path):
+    run = tmp_path / "resumed"
+    assert cli.train_main(_train_args(samples, run, 3)) == 0  # "killed" after step 3
+    assert cli.train_main(_train_args(samples, run, 5)) == 0  # resumed: steps 4 and 5 only
+    assert (run / "checkpoints" / "ckpt-5.index").exists()
+    steps = [h["step"] for h in read_history(run)]
+    assert steps == [2, 3, 4, 5], steps
+
+
+def test_finetune_keeps_frozen_levels_and_evaluate_writes_report(samples, pretrained, tmp_path):
+    from tfsr import layout
+    from tfsr.training.config import resolve
+
+    spec = layout.read_feature_spec(samples)
+    before = workflows.prepare_finetune_model(pretrained, spec, ["rec_children"], ["L0", "L1"])
+    cfg = resolve({"split": "coldstart_finetune", "batch_size": 32, "epochs": 2, "log_every": 2}, None,
+                  {"samples_dir": str(samples), "output_dir": str(tmp_path / "ft"), "pretrained": str(pretrained),
+                   "freeze": ["L0", "L1"]})
+    result = workflows.run_finetune(cfg)
+    after = result["model"]
+    assert int(result["trainer"].step.numpy()) > 0
+    frozen_ids = {id(w) for level in ("L0", "L1") for layer in after.level_layers(level) for w in layer.weights}
+    assert len(before.variables) == len(after.variables)
+    n_frozen = n_changed = 0
+    for b, a in zip(before.variables, after.variables, strict=True):
+        same = np.array_equal(b.numpy(), a.numpy())
+        if id(a) in frozen_ids:
+            n_frozen += 1
+            assert same, f"frozen variable {a.name} changed during fine-tuning"
+        else:
+            n_changed += not same
+    assert n_frozen > 10 and n_changed > 0
+    assert not any(id(w) in frozen_ids for w in after.trainable_variables)
+
+    out = tmp_path / "report"
+    assert cli.evaluate_main(["--model", str(tmp_path / "ft"), "--samples_dir", str(samples),
+                              "--output_dir", str(out), "--batch_size", "512"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["cold_domains"] == ["rec_children"]
+    assert "rec_children" in report["domains"] and "search_tags" in report["domains"]
+    for m in report["domains"].values():
+        assert {"count", "auc", "gauc", "logloss", "logloss_const", "pos_rate"} <= set(m)
+        assert m["auc"] is None or 0.0 <= m["auc"] <= 1.0
+    assert report["meta"]["splits"] == "pretrain_eval, coldstart_eval"
+    assert set(report["history"]) == {"train", "finetune"}  # the fine-tune run links to its pretraining
+    gw = report["gate_weights"]["rec_children"]
+    assert gw["entities"] == ["user", "query", "item"] and len(gw["mean"]) == 3
+    assert "all" in report["item_cold_start"]
+    for name in ("report.md", "auc_by_domain.png", "gate_weights.png", "training_curves.png"):
+        assert (out / name).stat().st_size > 0
+    assert "## Cold-start domain" in (out / "report.md").read_text()
