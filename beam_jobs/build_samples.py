@@ -90,8 +90,14 @@ def _snippet(raw: bytes) -> str:
 
 def dead_letter(ref: LineRef, reason: str, detail: str) -> dict:
     """The dead-letter record of one unusable input row."""
-    return {"source": ref.source, "file": ref.path, "line": ref.line, "reason": reason, "detail": detail,
-            "raw": ref.raw}
+    return {
+        "source": ref.source,
+        "file": ref.path,
+        "line": ref.line,
+        "reason": reason,
+        "detail": detail,
+        "raw": ref.raw,
+    }
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -141,7 +147,8 @@ class ReadNumberedLines(beam.PTransform):
             | "Match" >> fileio.MatchFiles(self.pattern)
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "Lines" >> beam.ParDo(_NumberedLinesFn(self.source, self.header_of)).with_outputs(FILTERED, main="rows")
+            | "Lines"
+            >> beam.ParDo(_NumberedLinesFn(self.source, self.header_of)).with_outputs(FILTERED, main="rows")
         )
 
 
@@ -174,8 +181,11 @@ def _keep_first_movie(element) -> Iterator[Any]:
     yield first_ref, movie
     for ref, _ in duplicates:
         yield beam.pvalue.TaggedOutput(
-            DEAD, dead_letter(ref, "duplicate_movie_id", f"movie id {movie.movie_id} appears earlier, line "
-                                                         f"{first_ref.line}"))
+            DEAD,
+            dead_letter(
+                ref, "duplicate_movie_id", f"movie id {movie.movie_id} appears earlier, line {first_ref.line}"
+            ),
+        )
 
 
 class _Branch(NamedTuple):
@@ -200,14 +210,17 @@ def _validate_records(records: list[dict], spec: FeatureSpec) -> list[dict]:
         raise ml.RowError(f"invalid_{err.field}", err.problem) from None
 
 
-def read_movielens(p: beam.Pipeline, directory: str, spec: FeatureSpec, num_negatives: int,
-                   seed: int) -> list[_Branch]:
+def read_movielens(
+    p: beam.Pipeline, directory: str, spec: FeatureSpec, num_negatives: int, seed: int
+) -> list[_Branch]:
     """The MovieLens sources as samples: ratings -> rec samples, tags -> search impressions."""
 
     def header_of(source: str) -> Callable[[str], str]:
         return lambda _path: ml.HEADERS[source]
 
-    lines = {s: p | f"Read_{s}" >> ReadNumberedLines(f"{directory}/{s}.csv", s, header_of(s)) for s in ml.HEADERS}
+    lines = {
+        s: p | f"Read_{s}" >> ReadNumberedLines(f"{directory}/{s}.csv", s, header_of(s)) for s in ml.HEADERS
+    }
 
     parsed_movies = lines["movies"].rows | "ParseMovies" >> _row_step(ml.parse_movie, "movies")
     unique_movies = (
@@ -221,7 +234,8 @@ def read_movielens(p: beam.Pipeline, directory: str, spec: FeatureSpec, num_nega
 
     ratings = lines["ratings"].rows | "ParseRatings" >> _row_step(ml.parse_rating, "ratings", movie_table)
     rating_samples = ratings.rows | "JoinItemMetadataAndAssignDomains" >> beam.Map(
-        lambda row, table: (row[0], [ml.rating_record(row[1], table[row[1].movie_id])]), movie_table)
+        lambda row, table: (row[0], [ml.rating_record(row[1], table[row[1].movie_id])]), movie_table
+    )
 
     tags = lines["tags"].rows | "ParseTags" >> _row_step(ml.parse_tag, "tags", movie_table)
     popularity = (
@@ -232,13 +246,21 @@ def read_movielens(p: beam.Pipeline, directory: str, spec: FeatureSpec, num_nega
     search_index = (
         p
         | "IndexSeed" >> beam.Create([None])
-        | "BuildSearchIndex" >> beam.Map(
-            lambda _, table, tag_rows, counts: ml.SearchIndex.build(table.values(), (t for _, t in tag_rows), counts),
-            movie_table, beam.pvalue.AsIter(tags.rows), beam.pvalue.AsDict(popularity))
+        | "BuildSearchIndex"
+        >> beam.Map(
+            lambda _, table, tag_rows, counts: ml.SearchIndex.build(
+                table.values(), (t for _, t in tag_rows), counts
+            ),
+            movie_table,
+            beam.pvalue.AsIter(tags.rows),
+            beam.pvalue.AsDict(popularity),
+        )
     )
     search_samples = tags.rows | "ConstructSearchImpressions" >> beam.Map(
         lambda row, table, index: (row[0], ml.search_records(row[1], table, index, num_negatives, seed)),
-        movie_table, beam.pvalue.AsSingleton(search_index))
+        movie_table,
+        beam.pvalue.AsSingleton(search_index),
+    )
 
     valid_ratings = rating_samples | "ValidateRatingSamples" >> _row_step(_validate_records, "ratings", spec)
     valid_search = search_samples | "ValidateSearchSamples" >> _row_step(_validate_records, "tags", spec)
@@ -309,7 +331,8 @@ class SplitWarm(beam.PTransform):
         )
         return records | "SplitByGlobalTime" >> beam.Map(
             lambda r, c: (ml.split_of(r["timestamp"], c, layout.PRETRAIN_EVAL, layout.PRETRAIN_TRAIN), r),
-            beam.pvalue.AsSingleton(cutoff))
+            beam.pvalue.AsSingleton(cutoff),
+        )
 
 
 def _cold_split(record: dict, eval_cutoff: int | None, window_start: int | None):
@@ -340,7 +363,8 @@ class SplitCold(beam.PTransform):
         )
         window_start = (
             timestamps
-            | "BeforeCutoff" >> beam.Filter(lambda t, c: c is not None and t <= c, beam.pvalue.AsSingleton(cutoff))
+            | "BeforeCutoff"
+            >> beam.Filter(lambda t, c: c is not None and t <= c, beam.pvalue.AsSingleton(cutoff))
             | "LatestBeforeCutoff" >> beam.combiners.Top.Largest(self.finetune_rows)
             | "FinetuneWindowStart" >> beam.Map(lambda top: min(top) if top else None)
         )
@@ -373,16 +397,21 @@ class MarkColdItems(beam.PTransform):
         def item_counts(split: str, label: str):
             return (
                 split_records
-                | f"Items_{label}" >> beam.FlatMap(lambda sr: [(sr[1]["item_id"], 1)] if sr[0] == split else [])
+                | f"Items_{label}"
+                >> beam.FlatMap(lambda sr: [(sr[1]["item_id"], 1)] if sr[0] == split else [])
                 | f"Count_{label}" >> beam.CombinePerKey(sum)
             )
 
         eval_rows = split_records | "EvalRowsByItem" >> beam.FlatMap(
-            lambda sr: [(sr[1]["item_id"], sr)] if sr[0] in EVAL_SPLITS else [])
+            lambda sr: [(sr[1]["item_id"], sr)] if sr[0] in EVAL_SPLITS else []
+        )
         train_rows = split_records | "TrainRows" >> beam.Filter(lambda sr: sr[0] not in EVAL_SPLITS)
         marked = (
-            {"eval": eval_rows, "pretrain": item_counts(layout.PRETRAIN_TRAIN, "pretrain"),
-             "finetune": item_counts(layout.COLDSTART_FINETUNE, "finetune")}
+            {
+                "eval": eval_rows,
+                "pretrain": item_counts(layout.PRETRAIN_TRAIN, "pretrain"),
+                "finetune": item_counts(layout.COLDSTART_FINETUNE, "finetune"),
+            }
             | "JoinTrainCounts" >> beam.CoGroupByKey()
             | "SetIsColdItem" >> beam.FlatMap(_mark_cold_items, self.max_train_count)
         )
@@ -423,7 +452,9 @@ class WriteVocabularies(beam.PTransform):
         self.min_frequency = min_frequency
 
     def expand(self, train_records):
-        every_feature = train_records.pipeline | "VocabFeatures" >> beam.Create([(f, None) for f in VOCAB_FEATURES])
+        every_feature = train_records.pipeline | "VocabFeatures" >> beam.Create(
+            [(f, None) for f in VOCAB_FEATURES]
+        )
         counted = (
             train_records
             | "VocabValues" >> beam.FlatMap(_vocab_values)
@@ -445,15 +476,26 @@ def _embedding_example(text: str, vector) -> bytes:
 
     from tfsr.text.cache import EMBEDDING_KEY, TEXT_KEY
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        TEXT_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode("utf-8")])),
-        EMBEDDING_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=vector.tolist())),
-    })).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                TEXT_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode("utf-8")])),
+                EMBEDDING_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=vector.tolist())),
+            }
+        )
+    ).SerializeToString()
+
+
+def _float_feature(vector) -> bytes:
+    """A vector as a serialized `tf.train.Feature` (float_list): what each sample carries for its text."""
+    import tensorflow as tf
+
+    return tf.train.Feature(float_list=tf.train.FloatList(value=vector)).SerializeToString()
 
 
 class EmbedTexts(beam.PTransform):
-    """Unique texts of each text feature -> RunInference (batched) -> {feature: PCollection[(text, vector)]};
-    also writes text_embeddings/<feature>.tfrecord.gz."""
+    """Unique texts of each text feature -> RunInference (batched) -> text_embeddings/<feature>.tfrecord.gz,
+    and per feature a small table PCollection[(text, serialized float Feature)] to join into samples."""
 
     def __init__(self, encoder_dir: str, output_dir: str, text_dim: int):
         super().__init__()
@@ -475,22 +517,31 @@ class EmbedTexts(beam.PTransform):
         out = {}
         for feature in TEXT_FEATURES:
             table = embedded | f"Select_{feature}" >> beam.FlatMap(
-                lambda kv, f: [kv[1]] if kv[0] == f else [], feature)
-            prefix = str(layout.text_embeddings_path(self.output_dir, feature)).removesuffix(layout.TFRECORD_SUFFIX)
+                lambda kv, f: [kv[1]] if kv[0] == f else [], feature
+            )
+            prefix = str(layout.text_embeddings_path(self.output_dir, feature)).removesuffix(
+                layout.TFRECORD_SUFFIX
+            )
             _ = (
                 table
                 | f"Serialize_{feature}" >> beam.MapTuple(_embedding_example)
-                | f"Write_{feature}" >> beam.io.WriteToTFRecord(
-                    prefix, file_name_suffix=layout.TFRECORD_SUFFIX, num_shards=1, shard_name_template="")
+                | f"Write_{feature}"
+                >> beam.io.WriteToTFRecord(
+                    prefix, file_name_suffix=layout.TFRECORD_SUFFIX, num_shards=1, shard_name_template=""
+                )
             )
-            out[feature] = table
+            out[feature] = table | f"AsFeature_{feature}" >> beam.MapTuple(
+                lambda text, vector: (text, _float_feature(vector))
+            )
         return out
 
     def _checked(self, keyed):
         feature, result = keyed
         if result.inference.shape != (self.text_dim,):
-            raise ValueError(f"text encoder returned shape {result.inference.shape}, the FeatureSpec expects "
-                             f"({self.text_dim},): pass a FeatureSpec text_dim equal to the encoder's dim")
+            raise ValueError(
+                f"text encoder returned shape {result.inference.shape}, the FeatureSpec expects "
+                f"({self.text_dim},): pass a FeatureSpec text_dim equal to the encoder's dim"
+            )
         return feature, (result.example, result.inference)
 
 
@@ -503,17 +554,14 @@ class _ToExampleFn(beam.DoFn):
 
     def __init__(self, spec: FeatureSpec):
         self.spec = spec
+        self.zeros = _float_feature([0.0] * spec.text_dim)  # the embedding of an empty text
 
     def process(self, element, **tables):
         split, record = element
         example = self.spec.to_example(record, roles=("raw", "label", "meta"))
         for source, derived in TEXT_FEATURES.items():
             text = record[source]
-            values = example.features.feature[derived].float_list.value
-            if text:
-                values.extend(tables[source][text].tolist())
-            else:
-                values.extend([0.0] * self.spec.text_dim)
+            example.features.feature[derived].MergeFromString(tables[source][text] if text else self.zeros)
         yield split, example.SerializeToString()
 
 
@@ -534,7 +582,9 @@ def _flatten_sample_stats(element):
     yield ("cold_items", split, domain), cold_items
 
 
-def build_manifest(stats: dict, spec: FeatureSpec, encoder_identity: dict, command: str, options: dict) -> dict:
+def build_manifest(
+    stats: dict, spec: FeatureSpec, encoder_identity: dict, command: str, options: dict
+) -> dict:
     """The manifest of a samples directory from the pipeline's aggregated counters (pure; unit-tested)."""
     counts: dict = defaultdict(dict)
     rows: dict = defaultdict(lambda: {"read": 0, "used": 0, "dead_lettered": {}, "filtered": {}})
@@ -563,10 +613,13 @@ def build_manifest(stats: dict, spec: FeatureSpec, encoder_identity: dict, comma
             texts[rest[0]] = value
     for per_domain in counts.values():
         for entry in per_domain.values():
-            entry["label_rate"] = round(entry["positives"] / entry["samples"], 4) if entry["samples"] else None
+            entry["label_rate"] = (
+                round(entry["positives"] / entry["samples"], 4) if entry["samples"] else None
+            )
     for ledger in rows.values():
         ledger["balanced"] = ledger["read"] == (
-            ledger["used"] + sum(ledger["dead_lettered"].values()) + sum(ledger["filtered"].values()))
+            ledger["used"] + sum(ledger["dead_lettered"].values()) + sum(ledger["filtered"].values())
+        )
     samples["balanced"] = samples["built"] == samples["written"] + sum(samples["filtered"].values())
     return {
         "schema_version": SCHEMA_VERSION,
@@ -588,11 +641,14 @@ def build_manifest(stats: dict, spec: FeatureSpec, encoder_identity: dict, comma
     }
 
 
-def _write_manifest(stats: dict, output_dir: str, spec: FeatureSpec, identity: dict, command: str,
-                    options: dict) -> None:
+def _write_manifest(
+    stats: dict, output_dir: str, spec: FeatureSpec, identity: dict, command: str, options: dict
+) -> None:
     manifest = build_manifest(stats, spec, identity, command, options)
-    for name, text in ((layout.MANIFEST, json.dumps(manifest, indent=2, sort_keys=False)),
-                       (layout.FEATURE_SPEC, spec.dumps())):
+    for name, text in (
+        (layout.MANIFEST, json.dumps(manifest, indent=2, sort_keys=False)),
+        (layout.FEATURE_SPEC, spec.dumps()),
+    ):
         with FileSystems.create(f"{output_dir}/{name}") as handle:
             handle.write((text + "\n").encode("utf-8"))
 
@@ -602,8 +658,14 @@ def _count(pcoll, label: str, key_fn: Callable[[Any], tuple[str, ...]]):
 
 
 # ------------------------------------------------------------------------------------ the pipeline
-def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, spec: FeatureSpec, encoder_dir: str,
-                   identity: dict, command: str) -> None:
+def build_pipeline(
+    p: beam.Pipeline,
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    encoder_dir: str,
+    identity: dict,
+    command: str,
+) -> None:
     """Adds the whole build_samples graph to `p` (separate from run() so tests can drive it)."""
     out = args.output_dir.rstrip("/")
     if args.movielens_dir:
@@ -628,10 +690,16 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, spec: FeatureSpec
     records = samples | "AllSamples" >> beam.Flatten()
     ledger.append(_count(records, "CountSamplesBuilt", lambda _: ("samples_built",)))
     cold_names = {d.name for d in spec.domains.cold()}
-    warm, cold = records | "WarmOrColdDomain" >> beam.Partition(lambda r, n: int(r["domain"] in cold_names), 2)
+    warm, cold = records | "WarmOrColdDomain" >> beam.Partition(
+        lambda r, n: int(r["domain"] in cold_names), 2
+    )
     warm_split = warm | "PretrainSplits" >> SplitWarm(args.split_mode, args.eval_fraction)
-    cold_split = cold | "ColdStartSplits" >> SplitCold(args.coldstart_eval_fraction, args.coldstart_finetune_rows)
-    ledger.append(_count(cold_split[FILTERED], "CountSamplesFiltered", lambda reason: ("samples_filtered", reason)))
+    cold_split = cold | "ColdStartSplits" >> SplitCold(
+        args.coldstart_eval_fraction, args.coldstart_finetune_rows
+    )
+    ledger.append(
+        _count(cold_split[FILTERED], "CountSamplesFiltered", lambda reason: ("samples_filtered", reason))
+    )
     split_records = (
         (warm_split, cold_split.rows)
         | "AllSplits" >> beam.Flatten()
@@ -647,21 +715,28 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, spec: FeatureSpec
     for feature, table in tables.items():
         ledger.append(_count(table, f"CountTexts_{feature}", lambda _, f=feature: ("unique_texts", f)))
     examples = split_records | "ToExamples" >> beam.ParDo(
-        _ToExampleFn(spec), **{f: beam.pvalue.AsDict(t) for f, t in tables.items()})
-    by_split = examples | "BySplit" >> beam.Partition(lambda se, n: layout.SPLITS.index(se[0]), len(layout.SPLITS))
+        _ToExampleFn(spec), **{f: beam.pvalue.AsDict(t) for f, t in tables.items()}
+    )
+    by_split = examples | "BySplit" >> beam.Partition(
+        lambda se, n: layout.SPLITS.index(se[0]), len(layout.SPLITS)
+    )
     for split, pcoll in zip(layout.SPLITS, by_split, strict=True):
         _ = (
             pcoll
             | f"Payload_{split}" >> beam.Map(lambda se: se[1])
-            | f"Write_{split}" >> beam.io.WriteToTFRecord(
-                f"{out}/{split}/part", file_name_suffix=layout.TFRECORD_SUFFIX, num_shards=args.num_shards)
+            | f"Write_{split}"
+            >> beam.io.WriteToTFRecord(
+                f"{out}/{split}/part", file_name_suffix=layout.TFRECORD_SUFFIX, num_shards=args.num_shards
+            )
         )
     _ = (
         dead_letters
         | "AllDeadLetters" >> beam.Flatten()
         | "DeadLetterJson" >> beam.Map(lambda d: json.dumps(d, ensure_ascii=False))
-        | "WriteDeadLetters" >> beam.io.WriteToText(
-            f"{out}/{layout.DEAD_LETTERS_DIR}/dead_letters", file_name_suffix=".jsonl", num_shards=1)
+        | "WriteDeadLetters"
+        >> beam.io.WriteToText(
+            f"{out}/{layout.DEAD_LETTERS_DIR}/dead_letters", file_name_suffix=".jsonl", num_shards=1
+        )
     )
     sample_stats = (
         split_records
@@ -682,28 +757,59 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, spec: FeatureSpec
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfsr preprocess", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--movielens_dir", help="an ml-latest-small directory (movies.csv, ratings.csv, tags.csv)")
+    source.add_argument(
+        "--movielens_dir", help="an ml-latest-small directory (movies.csv, ratings.csv, tags.csv)"
+    )
     source.add_argument("--logs", help="glob of generic-format logs (*.jsonl / *.csv, optionally .gz)")
     parser.add_argument("--output_dir", required=True, help="the samples directory to write (tfsr.layout)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing samples directory")
     encoder = parser.add_mutually_exclusive_group()
-    encoder.add_argument("--text_encoder", choices=("minilm", "tiny"), default="minilm",
-                         help="build the frozen text encoder here (local runs)")
-    encoder.add_argument("--text_encoder_dir", help="an exported encoder SavedModel (tfsr.text.export_text_encoder); "
-                                                    "needed on Dataflow, where workers must read it")
+    encoder.add_argument(
+        "--text_encoder",
+        choices=("minilm", "tiny"),
+        default="minilm",
+        help="build the frozen text encoder here (local runs)",
+    )
+    encoder.add_argument(
+        "--text_encoder_dir",
+        help="an exported encoder SavedModel (tfsr.text.export_text_encoder); "
+        "needed on Dataflow, where workers must read it",
+    )
     parser.add_argument("--domains", help="JSON file of the domain registry (default: the MovieLens domains)")
-    parser.add_argument("--split_mode", choices=("per_user", "global"), default="per_user",
-                        help="pretraining split: each user's latest rows (default) or one global time cutoff")
-    parser.add_argument("--eval_fraction", type=float, default=0.2, help="share of rows (per user) in pretrain_eval")
-    parser.add_argument("--coldstart_eval_fraction", type=float, default=0.3,
-                        help="latest share (by time) of each cold-start domain in coldstart_eval")
-    parser.add_argument("--coldstart_finetune_rows", type=int, default=1000,
-                        help="size of the fine-tune slice just before the cold-start eval cutoff")
-    parser.add_argument("--cold_item_max_train", type=int, default=2,
-                        help="eval rows whose item has at most this many training samples get is_cold_item=1")
-    parser.add_argument("--num_negatives", type=int, default=4, help="constructed negatives per MovieLens tag")
+    parser.add_argument(
+        "--split_mode",
+        choices=("per_user", "global"),
+        default="per_user",
+        help="pretraining split: each user's latest rows (default) or one global time cutoff",
+    )
+    parser.add_argument(
+        "--eval_fraction", type=float, default=0.2, help="share of rows (per user) in pretrain_eval"
+    )
+    parser.add_argument(
+        "--coldstart_eval_fraction",
+        type=float,
+        default=0.3,
+        help="latest share (by time) of each cold-start domain in coldstart_eval",
+    )
+    parser.add_argument(
+        "--coldstart_finetune_rows",
+        type=int,
+        default=1000,
+        help="size of the fine-tune slice just before the cold-start eval cutoff",
+    )
+    parser.add_argument(
+        "--cold_item_max_train",
+        type=int,
+        default=2,
+        help="eval rows whose item has at most this many training samples get is_cold_item=1",
+    )
+    parser.add_argument(
+        "--num_negatives", type=int, default=4, help="constructed negatives per MovieLens tag"
+    )
     parser.add_argument("--min_frequency", type=int, default=1, help="vocabulary frequency threshold")
-    parser.add_argument("--num_shards", type=int, default=0, help="TFRecord shards per split (0: runner decides)")
+    parser.add_argument(
+        "--num_shards", type=int, default=0, help="TFRecord shards per split (0: runner decides)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the constructed negatives")
     return parser
 
@@ -723,10 +829,12 @@ def _check_args(args: argparse.Namespace) -> None:
                 logfmt.log_format(path)
             except ValueError as err:
                 raise SystemExit(str(err)) from None
-    if FileSystems.exists(f"{args.output_dir.rstrip('/')}/{layout.MANIFEST}"):
-        if not args.overwrite:
-            raise SystemExit(f"{args.output_dir} already holds samples; pass --overwrite to replace them")
-        FileSystems.delete([args.output_dir])
+    out = args.output_dir.rstrip("/")
+    if FileSystems.exists(out) and args.overwrite:
+        FileSystems.delete([out])
+    elif any(FileSystems.exists(f"{out}/{name}") for name in (layout.MANIFEST, *layout.SPLITS)):
+        # stale shards of an earlier (possibly failed) run would be globbed with the new ones
+        raise SystemExit(f"{args.output_dir} already holds samples; pass --overwrite to replace them")
 
 
 def _prepare_encoder(args: argparse.Namespace, workdir: str) -> tuple[str, dict]:
@@ -759,8 +867,12 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
         encoder_dir, identity = _prepare_encoder(args, workdir)
         spec = FeatureSpec.default(domains, text_dim=saved_model_dim(encoder_dir))
         command = "tfsr preprocess " + shlex.join(argv)
-        logger.info("building samples into %s (text encoder %s, dim %d)", args.output_dir,
-                    identity.get("name", encoder_dir), spec.text_dim)
+        logger.info(
+            "building samples into %s (text encoder %s, dim %d)",
+            args.output_dir,
+            identity.get("name", encoder_dir),
+            spec.text_dim,
+        )
         with beam.Pipeline(options=options) as p:
             build_pipeline(p, args, spec, encoder_dir, identity, command)
     finally:
@@ -776,9 +888,15 @@ def _log_summary(manifest: dict) -> None:
         logger.info("%-20s %8d samples in %d domains", split, total, len(per_domain))
     rec = manifest["reconciliation"]
     for source, ledger in rec["rows"].items():
-        logger.info("%-8s read %d = used %d + dead-lettered %d + filtered %d %s", source, ledger["read"],
-                    ledger["used"], sum(ledger["dead_lettered"].values()), sum(ledger["filtered"].values()),
-                    "(balanced)" if ledger["balanced"] else "(DOES NOT BALANCE)")
+        logger.info(
+            "%-8s read %d = used %d + dead-lettered %d + filtered %d %s",
+            source,
+            ledger["read"],
+            ledger["used"],
+            sum(ledger["dead_lettered"].values()),
+            sum(ledger["filtered"].values()),
+            "(balanced)" if ledger["balanced"] else "(DOES NOT BALANCE)",
+        )
     if not rec["balanced"]:
         logger.error("reconciliation does not balance: %s", json.dumps(rec))
 

@@ -31,10 +31,13 @@ class TextEncoderModelHandler(ModelHandler[str, PredictionResult, Any]):
       chunk_size: texts per encoder call inside one batch.
     """
 
-    def __init__(self, saved_model_dir: str, min_batch_size: int = 16, max_batch_size: int = 512,
-                 chunk_size: int = 64):
+    def __init__(
+        self, saved_model_dir: str, min_batch_size: int = 16, max_batch_size: int = 512, chunk_size: int = 64
+    ):
         if not 0 < min_batch_size <= max_batch_size:
-            raise ValueError(f"need 0 < min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}")
+            raise ValueError(
+                f"need 0 < min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}"
+            )
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.saved_model_dir = saved_model_dir
@@ -52,12 +55,14 @@ class TextEncoderModelHandler(ModelHandler[str, PredictionResult, Any]):
 
         loaded = tf.saved_model.load(self.saved_model_dir)
         if SIGNATURE not in loaded.signatures:
-            raise ValueError(f"{self.saved_model_dir} has no {SIGNATURE!r} signature; "
-                             f"found {list(loaded.signatures)}")
+            raise ValueError(
+                f"{self.saved_model_dir} has no {SIGNATURE!r} signature; found {list(loaded.signatures)}"
+            )
         return loaded
 
-    def run_inference(self, batch: Sequence[str], model: Any,
-                      inference_args: Mapping[str, Any] | None = None) -> Iterable[PredictionResult]:
+    def run_inference(
+        self, batch: Sequence[str], model: Any, inference_args: Mapping[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
         import numpy as np
         import tensorflow as tf
 
@@ -65,7 +70,7 @@ class TextEncoderModelHandler(ModelHandler[str, PredictionResult, Any]):
         order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
         embeddings: list[np.ndarray | None] = [None] * len(batch)
         for start in range(0, len(order), self.chunk_size):
-            chunk = order[start:start + self.chunk_size]
+            chunk = order[start : start + self.chunk_size]
             texts = tf.constant([batch[i] for i in chunk], dtype=tf.string)
             output = signature(**{INPUT_NAME: texts})[OUTPUT_NAME].numpy()
             for i, vector in zip(chunk, output, strict=True):

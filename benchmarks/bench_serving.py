@@ -80,10 +80,21 @@ def make_requests(client: ScoringClient, samples_dir, candidates: int, n: int, s
     requests = []
     for _ in range(n):
         query = rng.choice(queries)
-        context = {"domain": "search_tags", "user_id": rng.choice(users), "query_id": query, "query_text": query}
-        cands = [{"item_id": item, "item_title": titles[i % len(titles)] if titles else "",
-                  "item_genres": rng.sample(genres, min(2, len(genres))), "item_decade": "1990s"}
-                 for i, item in enumerate(rng.sample(items, candidates))]
+        context = {
+            "domain": "search_tags",
+            "user_id": rng.choice(users),
+            "query_id": query,
+            "query_text": query,
+        }
+        cands = [
+            {
+                "item_id": item,
+                "item_title": titles[i % len(titles)] if titles else "",
+                "item_genres": rng.sample(genres, min(2, len(genres))),
+                "item_decade": "1990s",
+            }
+            for i, item in enumerate(rng.sample(items, candidates))
+        ]
         requests.append(client.candidate_request(context, cands))
     return requests
 
@@ -113,21 +124,42 @@ def drive(call, requests, clients: int, duration: float) -> dict:
     elapsed = time.perf_counter() - start
     lat = np.array([x for xs in latencies for x in xs]) * 1000.0
     errs = [e for es in errors for e in es]
-    return {"requests": int(lat.size), "errors": len(errs), "error_samples": errs[:3], "seconds": elapsed,
-            "qps": lat.size / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-            "p90_ms": float(np.percentile(lat, 90)) if lat.size else None,
-            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
-            "mean_ms": float(lat.mean()) if lat.size else None}
+    return {
+        "requests": int(lat.size),
+        "errors": len(errs),
+        "error_samples": errs[:3],
+        "seconds": elapsed,
+        "qps": lat.size / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+        "p90_ms": float(np.percentile(lat, 90)) if lat.size else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        "mean_ms": float(lat.mean()) if lat.size else None,
+    }
 
 
 def start_server(base_path, name: str, threads: int) -> tuple[subprocess.Popen, str]:
     repo = pathlib.Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfsr.cli", "serve", "--model_name", name, "--model_base_path", str(base_path),
-         "--port", "0", "--num_threads", str(threads)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=repo,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        [
+            sys.executable,
+            "-m",
+            "tfsr.cli",
+            "serve",
+            "--model_name",
+            name,
+            "--model_base_path",
+            str(base_path),
+            "--port",
+            "0",
+            "--num_threads",
+            str(threads),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=repo,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     line = proc.stdout.readline()
     if "gRPC on " not in line:
         proc.kill()
@@ -136,7 +168,9 @@ def start_server(base_path, name: str, threads: int) -> tuple[subprocess.Popen, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per phase (default 30)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=64)
@@ -193,25 +227,52 @@ def main(argv=None) -> int:
         "benchmark": "one query x N candidates, serving_default (serialized tf.Examples)",
         "command": " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "tensorflow": tf.__version__, "grpc": grpc.__version__},
-        "config": {"clients": args.clients, "candidates": args.candidates, "duration_s": args.duration,
-                   "model_type": args.model_type, "text_dim": args.text_dim, "server_threads": args.server_threads,
-                   "load_avg_at_end": os.getloadavg()},
-        "grpc": grpc_stats, "in_process": local_stats, "in_process_sequential": seq_stats,
+        "machine": {
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "grpc": grpc.__version__,
+        },
+        "config": {
+            "clients": args.clients,
+            "candidates": args.candidates,
+            "duration_s": args.duration,
+            "model_type": args.model_type,
+            "text_dim": args.text_dim,
+            "server_threads": args.server_threads,
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "grpc": grpc_stats,
+        "in_process": local_stats,
+        "in_process_sequential": seq_stats,
         "overhead_p50_ms": overhead,
         "overhead_p50_vs_sequential_ms": grpc_stats["p50_ms"] - seq_stats["p50_ms"],
-        "targets": {"p50_ms<=15": grpc_stats["p50_ms"] <= 15, "p99_ms<=40": grpc_stats["p99_ms"] <= 40,
-                    "zero_errors": grpc_stats["errors"] == 0, "overhead_p50_ms<=3": overhead <= 3},
+        "targets": {
+            "p50_ms<=15": grpc_stats["p50_ms"] <= 15,
+            "p99_ms<=40": grpc_stats["p99_ms"] <= 40,
+            "zero_errors": grpc_stats["errors"] == 0,
+            "overhead_p50_ms<=3": overhead <= 3,
+        },
     }
-    rows = [("gRPC (tfsr serve)", grpc_stats), (f"in-process x{args.clients}", local_stats),
-            ("in-process x1", seq_stats)]
-    print(f"\n{'path':<20} {'requests':>8} {'errors':>6} {'QPS':>7} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}")
+    rows = [
+        ("gRPC (tfsr serve)", grpc_stats),
+        (f"in-process x{args.clients}", local_stats),
+        ("in-process x1", seq_stats),
+    ]
+    print(
+        f"\n{'path':<20} {'requests':>8} {'errors':>6} {'QPS':>7} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}"
+    )
     for label, s in rows:
-        print(f"{label:<20} {s['requests']:>8} {s['errors']:>6} {s['qps']:>7.1f} {s['p50_ms']:>7.2f} "
-              f"{s['p90_ms']:>7.2f} {s['p99_ms']:>7.2f}")
-    print(f"\ngRPC overhead at p50: {overhead:.2f} ms vs in-process x{args.clients}, "
-          f"{result['overhead_p50_vs_sequential_ms']:.2f} ms vs in-process x1   targets: {result['targets']}")
+        print(
+            f"{label:<20} {s['requests']:>8} {s['errors']:>6} {s['qps']:>7.1f} {s['p50_ms']:>7.2f} "
+            f"{s['p90_ms']:>7.2f} {s['p99_ms']:>7.2f}"
+        )
+    print(
+        f"\ngRPC overhead at p50: {overhead:.2f} ms vs in-process x{args.clients}, "
+        f"{result['overhead_p50_vs_sequential_ms']:.2f} ms vs in-process x1   targets: {result['targets']}"
+    )
     if grpc_stats["error_samples"]:
         print("errors:", grpc_stats["error_samples"])
     out = pathlib.Path(args.out)

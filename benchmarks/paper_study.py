@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import os
 import pathlib
@@ -41,14 +40,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import tfsr  # noqa: E402  (Keras 2 before TensorFlow)
 import numpy as np  # noqa: E402
+
+import tfsr  # noqa: E402  (Keras 2 before TensorFlow)
 
 log = logging.getLogger("paper_study")
 
 MAIN_MODEL = "srfoundation"
 BASELINES = ("shared_bottom", "mmoe", "ple", "star")
-FREEZE_SPLITS = {"none": [], "L0": ["L0"], "L0+L1": ["L0", "L1"], "L0+L1+L2_shared": ["L0", "L1", "L2_shared"]}
+FREEZE_SPLITS = {
+    "none": [],
+    "L0": ["L0"],
+    "L0+L1": ["L0", "L1"],
+    "L0+L1+L2_shared": ["L0", "L1", "L2_shared"],
+}
 
 
 @dataclasses.dataclass
@@ -66,10 +71,25 @@ class Budget:
     eval_max_batches: int | None = None
 
 
-FULL = Budget(text_encoder="minilm", batch_size=512, epochs=2, max_steps=None, ft_batch_size=64, ft_epochs=15,
-              seeds=(0, 1, 2))
-QUICK = Budget(text_encoder="tiny", batch_size=256, epochs=1, max_steps=20, ft_batch_size=64, ft_epochs=2,
-               seeds=(0,), eval_max_batches=2)
+FULL = Budget(
+    text_encoder="minilm",
+    batch_size=512,
+    epochs=2,
+    max_steps=None,
+    ft_batch_size=64,
+    ft_epochs=15,
+    seeds=(0, 1, 2),
+)
+QUICK = Budget(
+    text_encoder="tiny",
+    batch_size=256,
+    epochs=1,
+    max_steps=20,
+    ft_batch_size=64,
+    ft_epochs=2,
+    seeds=(0,),
+    eval_max_batches=2,
+)
 
 
 # --------------------------------------------------------------------------- running one model
@@ -93,9 +113,15 @@ class Study:
         out = self.work_dir / "runs" / name
         if out.exists():
             shutil.rmtree(out)  # the study always starts fresh: fixed seeds, comparable runs
-        base = {"samples_dir": str(self.samples_dir), "output_dir": str(out), "batch_size": self.budget.batch_size,
-                "epochs": self.budget.epochs, "max_steps": self.budget.max_steps, "log_every": 50,
-                "checkpoint_every": 100000}
+        base = {
+            "samples_dir": str(self.samples_dir),
+            "output_dir": str(out),
+            "batch_size": self.budget.batch_size,
+            "epochs": self.budget.epochs,
+            "max_steps": self.budget.max_steps,
+            "log_every": 50,
+            "checkpoint_every": 100000,
+        }
         base.update(kw)
         return TrainConfig(**base).validate()
 
@@ -103,14 +129,28 @@ class Study:
         from tfsr import evaluation
         from tfsr.training import workflows
 
-        preds = workflows.predict_splits(model, self.samples_dir, self.spec, splits, batch_size=4096,
-                                         domains=domains, max_batches=self.budget.eval_max_batches)
+        preds = workflows.predict_splits(
+            model,
+            self.samples_dir,
+            self.spec,
+            splits,
+            batch_size=4096,
+            domains=domains,
+            max_batches=self.budget.eval_max_batches,
+        )
         return evaluation.evaluate_predictions(preds, self.spec)
 
     def _record(self, name: str, group: str, rep: dict, seconds: float, steps: int, extra=None):
-        row = {"name": name, "group": group, "seconds": round(seconds, 1), "steps": steps,
-               "domains": rep["domains"], "item_cold_start": rep.get("item_cold_start", {}),
-               "gate_weights": rep.get("gate_weights", {}), "overall": rep.get("overall")}
+        row = {
+            "name": name,
+            "group": group,
+            "seconds": round(seconds, 1),
+            "steps": steps,
+            "domains": rep["domains"],
+            "item_cold_start": rep.get("item_cold_start", {}),
+            "gate_weights": rep.get("gate_weights", {}),
+            "overall": rep.get("overall"),
+        }
         row.update(extra or {})
         self.runs[name] = row
         aucs = " ".join(f"{d}={m['auc']:.4f}" for d, m in rep["domains"].items())
@@ -127,8 +167,14 @@ class Study:
         result = workflows.run_train(cfg)
         train_s = time.perf_counter() - t0
         rep = self._evaluate(result["model"], ["pretrain_eval"], domains=domains or self.warm)
-        row = self._record(name, group, rep, train_s, int(result["trainer"].step.numpy()),
-                           {"model": cfg.model, "seed": seed, "history": result["history"]})
+        row = self._record(
+            name,
+            group,
+            rep,
+            train_s,
+            int(result["trainer"].step.numpy()),
+            {"model": cfg.model, "seed": seed, "history": result["history"]},
+        )
         if keep:
             self.pretrained[name] = result["model_path"]
         return row
@@ -136,16 +182,35 @@ class Study:
     def finetune(self, name: str, group: str, pretrained: str, freeze: list[str], seed: int = 0):
         from tfsr.training import workflows
 
-        cfg = self._cfg(name, split="coldstart_finetune", pretrained=str(pretrained), freeze=list(freeze),
-                        batch_size=self.budget.ft_batch_size, epochs=self.budget.ft_epochs, max_steps=None,
-                        learning_rate=1e-3, seed=seed, log_every=10)
+        cfg = self._cfg(
+            name,
+            split="coldstart_finetune",
+            pretrained=str(pretrained),
+            freeze=list(freeze),
+            batch_size=self.budget.ft_batch_size,
+            epochs=self.budget.ft_epochs,
+            max_steps=None,
+            learning_rate=1e-3,
+            seed=seed,
+            log_every=10,
+        )
         t0 = time.perf_counter()
         result = workflows.run_finetune(cfg)
         secs = time.perf_counter() - t0
         rep = self._evaluate(result["model"], ["coldstart_eval"], domains=self.cold)
-        return self._record(name, group, rep, secs, int(result["trainer"].step.numpy()),
-                            {"freeze": list(freeze), "seed": seed, "pretrained": str(pretrained),
-                             "history": result["history"]})
+        return self._record(
+            name,
+            group,
+            rep,
+            secs,
+            int(result["trainer"].step.numpy()),
+            {
+                "freeze": list(freeze),
+                "seed": seed,
+                "pretrained": str(pretrained),
+                "history": result["history"],
+            },
+        )
 
     def cold_single_domain(self, name: str, seed: int = 0):
         """A single-domain model trained on the cold-start slice alone (same batch size / epochs as fine-tuning)."""
@@ -153,15 +218,30 @@ class Study:
 
         model = dict(self.base_model)
         model.update({"model_type": "single_domain"})
-        cfg = self._cfg(name, model=model, split="coldstart_finetune", domains=list(self.cold),
-                        batch_size=self.budget.ft_batch_size, epochs=self.budget.ft_epochs, max_steps=None,
-                        learning_rate=1e-3, seed=seed, log_every=10)
+        cfg = self._cfg(
+            name,
+            model=model,
+            split="coldstart_finetune",
+            domains=list(self.cold),
+            batch_size=self.budget.ft_batch_size,
+            epochs=self.budget.ft_epochs,
+            max_steps=None,
+            learning_rate=1e-3,
+            seed=seed,
+            log_every=10,
+        )
         t0 = time.perf_counter()
         result = workflows.run_train(cfg)
         secs = time.perf_counter() - t0
         rep = self._evaluate(result["model"], ["coldstart_eval"], domains=self.cold)
-        return self._record(name, "cold_start", rep, secs, int(result["trainer"].step.numpy()),
-                            {"seed": seed, "model": cfg.model, "history": result["history"]})
+        return self._record(
+            name,
+            "cold_start",
+            rep,
+            secs,
+            int(result["trainer"].step.numpy()),
+            {"seed": seed, "model": cfg.model, "history": result["history"]},
+        )
 
 
 # --------------------------------------------------------------------------- no-training baselines
@@ -279,13 +359,18 @@ def render_markdown(study: Study, results: dict, img: pathlib.Path, args, durati
     lines += auc_table(warm_keys, warm, "GAUC", metric="gauc")
     lines += auc_table(warm_keys, warm, "Log loss", metric="logloss")
     floor = {d: study.runs[next(iter(study.runs))]["domains"].get(d, {}).get("logloss_const") for d in warm}
-    lines += ["Constant-prediction log loss floor: "
-              + ", ".join(f"{d} {v:.4f}" for d, v in floor.items() if v is not None), ""]
+    lines += [
+        "Constant-prediction log loss floor: "
+        + ", ".join(f"{d} {v:.4f}" for d, v in floor.items() if v is not None),
+        "",
+    ]
     if results.get("text_similarity"):
         ts = results["text_similarity"]
-        lines += [f"No-training text-similarity baseline on `{ts['domain']}` (cosine of query and title "
-                  f"embeddings): AUC {ts['auc']:.4f}, GAUC {ts['gauc'] if ts['gauc'] is None else round(ts['gauc'], 4)}.",
-                  ""]
+        lines += [
+            f"No-training text-similarity baseline on `{ts['domain']}` (cosine of query and title "
+            f"embeddings): AUC {ts['auc']:.4f}, GAUC {ts['gauc'] if ts['gauc'] is None else round(ts['gauc'], 4)}.",
+            "",
+        ]
     ablation_keys = [k for k in agg if k.startswith("ablation:")]
     if ablation_keys:
         lines += ["## Ablations of SRFoundation (warm domains, seed 0)", ""]
@@ -296,22 +381,43 @@ def render_markdown(study: Study, results: dict, img: pathlib.Path, args, durati
     for key in cold_keys:
         for d in cold:
             m = agg[key].get(d, {})
-            ics = [study.runs[n]["item_cold_start"].get(d, {}).get("auc") for n in study.runs
-                   if _prefix(n) == key]
+            ics = [
+                study.runs[n]["item_cold_start"].get(d, {}).get("auc")
+                for n in study.runs
+                if _prefix(n) == key
+            ]
             ics_mean, ics_std = _mean_std(ics)
-            rows.append([key.removeprefix("cold:"), _pm(m["auc"]["mean"], m["auc"]["std"]),
-                         _pm(m["gauc"]["mean"], m["gauc"]["std"]), _pm(m["logloss"]["mean"], m["logloss"]["std"]),
-                         m["logloss_const"]["mean"], _pm(ics_mean, ics_std), m["auc"]["n"]])
-    lines += [report.markdown_table(["model", "AUC", "GAUC", "log loss", "logloss_const", "AUC item-cold", "seeds"],
-                                    rows), ""]
+            rows.append(
+                [
+                    key.removeprefix("cold:"),
+                    _pm(m["auc"]["mean"], m["auc"]["std"]),
+                    _pm(m["gauc"]["mean"], m["gauc"]["std"]),
+                    _pm(m["logloss"]["mean"], m["logloss"]["std"]),
+                    m["logloss_const"]["mean"],
+                    _pm(ics_mean, ics_std),
+                    m["auc"]["n"],
+                ]
+            )
+    lines += [
+        report.markdown_table(
+            ["model", "AUC", "GAUC", "log loss", "logloss_const", "AUC item-cold", "seeds"], rows
+        ),
+        "",
+    ]
     lines += ["## Targets (the paper's direction) and what we measured", ""]
     lines += [f"- {t['target']}: **{t['verdict']}** — {t['detail']}" for t in results["targets"]]
     lines += ["", "## Plots", ""]
     for name, path in results["plots"].items():
         lines.append(f"![{name}]({rel}/{pathlib.Path(path).name})")
-    lines += ["", "## Run times", "",
-              report.markdown_table(["run", "steps", "seconds"],
-                                    [[n, r["steps"], r["seconds"]] for n, r in study.runs.items()]), ""]
+    lines += [
+        "",
+        "## Run times",
+        "",
+        report.markdown_table(
+            ["run", "steps", "seconds"], [[n, r["steps"], r["seconds"]] for n, r in study.runs.items()]
+        ),
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -329,29 +435,47 @@ def targets(study: Study, agg: dict) -> list[dict]:
     sd = agg.get("cold:single_domain", {}).get(cold, {}).get("auc", {})
     if ft.get("mean") is not None and sd.get("mean") is not None:
         diff = ft["mean"] - sd["mean"]
-        out.append({"target": "SRFoundation fine-tuned beats the single-domain model on the cold-start domain by >= 0.01 AUC",
-                    "verdict": "met" if diff >= 0.01 else "not met",
-                    "detail": f"{ft['mean']:.4f} vs {sd['mean']:.4f} ({diff:+.4f}; std {ft['std'] or 0:.4f} / {sd['std'] or 0:.4f})"})
+        out.append(
+            {
+                "target": "SRFoundation fine-tuned beats the single-domain model on the cold-start domain by >= 0.01 AUC",
+                "verdict": "met" if diff >= 0.01 else "not met",
+                "detail": f"{ft['mean']:.4f} vs {sd['mean']:.4f} ({diff:+.4f}; std {ft['std'] or 0:.4f} / {sd['std'] or 0:.4f})",
+            }
+        )
     dom = agg.get(f"{MAIN_MODEL}@seed0", {})
     mean = agg.get("ablation:gating=mean", {})
     if dom and mean:
         a = np.mean([dom[d]["auc"]["mean"] for d in study.warm])
         b = np.mean([mean[d]["auc"]["mean"] for d in study.warm])
-        out.append({"target": "domain gating >= mean pooling (mean warm-domain AUC)",
-                    "verdict": "met" if a >= b else "not met", "detail": f"{a:.4f} vs {b:.4f} ({a - b:+.4f}, one seed)"})
+        out.append(
+            {
+                "target": "domain gating >= mean pooling (mean warm-domain AUC)",
+                "verdict": "met" if a >= b else "not met",
+                "detail": f"{a:.4f} vs {b:.4f} ({a - b:+.4f}, one seed)",
+            }
+        )
     main = agg.get(MAIN_MODEL, {})
     if main:
         best = {}
         for d in study.warm:
-            cands = [(agg[k][d]["auc"]["mean"], k) for k in ("single_domain", *BASELINES)
-                     if k in agg and d in agg[k] and agg[k][d]["auc"]["mean"] is not None]
+            cands = [
+                (agg[k][d]["auc"]["mean"], k)
+                for k in ("single_domain", *BASELINES)
+                if k in agg and d in agg[k] and agg[k][d]["auc"]["mean"] is not None
+            ]
             if cands:
                 best[d] = max(cands)
         gaps = {d: main[d]["auc"]["mean"] - best[d][0] for d in best}
         ok = all(g >= -0.002 for g in gaps.values())
-        out.append({"target": "on warm domains SRFoundation within 0.002 AUC of the best baseline or better",
-                    "verdict": "met" if ok else "not met on " + ", ".join(d for d, g in gaps.items() if g < -0.002),
-                    "detail": "; ".join(f"{d} {g:+.4f} vs {best[d][1]}" for d, g in gaps.items())})
+        out.append(
+            {
+                "target": "on warm domains SRFoundation within 0.002 AUC of the best baseline or better",
+                "verdict": "met"
+                if ok
+                else "not met on " + ", ".join(d for d, g in gaps.items() if g < -0.002),
+                "detail": "; ".join(f"{d} {g:+.4f} vs {best[d][1]}" for d, g in gaps.items()),
+            }
+        )
     return out
 
 
@@ -362,34 +486,65 @@ def plots(study: Study, agg: dict, img: pathlib.Path) -> dict[str, str]:
     keys = [k for k in ["single_domain", *BASELINES, MAIN_MODEL] if k in agg]
     vals = {k: {d: agg[k][d]["auc"]["mean"] for d in study.warm if d in agg[k]} for k in keys}
     errs = {k: {d: agg[k][d]["auc"]["std"] for d in study.warm if d in agg[k]} for k in keys}
-    out["AUC per warm domain"] = str(report.plot_metric_bars(vals, img / "paper_study_auc_warm.png", "AUC", errs,
-                                                             title="Warm domains: AUC per model (mean ± std)"))
+    out["AUC per warm domain"] = str(
+        report.plot_metric_bars(
+            vals,
+            img / "paper_study_auc_warm.png",
+            "AUC",
+            errs,
+            title="Warm domains: AUC per model (mean ± std)",
+        )
+    )
     abl = [k for k in agg if k.startswith("ablation:")]
     if abl:
         keys = [f"{MAIN_MODEL}@seed0", *abl]
-        vals = {k: {d: agg[k][d]["auc"]["mean"] for d in study.warm if d in agg.get(k, {})} for k in keys if k in agg}
-        out["Ablations"] = str(report.plot_metric_bars(vals, img / "paper_study_ablations.png", "AUC",
-                                                       title="SRFoundation ablations (seed 0)"))
+        vals = {
+            k: {d: agg[k][d]["auc"]["mean"] for d in study.warm if d in agg.get(k, {})}
+            for k in keys
+            if k in agg
+        }
+        out["Ablations"] = str(
+            report.plot_metric_bars(
+                vals, img / "paper_study_ablations.png", "AUC", title="SRFoundation ablations (seed 0)"
+            )
+        )
     cold_keys = [k for k in agg if k.startswith("cold:")]
     if cold_keys and study.cold:
-        vals = {k.removeprefix("cold:"): {d: agg[k][d]["auc"]["mean"] for d in study.cold if d in agg[k]}
-                for k in cold_keys}
-        errs = {k.removeprefix("cold:"): {d: agg[k][d]["auc"]["std"] for d in study.cold if d in agg[k]}
-                for k in cold_keys}
-        out["Cold start"] = str(report.plot_metric_bars(vals, img / "paper_study_cold_start.png", "AUC", errs,
-                                                        title="Cold-start domain AUC"))
+        vals = {
+            k.removeprefix("cold:"): {d: agg[k][d]["auc"]["mean"] for d in study.cold if d in agg[k]}
+            for k in cold_keys
+        }
+        errs = {
+            k.removeprefix("cold:"): {d: agg[k][d]["auc"]["std"] for d in study.cold if d in agg[k]}
+            for k in cold_keys
+        }
+        out["Cold start"] = str(
+            report.plot_metric_bars(
+                vals, img / "paper_study_cold_start.png", "AUC", errs, title="Cold-start domain AUC"
+            )
+        )
     gates = {}
     for name in (f"{MAIN_MODEL}@seed0", "cold:srfoundation_finetuned_L0+L1@seed0"):
         if name in study.runs:
             gates.update(study.runs[name]["gate_weights"])
     if gates:
-        out["Gate weights"] = str(report.plot_gate_heatmaps(gates, img / "paper_study_gate_weights.png",
-                                                            title="SRFoundation aspect gate weights per domain"))
-    hist = {n: r["history"] for n, r in study.runs.items()
-            if n in (f"{MAIN_MODEL}@seed0", "cold:srfoundation_finetuned_L0+L1@seed0", "cold:single_domain@seed0")
-            and r.get("history")}
+        out["Gate weights"] = str(
+            report.plot_gate_heatmaps(
+                gates,
+                img / "paper_study_gate_weights.png",
+                title="SRFoundation aspect gate weights per domain",
+            )
+        )
+    hist = {
+        n: r["history"]
+        for n, r in study.runs.items()
+        if n in (f"{MAIN_MODEL}@seed0", "cold:srfoundation_finetuned_L0+L1@seed0", "cold:single_domain@seed0")
+        and r.get("history")
+    }
     if hist:
-        out["Training curves"] = str(report.plot_training_curves(hist, img / "paper_study_training_curves.png"))
+        out["Training curves"] = str(
+            report.plot_training_curves(hist, img / "paper_study_training_curves.png")
+        )
     return out
 
 
@@ -400,7 +555,9 @@ def preprocess(data_dir: pathlib.Path, out: pathlib.Path, text_encoder: str) -> 
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    build_samples.run(["--movielens_dir", str(data_dir), "--output_dir", str(out), "--text_encoder", text_encoder])
+    build_samples.run(
+        ["--movielens_dir", str(data_dir), "--output_dir", str(out), "--text_encoder", text_encoder]
+    )
     log.info("preprocessed %s -> %s in %.0f s", data_dir, out, time.perf_counter() - t0)
     return out
 
@@ -432,35 +589,59 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     work = pathlib.Path(args.work_dir)
     if args.quick and args.results_json == parser.get_default("results_json"):
-        args.results_json = str(REPO / "benchmarks" / "results" / "paper_study_quick.json")
+        args.results_json = str(work / "paper_study_quick.json")
         args.markdown = str(work / "BENCHMARKS_QUALITY_quick.md")
         args.img_dir = str(work / "img")
-    samples = pathlib.Path(args.samples_dir) if args.samples_dir else preprocess(
-        pathlib.Path(args.data_dir), work / f"samples_{budget.text_encoder}", budget.text_encoder)
+    samples = (
+        pathlib.Path(args.samples_dir)
+        if args.samples_dir
+        else preprocess(
+            pathlib.Path(args.data_dir), work / f"samples_{budget.text_encoder}", budget.text_encoder
+        )
+    )
     preprocess_s = time.perf_counter() - started
     study = Study(samples, work, budget, base_model={})
     seeds = list(budget.seeds)
 
     # warm domains: headline rows with several seeds
     for seed in seeds:
-        study.pretrain(f"{MAIN_MODEL}@seed{seed}", "headline", {"model_type": MAIN_MODEL}, seed=seed, keep=True)
+        study.pretrain(
+            f"{MAIN_MODEL}@seed{seed}", "headline", {"model_type": MAIN_MODEL}, seed=seed, keep=True
+        )
         for d in study.warm:
-            study.pretrain(f"single_domain@{d}@seed{seed}", "headline", {"model_type": "single_domain"}, seed=seed,
-                           domains=[d])
+            study.pretrain(
+                f"single_domain@{d}@seed{seed}",
+                "headline",
+                {"model_type": "single_domain"},
+                seed=seed,
+                domains=[d],
+            )
     for base in BASELINES:
         study.pretrain(f"{base}@seed0", "baseline", {"model_type": base}, seed=0)
     if budget.ablations:
         for label, overrides in ABLATIONS.items():
-            study.pretrain(f"ablation:{label}@seed0", "ablation", {"model_type": MAIN_MODEL, **overrides}, seed=0)
+            study.pretrain(
+                f"ablation:{label}@seed0", "ablation", {"model_type": MAIN_MODEL, **overrides}, seed=0
+            )
     # cold start
     for seed in seeds:
         study.cold_single_domain(f"cold:single_domain@seed{seed}", seed=seed)
-        study.finetune(f"cold:srfoundation_finetuned_L0+L1@seed{seed}", "cold_start",
-                       study.pretrained[f"{MAIN_MODEL}@seed{seed}"], FREEZE_SPLITS["L0+L1"], seed=seed)
+        study.finetune(
+            f"cold:srfoundation_finetuned_L0+L1@seed{seed}",
+            "cold_start",
+            study.pretrained[f"{MAIN_MODEL}@seed{seed}"],
+            FREEZE_SPLITS["L0+L1"],
+            seed=seed,
+        )
     for label, levels in FREEZE_SPLITS.items():
         if label != "L0+L1":
-            study.finetune(f"cold:srfoundation_finetuned_{label}@seed0", "freeze_split",
-                           study.pretrained[f"{MAIN_MODEL}@seed0"], levels, seed=0)
+            study.finetune(
+                f"cold:srfoundation_finetuned_{label}@seed0",
+                "freeze_split",
+                study.pretrained[f"{MAIN_MODEL}@seed0"],
+                levels,
+                seed=0,
+            )
 
     # aggregation: single-domain rows merge into one "single_domain" row (each domain from its own model)
     def key(name):
@@ -469,10 +650,16 @@ def main(argv=None) -> int:
         return _prefix(name)
 
     agg = aggregate(study.runs, key)
-    agg.update({f"{MAIN_MODEL}@seed0": aggregate({n: r for n, r in study.runs.items() if n == f"{MAIN_MODEL}@seed0"},
-                                                 lambda n: n)[f"{MAIN_MODEL}@seed0"]})
-    agg.update(aggregate({n: r for n, r in study.runs.items() if n.startswith("cold:")},
-                         lambda n: n.split("@")[0]))
+    agg.update(
+        {
+            f"{MAIN_MODEL}@seed0": aggregate(
+                {n: r for n, r in study.runs.items() if n == f"{MAIN_MODEL}@seed0"}, lambda n: n
+            )[f"{MAIN_MODEL}@seed0"]
+        }
+    )
+    agg.update(
+        aggregate({n: r for n, r in study.runs.items() if n.startswith("cold:")}, lambda n: n.split("@")[0])
+    )
     ts = None
     search = [d.name for d in study.spec.domains.warm() if d.kind == "search"]
     if search:
@@ -480,7 +667,8 @@ def main(argv=None) -> int:
         ts["domain"] = search[0]
     img = pathlib.Path(args.img_dir)
     results = {
-        "command": "python benchmarks/paper_study.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
+        "command": "python benchmarks/paper_study.py"
+        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, Python {platform.python_version()}",
         "tfsr_version": tfsr.__version__,

@@ -25,6 +25,25 @@ from tfsr.features import FeatureSpec
 
 DATA = pathlib.Path(__file__).parent / "data"
 TEXT_DIM = 32
+# The counts published in docs/DATA.md (default options).
+DATA_CARD_COUNTS = {
+    "pretrain_train": {
+        "rec_action": 24024,
+        "rec_comedy": 22103,
+        "rec_drama": 18637,
+        "rec_other": 7396,
+        "search_tags": 15065,
+    },
+    "pretrain_eval": {
+        "rec_action": 5275,
+        "rec_comedy": 5381,
+        "rec_drama": 5085,
+        "rec_other": 2078,
+        "search_tags": 3350,
+    },
+    "coldstart_finetune": {"rec_children": 1000},
+    "coldstart_eval": {"rec_children": 3257},
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +51,9 @@ def encoder_dir(tmp_path_factory) -> str:
     """The tiny random text encoder, exported once as the SavedModel the pipeline runs."""
     from tfsr.text import export_text_encoder, tiny_text_encoder
 
-    return export_text_encoder(tiny_text_encoder(seed=0, dim=TEXT_DIM), tmp_path_factory.mktemp("enc") / "encoder")
+    return export_text_encoder(
+        tiny_text_encoder(seed=0, dim=TEXT_DIM), tmp_path_factory.mktemp("enc") / "encoder"
+    )
 
 
 def _rec(user, ts, item="1", domain="rec_drama", label=1):
@@ -47,63 +68,129 @@ def test_read_numbered_lines_and_row_step_dead_letter_with_reasons(tmp_path):
     with test_pipeline.TestPipeline() as p:
         lines = p | bs.ReadNumberedLines(str(path), "ratings", lambda _: ml.HEADERS["ratings"])
         parsed = lines.rows | bs._row_step(ml.parse_rating, "ratings", movies)
-        assert_that(parsed.rows | "Ok" >> beam.Map(lambda r: (r[0].line, r[1].rating)),
-                    equal_to([(2, 4.0), (6, 2.0)]), label="Rows")
-        assert_that(parsed[bs.DEAD] | "Why" >> beam.Map(lambda d: (d["source"], d["line"], d["reason"], d["raw"])),
-                    equal_to([("ratings", 3, "non_numeric_rating", "1,3,abc,11"),
-                              ("ratings", 5, "invalid_utf8", "1,\\xff,4.0,12")]), label="Dead")
-        assert_that(lines[bs.FILTERED] | "Filtered" >> beam.Map(lambda f: (f[0].line, f[1])),
-                    equal_to([(1, "header"), (4, "blank_line")]), label="Filtered")
+        assert_that(
+            parsed.rows | "Ok" >> beam.Map(lambda r: (r[0].line, r[1].rating)),
+            equal_to([(2, 4.0), (6, 2.0)]),
+            label="Rows",
+        )
+        assert_that(
+            parsed[bs.DEAD] | "Why" >> beam.Map(lambda d: (d["source"], d["line"], d["reason"], d["raw"])),
+            equal_to(
+                [
+                    ("ratings", 3, "non_numeric_rating", "1,3,abc,11"),
+                    ("ratings", 5, "invalid_utf8", "1,\\xff,4.0,12"),
+                ]
+            ),
+            label="Dead",
+        )
+        assert_that(
+            lines[bs.FILTERED] | "Filtered" >> beam.Map(lambda f: (f[0].line, f[1])),
+            equal_to([(1, "header"), (4, "blank_line")]),
+            label="Filtered",
+        )
 
 
 def test_split_warm_per_user_and_global():
-    records = [_rec("a", t) for t in (1, 2, 3, 4, 5)] + [_rec("b", t) for t in (100, 100, 101)]  # b: ceil(2.4) train
+    records = [_rec("a", t) for t in (1, 2, 3, 4, 5)] + [
+        _rec("b", t) for t in (100, 100, 101)
+    ]  # b: ceil(2.4) train
     with test_pipeline.TestPipeline() as p:
         per_user = p | "PU" >> beam.Create(records) | "SplitPU" >> bs.SplitWarm("per_user", 0.2)
-        assert_that(per_user | "PUKeys" >> beam.Map(lambda sr: (sr[1]["user_id"], sr[1]["timestamp"], sr[0])),
-                    equal_to([("a", t, "pretrain_train") for t in (1, 2, 3, 4)] + [("a", 5, "pretrain_eval")]
-                             + [("b", 100, "pretrain_train")] * 2 + [("b", 101, "pretrain_train")]), label="PerUser")
+        assert_that(
+            per_user | "PUKeys" >> beam.Map(lambda sr: (sr[1]["user_id"], sr[1]["timestamp"], sr[0])),
+            equal_to(
+                [("a", t, "pretrain_train") for t in (1, 2, 3, 4)]
+                + [("a", 5, "pretrain_eval")]
+                + [("b", 100, "pretrain_train")] * 2
+                + [("b", 101, "pretrain_train")]
+            ),
+            label="PerUser",
+        )
         glob = p | "G" >> beam.Create(records) | "SplitG" >> bs.SplitWarm("global", 0.2)
-        assert_that(glob | "GKeys" >> beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
-                    equal_to([(t, "pretrain_train") for t in (1, 2, 3, 4, 5, 100, 100)] + [(101, "pretrain_eval")]),
-                    label="Global")
+        assert_that(
+            glob | "GKeys" >> beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
+            equal_to([(t, "pretrain_train") for t in (1, 2, 3, 4, 5, 100, 100)] + [(101, "pretrain_eval")]),
+            label="Global",
+        )
 
 
 def test_split_cold_keeps_the_future_out_of_fine_tuning():
     records = [_rec(str(t % 3), t, domain="rec_children") for t in range(1, 21)]
     with test_pipeline.TestPipeline() as p:
         split = p | beam.Create(records) | bs.SplitCold(eval_fraction=0.25, finetune_rows=5)
-        assert_that(split.rows | beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
-                    equal_to([(t, "coldstart_finetune") for t in range(11, 16)]
-                             + [(t, "coldstart_eval") for t in range(16, 21)]), label="Splits")
+        assert_that(
+            split.rows | beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
+            equal_to(
+                [(t, "coldstart_finetune") for t in range(11, 16)]
+                + [(t, "coldstart_eval") for t in range(16, 21)]
+            ),
+            label="Splits",
+        )
         assert_that(split[bs.FILTERED], equal_to([bs.COLDSTART_FILTER_REASON] * 10), label="Filtered")
 
 
 def test_mark_cold_items_counts_what_the_model_trained_on():
-    rows = ([("pretrain_train", {"item_id": "hot"})] * 3 + [("pretrain_train", {"item_id": "rare"})]
-            + [("coldstart_finetune", {"item_id": "kid"})] * 3
-            + [(s, {"item_id": i}) for s in ("pretrain_eval", "coldstart_eval") for i in ("hot", "rare", "kid", "new")])
+    rows = (
+        [("pretrain_train", {"item_id": "hot"})] * 3
+        + [("pretrain_train", {"item_id": "rare"})]
+        + [("coldstart_finetune", {"item_id": "kid"})] * 3
+        + [
+            (s, {"item_id": i})
+            for s in ("pretrain_eval", "coldstart_eval")
+            for i in ("hot", "rare", "kid", "new")
+        ]
+    )
     with test_pipeline.TestPipeline() as p:
         marked = p | beam.Create(rows) | bs.MarkColdItems(max_train_count=1)
-        assert_that(marked | beam.Map(lambda sr: (sr[0], sr[1]["item_id"], sr[1].get("is_cold_item"))),
-                    equal_to([("pretrain_train", "hot", None)] * 3 + [("pretrain_train", "rare", None)]
-                             + [("coldstart_finetune", "kid", None)] * 3
-                             + [("pretrain_eval", "hot", 0), ("pretrain_eval", "rare", 1),
-                                ("pretrain_eval", "kid", 1), ("pretrain_eval", "new", 1),
-                                ("coldstart_eval", "hot", 0), ("coldstart_eval", "rare", 1),
-                                ("coldstart_eval", "kid", 0), ("coldstart_eval", "new", 1)]))
+        assert_that(
+            marked | beam.Map(lambda sr: (sr[0], sr[1]["item_id"], sr[1].get("is_cold_item"))),
+            equal_to(
+                [("pretrain_train", "hot", None)] * 3
+                + [("pretrain_train", "rare", None)]
+                + [("coldstart_finetune", "kid", None)] * 3
+                + [
+                    ("pretrain_eval", "hot", 0),
+                    ("pretrain_eval", "rare", 1),
+                    ("pretrain_eval", "kid", 1),
+                    ("pretrain_eval", "new", 1),
+                    ("coldstart_eval", "hot", 0),
+                    ("coldstart_eval", "rare", 1),
+                    ("coldstart_eval", "kid", 0),
+                    ("coldstart_eval", "new", 1),
+                ]
+            ),
+        )
 
 
 def test_write_vocabularies_most_frequent_first(tmp_path):
     base = {"query_id": "", "item_decade": "", "item_genres": []}
-    records = [{**base, "user_id": u, "item_id": i, "item_genres": g} for u, i, g in
-               [("b", "1", ["Drama"]), ("a", "1", ["Drama", "War"]), ("b", "2", ["War"]), ("b", "1", ["Drama"])]]
+    records = [
+        {**base, "user_id": u, "item_id": i, "item_genres": g}
+        for u, i, g in [
+            ("b", "1", ["Drama"]),
+            ("a", "1", ["Drama", "War"]),
+            ("b", "2", ["War"]),
+            ("b", "1", ["Drama"]),
+        ]
+    ]
     (tmp_path / layout.VOCAB_DIR).mkdir()
     with test_pipeline.TestPipeline() as p:
         sizes = p | beam.Create(records) | bs.WriteVocabularies(str(tmp_path), min_frequency=2)
-        assert_that(sizes, equal_to([(("vocab_size", f), n) for f, n in
-                                     [("user_id", 1), ("item_id", 1), ("item_genres", 2), ("query_id", 0),
-                                      ("item_decade", 0)]]))
+        assert_that(
+            sizes,
+            equal_to(
+                [
+                    (("vocab_size", f), n)
+                    for f, n in [
+                        ("user_id", 1),
+                        ("item_id", 1),
+                        ("item_genres", 2),
+                        ("query_id", 0),
+                        ("item_decade", 0),
+                    ]
+                ]
+            ),
+        )
     assert layout.read_vocab(tmp_path, "user_id") == ["b"]
     assert layout.read_vocab(tmp_path, "item_genres") == ["Drama", "War"]  # 3 > 2 uses
     assert layout.read_vocab(tmp_path, "item_decade") == []
@@ -123,38 +210,71 @@ def test_text_encoder_model_handler(encoder_dir):
 
 
 def test_embed_texts_encodes_each_unique_text_once(tmp_path, encoder_dir):
-    records = [{"query_text": q, "item_title": t} for q, t in [("", "A (1990)"), ("space", "A (1990)"),
-                                                             ("space", "B (1991)")]]
+    records = [
+        {"query_text": q, "item_title": t}
+        for q, t in [("", "A (1990)"), ("space", "A (1990)"), ("space", "B (1991)")]
+    ]
     with test_pipeline.TestPipeline() as p:
         tables = p | beam.Create(records) | bs.EmbedTexts(encoder_dir, str(tmp_path), TEXT_DIM)
-        assert_that(tables["query_text"] | "Q" >> beam.Map(lambda kv: (kv[0], kv[1].shape)),
-                    equal_to([("space", (TEXT_DIM,))]), label="Query")
-        assert_that(tables["item_title"] | "T" >> beam.Map(lambda kv: kv[0]), equal_to(["A (1990)", "B (1991)"]),
-                    label="Title")
+        assert_that(
+            tables["query_text"]
+            | "Q" >> beam.Map(lambda kv: (kv[0], len(tf.train.Feature.FromString(kv[1]).float_list.value))),
+            equal_to([("space", TEXT_DIM)]),
+            label="Query",
+        )
+        assert_that(
+            tables["item_title"] | "T" >> beam.Map(lambda kv: kv[0]),
+            equal_to(["A (1990)", "B (1991)"]),
+            label="Title",
+        )
     from tfsr.text.cache import EMBEDDING_KEY, TEXT_KEY
 
-    parsed = [tf.io.parse_single_example(r, {TEXT_KEY: tf.io.FixedLenFeature([], tf.string),
-                                             EMBEDDING_KEY: tf.io.FixedLenFeature([TEXT_DIM], tf.float32)})
-              for r in tf.data.TFRecordDataset(str(layout.text_embeddings_path(tmp_path, "item_title")), "GZIP")]
+    parsed = [
+        tf.io.parse_single_example(
+            r,
+            {
+                TEXT_KEY: tf.io.FixedLenFeature([], tf.string),
+                EMBEDDING_KEY: tf.io.FixedLenFeature([TEXT_DIM], tf.float32),
+            },
+        )
+        for r in tf.data.TFRecordDataset(str(layout.text_embeddings_path(tmp_path, "item_title")), "GZIP")
+    ]
     assert sorted(p[TEXT_KEY].numpy() for p in parsed) == [b"A (1990)", b"B (1991)"]
 
 
 def test_build_manifest_reconciles():
     spec = FeatureSpec.default(text_dim=TEXT_DIM)
-    stats = {("read", "ratings"): 10, ("used", "ratings"): 7, ("dead_lettered", "ratings", "invalid_utf8"): 2,
-             ("filtered", "ratings", "header"): 1, ("samples_built",): 7,
-             ("samples", "pretrain_train", "rec_drama"): 4, ("positives", "pretrain_train", "rec_drama"): 1,
-             ("cold_items", "pretrain_train", "rec_drama"): 0, ("samples", "coldstart_eval", "rec_children"): 2,
-             ("positives", "coldstart_eval", "rec_children"): 2, ("cold_items", "coldstart_eval", "rec_children"): 1,
-             ("samples_filtered", "coldstart_before_finetune_window"): 1, ("vocab_size", "user_id"): 3,
-             ("unique_texts", "item_title"): 5}
+    stats = {
+        ("read", "ratings"): 10,
+        ("used", "ratings"): 7,
+        ("dead_lettered", "ratings", "invalid_utf8"): 2,
+        ("filtered", "ratings", "header"): 1,
+        ("samples_built",): 7,
+        ("samples", "pretrain_train", "rec_drama"): 4,
+        ("positives", "pretrain_train", "rec_drama"): 1,
+        ("cold_items", "pretrain_train", "rec_drama"): 0,
+        ("samples", "coldstart_eval", "rec_children"): 2,
+        ("positives", "coldstart_eval", "rec_children"): 2,
+        ("cold_items", "coldstart_eval", "rec_children"): 1,
+        ("samples_filtered", "coldstart_before_finetune_window"): 1,
+        ("vocab_size", "user_id"): 3,
+        ("unique_texts", "item_title"): 5,
+    }
     manifest = bs.build_manifest(stats, spec, {"name": "tiny"}, "tfsr preprocess --x", {"seed": 0})
-    assert manifest["counts"]["pretrain_train"]["rec_drama"] == {"samples": 4, "positives": 1, "cold_items": 0,
-                                                                 "label_rate": 0.25}
+    assert manifest["counts"]["pretrain_train"]["rec_drama"] == {
+        "samples": 4,
+        "positives": 1,
+        "cold_items": 0,
+        "label_rate": 0.25,
+    }
     assert manifest["counts"]["pretrain_eval"] == {}
     assert manifest["reconciliation"]["rows"]["ratings"]["balanced"]
-    assert manifest["reconciliation"]["samples"] == {"built": 7, "written": 6, "balanced": True,
-                                                     "filtered": {"coldstart_before_finetune_window": 1}}
+    assert manifest["reconciliation"]["samples"] == {
+        "built": 7,
+        "written": 6,
+        "balanced": True,
+        "filtered": {"coldstart_before_finetune_window": 1},
+    }
     assert manifest["reconciliation"]["balanced"]
     assert FeatureSpec.from_json(manifest["feature_spec"]) == spec
     stats[("used", "ratings")] = 6  # a row lost without a trace must show
@@ -165,8 +285,11 @@ def test_build_manifest_reconciles():
 def _read_split(out: pathlib.Path, split: str) -> list[dict]:
     spec = layout.read_feature_spec(out)
     files = tf.io.gfile.glob(layout.split_pattern(out, split))
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096).map(
-        lambda s: tf.io.parse_example(s, spec.parse_spec()))
+    dataset = (
+        tf.data.TFRecordDataset(files, compression_type="GZIP")
+        .batch(4096)
+        .map(lambda s: tf.io.parse_example(s, spec.parse_spec()))
+    )
     rows = []
     for batch in dataset:
         batch = {k: (v.to_list() if isinstance(v, tf.RaggedTensor) else v.numpy()) for k, v in batch.items()}
@@ -175,14 +298,19 @@ def _read_split(out: pathlib.Path, split: str) -> list[dict]:
 
 
 def _dead_letters(out: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for f in sorted((out / layout.DEAD_LETTERS_DIR).glob("*.jsonl"))
-            for line in f.read_text(encoding="utf-8").splitlines()]
+    return [
+        json.loads(line)
+        for f in sorted((out / layout.DEAD_LETTERS_DIR).glob("*.jsonl"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def _run(tmp_path, encoder_dir, *args) -> pathlib.Path:
     out = tmp_path / "samples"
-    code = bs.run([*args, "--output_dir", str(out), "--text_encoder_dir", encoder_dir, "--num_shards", "1"],
-                  save_main_session=False)
+    code = bs.run(
+        [*args, "--output_dir", str(out), "--text_encoder_dir", encoder_dir, "--num_shards", "1"],
+        save_main_session=False,
+    )
     assert code == 0
     return out
 
@@ -196,22 +324,28 @@ def test_corrupted_movielens_finishes_dead_letters_each_bad_row_and_keeps_good_r
         f.write(b"3,6," + b"z" * (1 << 20) + b",1100000400\n")  # line 12: a 1 MB tag
     out = _run(tmp_path, encoder_dir, "--movielens_dir", str(data), "--num_negatives", "2")
     dead = {(d["source"], d["line"]): d for d in _dead_letters(out)}
-    expected = {(r.source, r.line): r.reason for r in ml.read_movielens(data).rejections if r.reason != "blank_line"}
+    expected = {
+        (r.source, r.line): r.reason for r in ml.read_movielens(data).rejections if r.reason != "blank_line"
+    }
     assert {k: d["reason"] for k, d in dead.items()} == expected
     assert expected[("ratings", 25)] == expected[("tags", 12)] == "field_too_long"
     assert all(len(d["raw"]) <= bs.RAW_SNIPPET_CHARS and d["detail"] for d in dead.values())
 
     manifest = layout.read_manifest(out)
     rows = manifest["reconciliation"]["rows"]
-    assert rows["ratings"] == {"read": 25, "used": 13, "balanced": True,
-                               "filtered": {"header": 1, "blank_line": 1},
-                               "dead_lettered": dict(collections.Counter(
-                                   r for (s, _), r in expected.items() if s == "ratings"))}
+    assert rows["ratings"] == {
+        "read": 25,
+        "used": 13,
+        "balanced": True,
+        "filtered": {"header": 1, "blank_line": 1},
+        "dead_lettered": dict(collections.Counter(r for (s, _), r in expected.items() if s == "ratings")),
+    }
     assert (rows["movies"]["used"], rows["tags"]["used"]) == (6, 6)
     assert manifest["reconciliation"]["balanced"]
     written = {split: _read_split(out, split) for split in layout.SPLITS}
     assert sum(len(v) for v in written.values()) == 13 + 6 * 3 - sum(
-        manifest["reconciliation"]["samples"]["filtered"].values())
+        manifest["reconciliation"]["samples"]["filtered"].values()
+    )
     assert manifest["vocab_sizes"]["user_id"] == 3
 
 
@@ -221,19 +355,39 @@ def test_corrupted_generic_logs(tmp_path, encoder_dir):
     for name in ("logs_corrupt.jsonl", "logs_corrupt.csv"):
         shutil.copy(DATA / name, logs / name)
     with open(logs / "logs_corrupt.jsonl", "ab") as f:
-        f.write(b'{"domain":"rec_drama","user_id":"u1","item_id":"i3","label":1,"item_title":"'
-                + b"t" * (1 << 20) + b'"}\n')
+        f.write(
+            b'{"domain":"rec_drama","user_id":"u1","item_id":"i3","label":1,"item_title":"'
+            + b"t" * (1 << 20)
+            + b'"}\n'
+        )
     out = _run(tmp_path, encoder_dir, "--logs", str(logs / "*"))
     reasons = sorted((pathlib.Path(d["file"]).suffix, d["line"], d["reason"]) for d in _dead_letters(out))
-    assert reasons == sorted([
-        (".jsonl", 7, "malformed_json"), (".jsonl", 8, "invalid_domain"), (".jsonl", 9, "invalid_label"),
-        (".jsonl", 10, "invalid_user_id"), (".jsonl", 11, "missing_query"), (".jsonl", 12, "unexpected_query"),
-        (".jsonl", 13, "invalid_timestamp"), (".jsonl", 14, "invalid_utf8"), (".jsonl", 15, "unknown_column"),
-        (".jsonl", 16, "malformed_json"), (".jsonl", 17, "item_title_too_long"),
-        (".csv", 5, "invalid_label"), (".csv", 6, "wrong_column_count"), (".csv", 7, "malformed_csv")])
+    assert reasons == sorted(
+        [
+            (".jsonl", 7, "malformed_json"),
+            (".jsonl", 8, "invalid_domain"),
+            (".jsonl", 9, "invalid_label"),
+            (".jsonl", 10, "invalid_user_id"),
+            (".jsonl", 11, "missing_query"),
+            (".jsonl", 12, "unexpected_query"),
+            (".jsonl", 13, "invalid_timestamp"),
+            (".jsonl", 14, "invalid_utf8"),
+            (".jsonl", 15, "unknown_column"),
+            (".jsonl", 16, "malformed_json"),
+            (".jsonl", 17, "item_title_too_long"),
+            (".csv", 5, "invalid_label"),
+            (".csv", 6, "wrong_column_count"),
+            (".csv", 7, "malformed_csv"),
+        ]
+    )
     manifest = layout.read_manifest(out)
     assert manifest["reconciliation"]["rows"]["logs"] | {"dead_lettered": None} == {
-        "read": 24, "used": 9, "filtered": {"header": 1}, "dead_lettered": None, "balanced": True}
+        "read": 24,
+        "used": 9,
+        "filtered": {"header": 1},
+        "dead_lettered": None,
+        "balanced": True,
+    }
     written = [r for split in layout.SPLITS for r in _read_split(out, split)]
     assert len(written) == 9  # every good row is kept
     assert {r["item_title"].decode() for r in written} >= {"War Front, The (1960)", "Star Galaxy (1990)"}
@@ -247,14 +401,21 @@ def test_movielens_end_to_end(tmp_path, encoder_dir, movielens_dir):
     assert counts == DATA_CARD_COUNTS  # the numbers published in docs/DATA.md
     assert manifest["reconciliation"]["balanced"]
     assert manifest["reconciliation"]["rows"]["ratings"] == {
-        "read": 100837, "used": 100836, "dead_lettered": {}, "filtered": {"header": 1}, "balanced": True}
+        "read": 100837,
+        "used": 100836,
+        "dead_lettered": {},
+        "filtered": {"header": 1},
+        "balanced": True,
+    }
     assert manifest["text_encoder"]["dim"] == TEXT_DIM
     assert manifest["vocab_sizes"]["user_id"] == len(layout.read_vocab(out, "user_id")) == 610
 
     train = _read_split(out, "pretrain_train")
     evaluation = _read_split(out, "pretrain_eval")
-    assert (len(train), len(evaluation)) == (sum(counts["pretrain_train"].values()),
-                                             sum(counts["pretrain_eval"].values()))
+    assert (len(train), len(evaluation)) == (
+        sum(counts["pretrain_train"].values()),
+        sum(counts["pretrain_eval"].values()),
+    )
     last_train = collections.defaultdict(int)
     for r in train:
         last_train[r["user_id"]] = max(last_train[r["user_id"]], r["timestamp"])
@@ -265,15 +426,21 @@ def test_movielens_end_to_end(tmp_path, encoder_dir, movielens_dir):
     finetune, cold_eval = _read_split(out, "coldstart_finetune"), _read_split(out, "coldstart_eval")
     assert max(r["timestamp"] for r in finetune) < min(r["timestamp"] for r in cold_eval)
     assert {r["domain"] for r in finetune + cold_eval} == {b"rec_children"}
-    assert np.allclose(np.linalg.norm(np.stack([r["item_title_embedding"] for r in evaluation[:100]]), axis=1), 1.0,
-                       atol=1e-4)
+    assert np.allclose(
+        np.linalg.norm(np.stack([r["item_title_embedding"] for r in evaluation[:100]]), axis=1),
+        1.0,
+        atol=1e-4,
+    )
 
 
-DATA_CARD_COUNTS = {
-    "pretrain_train": {"rec_action": 24024, "rec_comedy": 22103, "rec_drama": 18637, "rec_other": 7396,
-                       "search_tags": 15065},
-    "pretrain_eval": {"rec_action": 5275, "rec_comedy": 5381, "rec_drama": 5085, "rec_other": 2078,
-                      "search_tags": 3350},
-    "coldstart_finetune": {"rec_children": 1000},
-    "coldstart_eval": {"rec_children": 3257},
-}
+def test_refuses_to_mix_with_an_existing_samples_directory(tmp_path):
+    (tmp_path / layout.PRETRAIN_TRAIN).mkdir()
+    args = bs._parser().parse_args(["--movielens_dir", "x", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="pass --overwrite"):
+        bs._check_args(args)
+    bs._check_args(
+        bs._parser().parse_args(["--movielens_dir", "x", "--output_dir", str(tmp_path), "--overwrite"])
+    )
+    assert not tmp_path.exists()
+    with pytest.raises(SystemExit, match="matches no file"):
+        bs._check_args(bs._parser().parse_args(["--logs", str(tmp_path / "*.jsonl"), "--output_dir", "o"]))

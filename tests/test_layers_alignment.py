@@ -60,8 +60,10 @@ def test_js_sums_over_pairs_of_present_domains():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(9, 4)).astype(np.float32)
     ids = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    pairwise = sum(float(js_divergence_alignment(x[np.isin(ids, [i, j])], ids[np.isin(ids, [i, j])], 3))
-                   for i, j in [(0, 1), (0, 2), (1, 2)])
+    pairwise = sum(
+        float(js_divergence_alignment(x[np.isin(ids, [i, j])], ids[np.isin(ids, [i, j])], 3))
+        for i, j in [(0, 1), (0, 2), (1, 2)]
+    )
     np.testing.assert_allclose(js_divergence_alignment(x, ids, 3), pairwise, rtol=1e-5)
 
 

@@ -33,8 +33,9 @@ def test_sparse_encoder_mean_pools_and_ignores_empty_values():
     values = tf.ragged.constant([["x", "y"], [], ["", "x"], ["y", "nope"]])
     out = encoder(values)
     table = encoder.embeddings.numpy()  # rows: oov, x, y
-    np.testing.assert_allclose(out, [(table[1] + table[2]) / 2, [0, 0], table[1], (table[2] + table[0]) / 2],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        out, [(table[1] + table[2]) / 2, [0, 0], table[1], (table[2] + table[0]) / 2], rtol=1e-6
+    )
     np.testing.assert_array_equal(encoder.presence(values), [True, False, True, True])
     np.testing.assert_allclose(encoder(tf.constant(["y", ""])), [table[2], [0, 0]])
     summed = SparseEncoder(2, combiner="sum", vocabulary=["x", "y"])
@@ -63,9 +64,15 @@ def test_missing_entity_vector_replaces_absent_rows():
     ("factory", "message"),
     [
         (lambda: IdEncoder(4), "exactly one of vocabulary and num_hash_bins"),
-        (lambda: IdEncoder(4, vocabulary=["a"], num_hash_bins=3), "exactly one of vocabulary and num_hash_bins"),
+        (
+            lambda: IdEncoder(4, vocabulary=["a"], num_hash_bins=3),
+            "exactly one of vocabulary and num_hash_bins",
+        ),
         (lambda: IdEncoder(0, num_hash_bins=3), "embedding_dim must be a positive int, got 0"),
-        (lambda: IdEncoder(4, vocabulary=["a"], num_oov_buckets=0), "num_oov_buckets must be a positive int, got 0"),
+        (
+            lambda: IdEncoder(4, vocabulary=["a"], num_oov_buckets=0),
+            "num_oov_buckets must be a positive int, got 0",
+        ),
         (lambda: SparseEncoder(4, combiner="max", num_hash_bins=3), "combiner must be one of .* got 'max'"),
         (lambda: TextEncoder(-2), "embedding_dim must be a positive int, got -2"),
     ],

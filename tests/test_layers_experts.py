@@ -47,7 +47,9 @@ def test_domain_weights_add_domain_keeps_existing_and_copies():
 def test_domain_adaptive_layer_starts_at_the_shared_map():
     layer = DomainAdaptiveLayer(4, num_domains=3)
     out = layer(X, IDS)
-    np.testing.assert_allclose(out, X.numpy() @ layer.kernel.numpy() + layer.bias.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out, X.numpy() @ layer.kernel.numpy() + layer.bias.numpy(), rtol=1e-5, atol=1e-6
+    )
     layer.domain_weights.families["bias"][2].assign([1.0, 2.0, 3.0, 4.0])
     out2 = layer(X, IDS)
     np.testing.assert_allclose(out2[2] - out[2], [1.0, 2.0, 3.0, 4.0], rtol=1e-5)
@@ -76,7 +78,7 @@ def test_domain_towers_send_each_sample_through_its_own_tower():
     towers = DomainTowers(3, [4])
     out = towers(X, IDS).numpy()
     for b, d in enumerate(IDS.numpy()):
-        np.testing.assert_allclose(out[b], towers(X[b:b + 1], tf.constant([d])).numpy()[0], rtol=1e-5)
+        np.testing.assert_allclose(out[b], towers(X[b : b + 1], tf.constant([d])).numpy()[0], rtol=1e-5)
     assert out.shape == (5,)
 
 
@@ -96,11 +98,23 @@ def test_ple_output_shape_and_add_domain():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"cls": MMoE, "num_experts": 0, "units": [4], "num_domains": 2}, "num_experts must be a positive int, got 0"),
+        (
+            {"cls": MMoE, "num_experts": 0, "units": [4], "num_domains": 2},
+            "num_experts must be a positive int, got 0",
+        ),
         ({"cls": MLP, "units": []}, r"units must be a non-empty list of positive ints, got \(\)"),
         ({"cls": DomainTowers, "num_domains": 0}, "num_domains must be a positive int, got 0"),
-        ({"cls": PLE, "num_levels": 0, "num_shared_experts": 1, "num_specific_experts": 1, "units": [2],
-          "num_domains": 2}, "num_levels must be a positive int, got 0"),
+        (
+            {
+                "cls": PLE,
+                "num_levels": 0,
+                "num_shared_experts": 1,
+                "num_specific_experts": 1,
+                "units": [2],
+                "num_domains": 2,
+            },
+            "num_levels must be a positive int, got 0",
+        ),
         ({"cls": DomainAdaptiveLayer, "units": -1, "num_domains": 2}, "units must be a positive int, got -1"),
     ],
 )

@@ -9,8 +9,10 @@ from tfsr.layers import AspectGatingFusion
 
 def _inputs(seed=0, batch=4, aspects=3, width=4):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(batch, aspects, width)).astype(np.float32),
-            np.array([0, 1, 2, 1][:batch], np.int32))
+    return (
+        rng.normal(size=(batch, aspects, width)).astype(np.float32),
+        np.array([0, 1, 2, 1][:batch], np.int32),
+    )
 
 
 def _softmax(z):

@@ -9,7 +9,10 @@ from tfsr.datasets import movielens as ml
 from tfsr.features import MOVIELENS_DOMAINS
 
 DATA = pathlib.Path(__file__).parent / "data"
-MOVIES = {1: ml.Movie(1, "Toy Story (1995)", ("Animation", "Children")), 3: ml.Movie(3, "Heat (1995)", ("Action",))}
+MOVIES = {
+    1: ml.Movie(1, "Toy Story (1995)", ("Animation", "Children")),
+    3: ml.Movie(3, "Heat (1995)", ("Action",)),
+}
 
 
 # ------------------------------------------------------------------------------------- row parsers
@@ -67,8 +70,12 @@ def test_parse_rating_rejects_with_reason(line, reason):
 
 @pytest.mark.parametrize(
     "line, reason",
-    [(b"1,1,   ,1", "empty_tag"), (b"1,999,fun,1", "unknown_movie_id"), (b"1,1,caf\xe9,1", "invalid_utf8"),
-     (b"1,1,t" + b"x" * 5000 + b",1", "tag_too_long")],
+    [
+        (b"1,1,   ,1", "empty_tag"),
+        (b"1,999,fun,1", "unknown_movie_id"),
+        (b"1,1,caf\xe9,1", "invalid_utf8"),
+        (b"1,1,t" + b"x" * 5000 + b",1", "tag_too_long"),
+    ],
 )
 def test_parse_tag_rejects_with_reason(line, reason):
     with pytest.raises(ml.RowError) as err:
@@ -109,11 +116,23 @@ def test_label_decade_and_query_rules():
 
 
 def _index():
-    movies = [ml.Movie(i, f"Movie {name} ({1990 + i})", genres) for i, name, genres in [
-        (1, "Space", ("Sci-Fi",)), (2, "Heist", ("Crime",)), (3, "Space Wars", ("Sci-Fi",)),
-        (4, "Quiet", ("Drama",)), (5, "Big", ("Comedy",)), (6, "Dark Space", ("Horror",))]]
-    tags = [ml.Tag(10, 1, "space", 1), ml.Tag(11, 3, "Space", 2), ml.Tag(12, 2, "heist", 3),
-            ml.Tag(13, 4, "space opera", 4)]
+    movies = [
+        ml.Movie(i, f"Movie {name} ({1990 + i})", genres)
+        for i, name, genres in [
+            (1, "Space", ("Sci-Fi",)),
+            (2, "Heist", ("Crime",)),
+            (3, "Space Wars", ("Sci-Fi",)),
+            (4, "Quiet", ("Drama",)),
+            (5, "Big", ("Comedy",)),
+            (6, "Dark Space", ("Horror",)),
+        ]
+    ]
+    tags = [
+        ml.Tag(10, 1, "space", 1),
+        ml.Tag(11, 3, "Space", 2),
+        ml.Tag(12, 2, "heist", 3),
+        ml.Tag(13, 4, "space opera", 4),
+    ]
     popularity = {5: 100, 4: 50, 2: 10, 1: 5, 3: 3, 6: 1}
     return {m.movie_id: m for m in movies}, ml.SearchIndex.build(movies, tags, popularity)
 
@@ -143,7 +162,8 @@ def test_search_records_are_one_impression_list():
     records = ml.search_records(ml.Tag(10, 1, "Space", 7), movies, index, num_negatives=2, seed=0)
     assert [r["label"] for r in records] == [1, 0, 0]
     assert {(r["domain"], r["user_id"], r["query_text"], r["query_id"], r["timestamp"]) for r in records} == {
-        ("search_tags", "10", "Space", "space", 7)}
+        ("search_tags", "10", "Space", "space", 7)
+    }
     assert records[0]["item_id"] == "1" and records[0]["item_decade"] == "1990s"
 
 
@@ -168,13 +188,25 @@ def test_read_movielens_counts_every_rejection():
     data = ml.read_movielens(DATA / "ml_corrupt")
     reasons = {(r.source, r.line): r.reason for r in data.rejections}
     assert reasons == {
-        ("movies", 8): "malformed_csv", ("movies", 9): "wrong_column_count", ("movies", 10): "non_numeric_movie_id",
-        ("movies", 11): "empty_title", ("movies", 12): "invalid_utf8", ("movies", 13): "duplicate_movie_id",
-        ("ratings", 15): "non_numeric_rating", ("ratings", 16): "rating_out_of_range",
-        ("ratings", 17): "unknown_movie_id", ("ratings", 18): "wrong_column_count",
-        ("ratings", 19): "wrong_column_count", ("ratings", 20): "invalid_utf8", ("ratings", 21): "unknown_movie_id",
-        ("ratings", 22): "non_numeric_user_id", ("ratings", 23): "blank_line", ("ratings", 24): "rating_out_of_range",
-        ("tags", 8): "empty_tag", ("tags", 9): "unknown_movie_id", ("tags", 10): "invalid_utf8",
+        ("movies", 8): "malformed_csv",
+        ("movies", 9): "wrong_column_count",
+        ("movies", 10): "non_numeric_movie_id",
+        ("movies", 11): "empty_title",
+        ("movies", 12): "invalid_utf8",
+        ("movies", 13): "duplicate_movie_id",
+        ("ratings", 15): "non_numeric_rating",
+        ("ratings", 16): "rating_out_of_range",
+        ("ratings", 17): "unknown_movie_id",
+        ("ratings", 18): "wrong_column_count",
+        ("ratings", 19): "wrong_column_count",
+        ("ratings", 20): "invalid_utf8",
+        ("ratings", 21): "unknown_movie_id",
+        ("ratings", 22): "non_numeric_user_id",
+        ("ratings", 23): "blank_line",
+        ("ratings", 24): "rating_out_of_range",
+        ("tags", 8): "empty_tag",
+        ("tags", 9): "unknown_movie_id",
+        ("tags", 10): "invalid_utf8",
         ("tags", 11): "non_numeric_timestamp",
     }
     assert (len(data.movies), len(data.ratings), len(data.tags)) == (6, 13, 6)

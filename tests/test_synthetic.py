@@ -56,9 +56,12 @@ def test_text_carries_signal():
 
 @pytest.mark.parametrize("fmt, compress", [("jsonl", True), ("csv", False)])
 def test_write_logs_round_trips_through_the_generic_parser(tmp_path, fmt, compress):
-    paths = synthetic.write_logs(250, tmp_path, seed=1, fmt=fmt, rows_per_shard=100, compress=compress, config=SMALL)
-    assert [p.name for p in paths] == [f"synthetic-0000{i}-of-00003.{fmt}" + (".gz" if compress else "")
-                                       for i in range(3)]
+    paths = synthetic.write_logs(
+        250, tmp_path, seed=1, fmt=fmt, rows_per_shard=100, compress=compress, config=SMALL
+    )
+    assert [p.name for p in paths] == [
+        f"synthetic-0000{i}-of-00003.{fmt}" + (".gz" if compress else "") for i in range(3)
+    ]
     spec = FeatureSpec.default()
     parsed = []
     for path in paths:
@@ -72,7 +75,10 @@ def test_write_logs_round_trips_through_the_generic_parser(tmp_path, fmt, compre
 
 
 def test_main_cli(tmp_path):
-    assert synthetic.main(["--rows", "50", "--out", str(tmp_path), "--num_users", "10", "--num_items", "100"]) == 0
+    assert (
+        synthetic.main(["--rows", "50", "--out", str(tmp_path), "--num_users", "10", "--num_items", "100"])
+        == 0
+    )
     data = (tmp_path / "synthetic-00000-of-00001.jsonl.gz").read_bytes()
     assert len(gzip.decompress(data).splitlines()) == 50
 

@@ -114,10 +114,14 @@ def test_encode_matches_call_and_keeps_order(tiny):
         np.testing.assert_allclose(tiny.encode(texts, batch_size=batch_size), direct, atol=1e-6)
 
 
-def test_encode_accepts_bytes_tuples_and_numpy(tiny):
+def test_encode_accepts_bytes_tuples_generators_numpy_and_tensors(tiny):
     expected = tiny.encode(["dark comedy", "nazis"])
     np.testing.assert_allclose(tiny.encode((b"dark comedy", "nazis")), expected, atol=1e-6)
+    np.testing.assert_allclose(tiny.encode(t for t in ["dark comedy", "nazis"]), expected, atol=1e-6)
     np.testing.assert_allclose(tiny.encode(np.array(["dark comedy", "nazis"])), expected, atol=1e-6)
+    np.testing.assert_allclose(tiny.encode(tf.constant(["dark comedy", "nazis"])), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        tiny.encode(np.array([["dark comedy", "nazis"]]))
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -139,6 +143,7 @@ def test_invalid_utf8_is_dropped(tiny):
     out = tiny(tf.constant([b"caf\xc3 \xff\xfeok", b"caf ok"])).numpy()
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)
     np.testing.assert_allclose(tiny.encode([b"caf\xc3 \xff\xfeok"])[0], out[1], atol=1e-6)
+    np.testing.assert_allclose(tiny.encode(["caf\ud800 ok"])[0], out[1], atol=1e-6)  # lone surrogate
 
 
 @pytest.mark.parametrize(
@@ -148,6 +153,8 @@ def test_invalid_utf8_is_dropped(tiny):
         (["ok", 3], r"texts\[1\] is int"),
         ("just one string", "not a single str"),
         (None, "list of strings, got NoneType"),
+        ({"a": 1}, "list of strings, got dict"),
+        (3, "list of strings, got int"),
     ],
 )
 def test_encode_rejects_non_strings(tiny, texts, match):
@@ -248,6 +255,25 @@ def test_export_and_reload(tiny, tmp_path):
     np.testing.assert_allclose(exported(tf.constant(texts)).numpy(), expected, atol=1e-6)
     np.testing.assert_allclose(exported.encode(texts, batch_size=2), expected, atol=1e-6)
     assert exported.encode([]).shape == (0, DIM)
+
+
+# TF Text ops that the stock tensorflow_model_server links (it embeds TF Text 2.12; ops added later,
+# such as the "TFText>RoundRobinTrim" family, are missing there: tensorflow/serving#2267, #4057).
+SERVING_TF_TEXT_OPS = {"FastBertNormalize", "FastWordpieceTokenizeWithOffsets", "NormalizeUTF8"}
+
+
+def test_exported_graph_uses_only_core_and_servable_tf_text_ops(tiny, tmp_path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = export_text_encoder(tiny, tmp_path / "enc")
+    saved = saved_model_pb2.SavedModel.FromString((pathlib.Path(path) / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    custom = {op for op in ops if not hasattr(tf.raw_ops, op)}  # tf.raw_ops holds the core ops only
+    assert custom <= SERVING_TF_TEXT_OPS, (
+        f"ops outside core TF and servable TF Text: {custom - SERVING_TF_TEXT_OPS}"
+    )
+    assert not {op for op in ops if "PyFunc" in op}
 
 
 def test_export_refuses_non_empty_dir_and_non_encoders(tiny, tmp_path):

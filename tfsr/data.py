@@ -53,7 +53,9 @@ def _check_first_record(path: str, spec: FeatureSpec, parse_spec: dict) -> None:
             raise ValueError(f"{path}: record does not match the feature spec: {err.message}") from None
         domain = parsed["domain"].numpy().decode("utf-8", "replace")
         if domain not in spec.domains:
-            raise ValueError(f"{path}: feature 'domain' has value {domain!r}, not one of {spec.domains.names}")
+            raise ValueError(
+                f"{path}: feature 'domain' has value {domain!r}, not one of {spec.domains.names}"
+            )
 
 
 def make_dataset(
@@ -105,7 +107,9 @@ def make_dataset(
         if name not in spec.domains:
             raise ValueError(f"unknown domain {name!r}; known domains: {spec.domains.names}")
     if domain_weights is not None and (not domain_weights or any(not w > 0 for w in domain_weights.values())):
-        raise ValueError(f"domain_weights must be a non-empty mapping of positive weights, got {dict(domain_weights)!r}")
+        raise ValueError(
+            f"domain_weights must be a non-empty mapping of positive weights, got {dict(domain_weights)!r}"
+        )
 
     paths = _resolve_files(files)
     parse_spec = spec.parse_spec()
@@ -119,7 +123,9 @@ def make_dataset(
         file_ds = file_ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     records = file_ds.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=min(len(paths), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        cycle_length=min(len(paths), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     domain_spec = {"domain": parse_spec["domain"]}
 
@@ -142,7 +148,8 @@ def make_dataset(
             streams.append(stream.repeat() if repeat else stream)
         total = float(sum(domain_weights.values()))
         records = tf.data.Dataset.sample_from_datasets(
-            streams, weights=[domain_weights[n] / total for n in names], seed=seed)
+            streams, weights=[domain_weights[n] / total for n in names], seed=seed
+        )
     else:
         if shuffle:
             records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -156,7 +163,8 @@ def make_dataset(
         return features
 
     dataset = records.batch(batch_size, drop_remainder=drop_remainder).map(
-        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
@@ -184,14 +192,23 @@ def dummy_batch(spec: FeatureSpec) -> dict[str, tf.Tensor]:
     return batch
 
 
-def synthetic_records(spec: FeatureSpec, num_rows: int, seed: int = 0, num_users: int = 40, num_items: int = 80,
-                      num_queries: int = 20, latent_dim: int = 4) -> Iterator[dict]:
+def synthetic_records(
+    spec: FeatureSpec,
+    num_rows: int,
+    seed: int = 0,
+    num_users: int = 40,
+    num_items: int = 80,
+    num_queries: int = 20,
+    latent_dim: int = 4,
+    draw_seed: int | None = None,
+) -> Iterator[dict]:
     """Model-ready python records (the default feature schema) whose labels carry real signal.
 
     Users, items and queries have latent factors; an item's title embedding and a query's text
     embedding are noisy linear images of their factors, so text carries signal. Rec domains click with
     `p = sigmoid(2 u.v + shift_d)`, search domains with `p = sigmoid(2 q.v + u.v)`. Genres and the
-    decade follow the item's factors. Deterministic under `seed`.
+    decade follow the item's factors. `seed` fixes the world (factors), `draw_seed` (default: `seed`)
+    the rows drawn from it, so a test split is the same world with other rows.
     """
     rng = np.random.default_rng(seed)
     text_dim = spec.text_dim
@@ -203,6 +220,8 @@ def synthetic_records(spec: FeatureSpec, num_rows: int, seed: int = 0, num_users
     decades = ["1970s", "1980s", "1990s", "2000s"]
     domains = list(spec.domains)
     shifts = rng.normal(scale=0.5, size=len(domains))
+    if draw_seed is not None:
+        rng = np.random.default_rng([seed, draw_seed])
 
     def embed(factor):
         vector = factor @ text_map + rng.normal(scale=0.05, size=text_dim)
@@ -233,14 +252,22 @@ def synthetic_records(spec: FeatureSpec, num_rows: int, seed: int = 0, num_users
         yield record
 
 
-def write_synthetic_samples(directory: str | os.PathLike, spec: FeatureSpec, num_rows: int, seed: int = 0,
-                            num_shards: int = 2, **kwargs) -> str:
+def write_synthetic_samples(
+    directory: str | os.PathLike,
+    spec: FeatureSpec,
+    num_rows: int,
+    seed: int = 0,
+    num_shards: int = 2,
+    **kwargs,
+) -> str:
     """Writes `synthetic_records` as gzip TFRecord shards; returns their glob pattern."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     options = tf.io.TFRecordOptions(compression_type="GZIP")
-    writers = [tf.io.TFRecordWriter(str(directory / f"part-{s:05d}{layout.TFRECORD_SUFFIX}"), options)
-               for s in range(num_shards)]
+    writers = [
+        tf.io.TFRecordWriter(str(directory / f"part-{s:05d}{layout.TFRECORD_SUFFIX}"), options)
+        for s in range(num_shards)
+    ]
     for n, record in enumerate(synthetic_records(spec, num_rows, seed, **kwargs)):
         writers[n % num_shards].write(spec.to_example(record).SerializeToString())
     for writer in writers:

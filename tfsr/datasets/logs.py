@@ -32,8 +32,17 @@ from typing import Any
 from tfsr.datasets.movielens import MAX_TEXT_CHARS, RowError, decode_line, normalize_query, split_csv_line
 from tfsr.features import FeatureSpec, FeatureValidationError
 
-COLUMNS = ("domain", "user_id", "query_text", "item_id", "item_title", "item_genres", "item_decade", "label",
-           "timestamp")
+COLUMNS = (
+    "domain",
+    "user_id",
+    "query_text",
+    "item_id",
+    "item_title",
+    "item_genres",
+    "item_decade",
+    "label",
+    "timestamp",
+)
 CSV_HEADER = ",".join(COLUMNS)
 FORMATS = ("jsonl", "csv")
 _INT_COLUMNS = ("label", "timestamp")

@@ -74,9 +74,13 @@ _STOPWORDS = frozenset({"the", "and", "for", "with", "from", "that", "this", "no
 _YEAR_RE = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?\s*)?\)\s*$")
 _TOKEN_RE = re.compile(r"[^\W_]+")
 
-_UNREGISTERED = {SEARCH_DOMAIN, OTHER_DOMAIN, COLD_DOMAIN, *(d for _, d in GENRE_DOMAINS)} - set(MOVIELENS_DOMAINS.names)
+_UNREGISTERED = {SEARCH_DOMAIN, OTHER_DOMAIN, COLD_DOMAIN, *(d for _, d in GENRE_DOMAINS)} - set(
+    MOVIELENS_DOMAINS.names
+)
 if _UNREGISTERED:  # the registry in tfsr.features is the source of truth for domain names
-    raise ImportError(f"MovieLens mapping uses domains missing from MOVIELENS_DOMAINS: {sorted(_UNREGISTERED)}")
+    raise ImportError(
+        f"MovieLens mapping uses domains missing from MOVIELENS_DOMAINS: {sorted(_UNREGISTERED)}"
+    )
 
 
 class RowError(ValueError):
@@ -124,7 +128,9 @@ def decode_line(raw: bytes | str) -> str:
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise RowError("invalid_utf8", f"bytes are not valid UTF-8 ({err.reason} at byte {err.start})") from None
+            raise RowError(
+                "invalid_utf8", f"bytes are not valid UTF-8 ({err.reason} at byte {err.start})"
+            ) from None
     return raw.rstrip("\r\n")
 
 
@@ -286,8 +292,13 @@ class SearchIndex:
     MAX_TOKEN_MOVIES = 200
 
     @classmethod
-    def build(cls, movies: Iterable[Movie], tags: Iterable[Tag], popularity: Mapping[int, int],
-              num_popular: int = 200) -> SearchIndex:
+    def build(
+        cls,
+        movies: Iterable[Movie],
+        tags: Iterable[Tag],
+        popularity: Mapping[int, int],
+        num_popular: int = 200,
+    ) -> SearchIndex:
         """Builds the index from the movies, the tag applications and per-movie rating counts."""
         query_movies, token_queries = defaultdict(set), defaultdict(set)
         user_query_movies = defaultdict(set)
@@ -319,8 +330,13 @@ class SearchIndex:
         rng = random.Random(f"{seed}|{tag.user_id}|{tag.movie_id}|{query}|{tag.timestamp}")
         excluded = {tag.movie_id} | self.user_query_movies.get((tag.user_id, query), frozenset())
         tokens = text_tokens(query)
-        similar = {m for t in tokens for q in self.token_queries.get(t, ()) if q != query
-                   for m in self.query_movies.get(q, ())}
+        similar = {
+            m
+            for t in tokens
+            for q in self.token_queries.get(t, ())
+            if q != query
+            for m in self.query_movies.get(q, ())
+        }
         text_match = [m for t in tokens for m in self.token_movies.get(t, ())]
         tiers = (self.query_movies.get(query, ()), sorted(similar), text_match, self.popular)
         chosen: list[int] = []
@@ -335,14 +351,20 @@ class SearchIndex:
         return chosen
 
 
-def search_records(tag: Tag, movies: Mapping[int, Movie], index: SearchIndex, num_negatives: int,
-                   seed: int) -> list[dict]:
+def search_records(
+    tag: Tag, movies: Mapping[int, Movie], index: SearchIndex, num_negatives: int, seed: int
+) -> list[dict]:
     """A tag application as one search impression list: the clicked movie plus constructed negatives.
 
     All impressions share the tag's user, query and timestamp, so a time split keeps them together.
     """
-    query = {"domain": SEARCH_DOMAIN, "user_id": str(tag.user_id), "query_text": tag.tag,
-             "query_id": normalize_query(tag.tag), "timestamp": tag.timestamp}
+    query = {
+        "domain": SEARCH_DOMAIN,
+        "user_id": str(tag.user_id),
+        "query_text": tag.tag,
+        "query_id": normalize_query(tag.tag),
+        "timestamp": tag.timestamp,
+    }
     items = [(tag.movie_id, 1)] + [(m, 0) for m in index.negatives(tag, num_negatives, seed)]
     return [{**query, **item_features(movies[m]), "label": label} for m, label in items]
 
@@ -496,6 +518,8 @@ def ensure_movielens(directory: str | os.PathLike | None = None, download: bool 
     for name, expected in MOVIELENS_FILE_SHA256.items():
         actual = _sha256(folder / name)
         if actual != expected:
-            raise RuntimeError(f"{folder / name}: SHA-256 {actual} differs from the release tfsr was tested "
-                               f"with ({expected}); GroupLens may have published a new version")
+            raise RuntimeError(
+                f"{folder / name}: SHA-256 {actual} differs from the release tfsr was tested "
+                f"with ({expected}); GroupLens may have published a new version"
+            )
     return folder

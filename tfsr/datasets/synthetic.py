@@ -40,16 +40,47 @@ logger = logging.getLogger(__name__)
 
 # topic -> (words used in titles and queries, MovieLens genres of its items)
 TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "space": (("galaxy", "star", "alien", "orbit", "rocket", "planet", "nebula", "astronaut"), ("Sci-Fi", "Action")),
-    "crime": (("heist", "detective", "gangster", "murder", "police", "mob", "robbery", "alibi"), ("Crime", "Drama")),
-    "love": (("love", "wedding", "romance", "kiss", "heart", "date", "honeymoon", "valentine"), ("Romance", "Comedy")),
+    "space": (
+        ("galaxy", "star", "alien", "orbit", "rocket", "planet", "nebula", "astronaut"),
+        ("Sci-Fi", "Action"),
+    ),
+    "crime": (
+        ("heist", "detective", "gangster", "murder", "police", "mob", "robbery", "alibi"),
+        ("Crime", "Drama"),
+    ),
+    "love": (
+        ("love", "wedding", "romance", "kiss", "heart", "date", "honeymoon", "valentine"),
+        ("Romance", "Comedy"),
+    ),
     "war": (("battle", "soldier", "army", "war", "trench", "general", "front", "siege"), ("War", "Drama")),
-    "music": (("song", "band", "guitar", "concert", "rhythm", "melody", "dance", "opera"), ("Musical", "Comedy")),
+    "music": (
+        ("song", "band", "guitar", "concert", "rhythm", "melody", "dance", "opera"),
+        ("Musical", "Comedy"),
+    ),
     "sport": (("champion", "boxing", "coach", "team", "goal", "race", "match", "stadium"), ("Drama",)),
-    "magic": (("wizard", "dragon", "fairy", "castle", "spell", "princess", "unicorn", "toy"), ("Fantasy", "Children")),
-    "horror": (("ghost", "zombie", "haunted", "vampire", "curse", "scream", "shadow", "demon"), ("Horror", "Thriller")),
+    "magic": (
+        ("wizard", "dragon", "fairy", "castle", "spell", "princess", "unicorn", "toy"),
+        ("Fantasy", "Children"),
+    ),
+    "horror": (
+        ("ghost", "zombie", "haunted", "vampire", "curse", "scream", "shadow", "demon"),
+        ("Horror", "Thriller"),
+    ),
 }
-FILLER_WORDS = ("the", "last", "return", "night", "city", "secret", "big", "little", "day", "lost", "dark", "golden")
+FILLER_WORDS = (
+    "the",
+    "last",
+    "return",
+    "night",
+    "city",
+    "secret",
+    "big",
+    "little",
+    "day",
+    "lost",
+    "dark",
+    "golden",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +132,9 @@ class _World:
         for i in range(config.num_items):
             words = rng.choice(self.topic_words[self.item_topic[i]], size=2, replace=False)
             filler = FILLER_WORDS[rng.integers(len(FILLER_WORDS))]
-            self.item_titles.append(f"{filler.title()} {words[0].title()} {words[1].title()} {i} ({years[i]})")
+            self.item_titles.append(
+                f"{filler.title()} {words[0].title()} {words[1].title()} {i} ({years[i]})"
+            )
             genres = list(TOPICS[names[self.item_topic[i]]][1])
             self.item_genres.append(genres)
             self.item_domains.append(rec_domain(genres))
@@ -110,9 +143,12 @@ class _World:
         weights = np.arange(1, config.num_items + 1, dtype=np.float64) ** -config.popularity_exponent
         self.popular_order = rng.permutation(config.num_items)
         self.popularity_cdf = np.cumsum(weights) / weights.sum()
-        self.topic_items = [np.flatnonzero(self.item_topic[self.popular_order] == t) for t in range(len(names))]
+        self.topic_items = [
+            np.flatnonzero(self.item_topic[self.popular_order] == t) for t in range(len(names))
+        ]
         self.user_factors = 0.6 * centres[rng.integers(0, len(names), config.num_users)] + rng.normal(
-            0.0, 0.5, (config.num_users, dim))
+            0.0, 0.5, (config.num_users, dim)
+        )
         self.user_topic_affinity = self.user_factors @ centres.T
         domains = sorted({*self.item_domains, SEARCH_DOMAIN})
         self.domain_index = {d: k for k, d in enumerate(domains)}
@@ -121,7 +157,9 @@ class _World:
         self.item_domain_index = np.array([self.domain_index[d] for d in self.item_domains])
 
     def popular_items(self, rng: np.random.Generator, size) -> np.ndarray:
-        ranks = np.minimum(np.searchsorted(self.popularity_cdf, rng.random(size)), len(self.popularity_cdf) - 1)
+        ranks = np.minimum(
+            np.searchsorted(self.popularity_cdf, rng.random(size)), len(self.popularity_cdf) - 1
+        )
         return self.popular_order[ranks]
 
     def topic_item(self, rng: np.random.Generator, topic: int) -> int:
@@ -130,12 +168,22 @@ class _World:
         position = min(int(rng.geometric(min(1.0, 20.0 / len(ranks)))) - 1, len(ranks) - 1)
         return int(self.popular_order[ranks[position]])
 
-    def clicks(self, rng: np.random.Generator, users: np.ndarray, items: np.ndarray, domains: np.ndarray,
-               bonus: np.ndarray | float = 0.0) -> np.ndarray:
+    def clicks(
+        self,
+        rng: np.random.Generator,
+        users: np.ndarray,
+        items: np.ndarray,
+        domains: np.ndarray,
+        bonus: np.ndarray | float = 0.0,
+    ) -> np.ndarray:
         """Bernoulli(sigmoid(<u, v> + <u, s_d> + b_d + bonus)) click labels, one per (user, item, domain)."""
         u = self.user_factors[users]
-        score = (np.einsum("ij,ij->i", self.item_factors[items], u)
-                 + np.einsum("ij,ij->i", u, self.domain_shift[domains]) + self.domain_bias[domains] + bonus)
+        score = (
+            np.einsum("ij,ij->i", self.item_factors[items], u)
+            + np.einsum("ij,ij->i", u, self.domain_shift[domains])
+            + self.domain_bias[domains]
+            + bonus
+        )
         return (rng.random(len(items)) < 1.0 / (1.0 + np.exp(-score))).astype(np.int64)
 
     def rec_clicks(self, rng: np.random.Generator, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -158,12 +206,17 @@ def generate(rows: int, seed: int = 0, config: SyntheticConfig | None = None) ->
         rec_labels = world.rec_clicks(rng, users, rec_items)
         jitter = rng.integers(0, config.seconds_per_event, n)
         for k in range(n):
-            user, timestamp = int(users[k]), config.start_time + (event + k) * config.seconds_per_event + int(jitter[k])
+            user, timestamp = (
+                int(users[k]),
+                config.start_time + (event + k) * config.seconds_per_event + int(jitter[k]),
+            )
             if is_search[k]:
                 records = _search_event(world, rng, config, user, timestamp)
             else:
                 item = int(rec_items[k])
-                records = [_record(world, world.item_domains[item], user, "", item, int(rec_labels[k]), timestamp)]
+                records = [
+                    _record(world, world.item_domains[item], user, "", item, int(rec_labels[k]), timestamp)
+                ]
             yield from records[: rows - emitted]
             emitted += len(records)
             if emitted >= rows:
@@ -171,20 +224,26 @@ def generate(rows: int, seed: int = 0, config: SyntheticConfig | None = None) ->
         event += n
 
 
-def _search_event(world: _World, rng: np.random.Generator, config: SyntheticConfig, user: int,
-                  timestamp: int) -> list[dict]:
+def _search_event(
+    world: _World, rng: np.random.Generator, config: SyntheticConfig, user: int, timestamp: int
+) -> list[dict]:
     affinity = world.user_topic_affinity[user]
     topic = int(np.argmax(affinity + rng.gumbel(size=len(affinity))))
     words = world.topic_words[topic]
     query = " ".join(rng.choice(words, size=int(rng.integers(1, 3)), replace=False))
-    shown = [world.topic_item(rng, topic) if rng.random() < 0.6 else int(world.popular_items(rng, 1)[0])
-             for _ in range(config.impressions_per_search)]
+    shown = [
+        world.topic_item(rng, topic) if rng.random() < 0.6 else int(world.popular_items(rng, 1)[0])
+        for _ in range(config.impressions_per_search)
+    ]
     shown = np.array(shown)
     # centred so that a topic match is a gain and a mismatch a loss; overall CTR stays moderate
     bonus = config.text_signal * ((world.item_topic[shown] == topic) - 1.0)
     search = np.full(len(shown), world.domain_index[SEARCH_DOMAIN])
     labels = world.clicks(rng, np.full(len(shown), user), shown, search, bonus)
-    return [_record(world, SEARCH_DOMAIN, user, query, int(i), int(y), timestamp) for i, y in zip(shown, labels, strict=True)]
+    return [
+        _record(world, SEARCH_DOMAIN, user, query, int(i), int(y), timestamp)
+        for i, y in zip(shown, labels, strict=True)
+    ]
 
 
 def _record(world: _World, domain: str, user: int, query: str, item: int, label: int, timestamp: int) -> dict:
@@ -201,9 +260,15 @@ def _record(world: _World, domain: str, user: int, query: str, item: int, label:
     }
 
 
-def write_logs(rows: int, out_dir: str | pathlib.Path, seed: int = 0, fmt: str = "jsonl",
-               rows_per_shard: int = 250_000, compress: bool = True,
-               config: SyntheticConfig | None = None) -> list[pathlib.Path]:
+def write_logs(
+    rows: int,
+    out_dir: str | pathlib.Path,
+    seed: int = 0,
+    fmt: str = "jsonl",
+    rows_per_shard: int = 250_000,
+    compress: bool = True,
+    config: SyntheticConfig | None = None,
+) -> list[pathlib.Path]:
     """Streams `rows` synthetic records into shards ``synthetic-SSSSS-of-NNNNN.<fmt>[.gz]`` under `out_dir`."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -227,13 +292,19 @@ def write_logs(rows: int, out_dir: str | pathlib.Path, seed: int = 0, fmt: str =
 
 def _open_text(path: pathlib.Path, compress: bool):
     # compresslevel 1: the generator, not the disk, should bound throughput
-    return gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if compress else open(path, "w", encoding="utf-8")
+    return (
+        gzip.open(path, "wt", encoding="utf-8", compresslevel=1)
+        if compress
+        else open(path, "w", encoding="utf-8")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """``tfsr synth``: write synthetic logs in the generic format."""
-    parser = argparse.ArgumentParser(prog="tfsr synth", description="write synthetic search + rec logs "
-                                                                    "(generic log format) for tfsr preprocess")
+    parser = argparse.ArgumentParser(
+        prog="tfsr synth",
+        description="write synthetic search + rec logs (generic log format) for tfsr preprocess",
+    )
     parser.add_argument("--rows", type=int, required=True, help="number of rows (impressions) to write")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
@@ -244,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_items", type=int, default=SyntheticConfig.num_items)
     args = parser.parse_args(argv)
     config = SyntheticConfig(num_users=args.num_users, num_items=args.num_items)
-    paths = write_logs(args.rows, args.out, args.seed, args.format, args.rows_per_shard, not args.no_compress, config)
+    paths = write_logs(
+        args.rows, args.out, args.seed, args.format, args.rows_per_shard, not args.no_compress, config
+    )
     logger.info("wrote %d rows in %d files under %s", args.rows, len(paths), args.out)
     return 0

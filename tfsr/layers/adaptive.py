@@ -32,7 +32,9 @@ class DomainAdaptiveLayer(tf.keras.layers.Layer):
     Output shape: `[B, U]`.
     """
 
-    def __init__(self, units: int, num_domains: int, activation=None, kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self, units: int, num_domains: int, activation=None, kernel_initializer="glorot_uniform", **kwargs
+    ):
         super().__init__(**kwargs)
         self.units = check_positive_int("units", units)
         self.activation = tf.keras.activations.get(activation)
@@ -53,7 +55,9 @@ class DomainAdaptiveLayer(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor, domain_ids: tf.Tensor) -> tf.Tensor:
-        residual = grouped_dense(inputs, self.domain_weights.stacked("kernel"), self.domain_weights.stacked("bias"))
+        residual = grouped_dense(
+            inputs, self.domain_weights.stacked("kernel"), self.domain_weights.stacked("bias")
+        )
         outputs = tf.matmul(inputs, self.kernel) + self.bias + select_domain(residual, domain_ids)
         return self.activation(outputs)
 

@@ -25,14 +25,16 @@ def _domain_stats(domain_ids: tf.Tensor, num_domains: int) -> tuple[tf.Tensor, t
     onehot = tf.one_hot(tf.cast(tf.reshape(domain_ids, [-1]), tf.int32), num_domains, dtype=tf.float32)
     counts = tf.reduce_sum(onehot, axis=0)
     present = counts > 0
-    upper = tf.linalg.band_part(tf.ones([num_domains, num_domains], tf.bool), 0, -1) & ~tf.eye(num_domains,
-                                                                                                  dtype=tf.bool)
+    upper = tf.linalg.band_part(tf.ones([num_domains, num_domains], tf.bool), 0, -1) & ~tf.eye(
+        num_domains, dtype=tf.bool
+    )
     pairs = upper & present[:, None] & present[None, :]
     return onehot, counts, tf.cast(pairs, tf.float32)
 
 
-def js_divergence_alignment(x_hat: tf.Tensor, domain_ids: tf.Tensor, num_domains: int,
-                            temperature: float = 1.0) -> tf.Tensor:
+def js_divergence_alignment(
+    x_hat: tf.Tensor, domain_ids: tf.Tensor, num_domains: int, temperature: float = 1.0
+) -> tf.Tensor:
     """Sum of pairwise Jensen-Shannon divergences between the domains present in the batch.
 
     Args:
@@ -58,7 +60,9 @@ def js_divergence_alignment(x_hat: tf.Tensor, domain_ids: tf.Tensor, num_domains
     return tf.reduce_sum(js * pairs)
 
 
-def mmd_alignment(x_hat: tf.Tensor, domain_ids: tf.Tensor, num_domains: int, bandwidth: float = 1.0) -> tf.Tensor:
+def mmd_alignment(
+    x_hat: tf.Tensor, domain_ids: tf.Tensor, num_domains: int, bandwidth: float = 1.0
+) -> tf.Tensor:
     """Sum of pairwise squared MMDs (Gaussian kernel) between the domains present in the batch.
 
     `MMD^2(i, j) = mean k(X_i, X_i) + mean k(X_j, X_j) - 2 mean k(X_i, X_j)` (biased estimator:
@@ -78,11 +82,14 @@ def mmd_alignment(x_hat: tf.Tensor, domain_ids: tf.Tensor, num_domains: int, ban
     onehot, counts, pairs = _domain_stats(domain_ids, num_domains)
     x_hat = tf.cast(x_hat, tf.float32)
     sq_norms = tf.reduce_sum(tf.square(x_hat), axis=-1)
-    sq_dists = tf.maximum(sq_norms[:, None] + sq_norms[None, :] - 2.0 * tf.matmul(x_hat, x_hat, transpose_b=True), 0.0)
+    sq_dists = tf.maximum(
+        sq_norms[:, None] + sq_norms[None, :] - 2.0 * tf.matmul(x_hat, x_hat, transpose_b=True), 0.0
+    )
     kernel = tf.exp(-sq_dists / (2.0 * bandwidth**2))
     safe_counts = tf.maximum(counts, 1.0)
     mean_kernel = tf.matmul(tf.matmul(onehot, kernel, transpose_a=True), onehot) / (
-        safe_counts[:, None] * safe_counts[None, :])  # [K, K]
+        safe_counts[:, None] * safe_counts[None, :]
+    )  # [K, K]
     diag = tf.linalg.diag_part(mean_kernel)
     mmd = diag[:, None] + diag[None, :] - 2.0 * mean_kernel
     return tf.reduce_sum(mmd * pairs)

@@ -101,13 +101,20 @@ class DomainWeights(tf.keras.layers.Layer):
             raise ValueError(f"family {name!r} already exists in {self.name}")
         # Kept serialized: an unseeded initializer instance called twice returns the same values, and each
         # domain's variable should get its own draw.
-        self._initializers[name] = (tuple(shape), tf.keras.initializers.serialize(tf.keras.initializers.get(initializer)))
+        self._initializers[name] = (
+            tuple(shape),
+            tf.keras.initializers.serialize(tf.keras.initializers.get(initializer)),
+        )
         self.families[name] = [self._new_variable(name, k) for k in range(self.num_domains)]
 
     def _new_variable(self, name: str, domain: int) -> tf.Variable:
         shape, initializer = self._initializers[name]
-        return self.add_weight(name=f"{name}_domain{domain}", shape=shape,
-                               initializer=tf.keras.initializers.deserialize(initializer), trainable=True)
+        return self.add_weight(
+            name=f"{name}_domain{domain}",
+            shape=shape,
+            initializer=tf.keras.initializers.deserialize(initializer),
+            trainable=True,
+        )
 
     def stacked(self, name: str) -> tf.Tensor:
         """The family as one tensor `[K, *shape]`."""

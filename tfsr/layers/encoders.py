@@ -72,7 +72,9 @@ class IdEncoder(AspectEncoder):
                 f"{'None' if vocabulary is None else f'<{len(vocabulary)} values>'} and num_hash_bins={num_hash_bins!r}"
             )
         self.vocabulary = None if vocabulary is None else _clean_vocabulary(vocabulary)
-        self.num_hash_bins = None if num_hash_bins is None else check_positive_int("num_hash_bins", num_hash_bins)
+        self.num_hash_bins = (
+            None if num_hash_bins is None else check_positive_int("num_hash_bins", num_hash_bins)
+        )
         self.num_oov_buckets = check_positive_int("num_oov_buckets", num_oov_buckets)
         self.embeddings_initializer = tf.keras.initializers.get(embeddings_initializer)
         # Lookup tables are stateful resources: create them eagerly, not while tracing `build`.
@@ -87,7 +89,9 @@ class IdEncoder(AspectEncoder):
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(
-            name="embeddings", shape=(self.input_dim, self.embedding_dim), initializer=self.embeddings_initializer
+            name="embeddings",
+            shape=(self.input_dim, self.embedding_dim),
+            initializer=self.embeddings_initializer,
         )
         super().build(input_shape)
 
@@ -147,7 +151,11 @@ class SparseEncoder(IdEncoder):
 
     def _value_weights(self, ragged: tf.RaggedTensor) -> tf.Tensor:
         values = ragged.flat_values
-        return tf.cast(values != "", tf.float32) if values.dtype == tf.string else tf.ones_like(values, tf.float32)
+        return (
+            tf.cast(values != "", tf.float32)
+            if values.dtype == tf.string
+            else tf.ones_like(values, tf.float32)
+        )
 
     def call(self, inputs) -> tf.Tensor:
         ragged = self._as_ragged(inputs)
@@ -164,7 +172,9 @@ class SparseEncoder(IdEncoder):
     def presence(self, inputs) -> tf.Tensor:
         ragged = self._as_ragged(inputs)
         counts = tf.math.unsorted_segment_sum(
-            self._value_weights(ragged), tf.cast(ragged.value_rowids(), tf.int32), tf.cast(ragged.nrows(), tf.int32)
+            self._value_weights(ragged),
+            tf.cast(ragged.value_rowids(), tf.int32),
+            tf.cast(ragged.nrows(), tf.int32),
         )
         return counts > 0
 
@@ -189,7 +199,9 @@ class TextEncoder(AspectEncoder):
     Output shape: `[B, H]`.
     """
 
-    def __init__(self, embedding_dim: int, use_bias: bool = True, kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self, embedding_dim: int, use_bias: bool = True, kernel_initializer="glorot_uniform", **kwargs
+    ):
         super().__init__(**kwargs)
         self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
         self.use_bias = bool(use_bias)
@@ -202,7 +214,11 @@ class TextEncoder(AspectEncoder):
         self.kernel = self.add_weight(
             name="kernel", shape=(int(input_dim), self.embedding_dim), initializer=self.kernel_initializer
         )
-        self.bias = self.add_weight(name="bias", shape=(self.embedding_dim,), initializer="zeros") if self.use_bias else None
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.embedding_dim,), initializer="zeros")
+            if self.use_bias
+            else None
+        )
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
@@ -244,7 +260,9 @@ class MissingEntityVector(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         self.vector = self.add_weight(
-            name="vector", shape=(self.embedding_dim,), initializer=tf.keras.initializers.RandomNormal(stddev=0.05)
+            name="vector",
+            shape=(self.embedding_dim,),
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
         )
         super().build(input_shape)
 

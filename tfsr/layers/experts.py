@@ -49,8 +49,11 @@ class _BlockBase(tf.keras.layers.Layer):
         return [self]
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "units": list(self.units),
-                "activation": tf.keras.activations.serialize(self.activation)}
+        return {
+            **super().get_config(),
+            "units": list(self.units),
+            "activation": tf.keras.activations.serialize(self.activation),
+        }
 
 
 @tf.keras.utils.register_keras_serializable(package="tfsr")
@@ -66,8 +69,10 @@ class MLP(_BlockBase):
     """
 
     def build(self, input_shape):
-        self.dense_layers = [tf.keras.layers.Dense(u, activation=self.activation, name=f"dense_{i}")
-                             for i, u in enumerate(self.units)]
+        self.dense_layers = [
+            tf.keras.layers.Dense(u, activation=self.activation, name=f"dense_{i}")
+            for i, u in enumerate(self.units)
+        ]
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor, domain_ids: tf.Tensor | None = None) -> tf.Tensor:
@@ -95,9 +100,14 @@ class ExpertBank(_BlockBase):
     def build(self, input_shape):
         self.kernels, self.biases = [], []
         for i, (d_in, d_out) in enumerate(_layer_dims(int(input_shape[-1]), self.units)):
-            self.kernels.append(self.add_weight(name=f"kernel_{i}", shape=(self.num_experts, d_in, d_out),
-                                                initializer="glorot_uniform"))
-            self.biases.append(self.add_weight(name=f"bias_{i}", shape=(self.num_experts, d_out), initializer="zeros"))
+            self.kernels.append(
+                self.add_weight(
+                    name=f"kernel_{i}", shape=(self.num_experts, d_in, d_out), initializer="glorot_uniform"
+                )
+            )
+            self.biases.append(
+                self.add_weight(name=f"bias_{i}", shape=(self.num_experts, d_out), initializer="zeros")
+            )
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
@@ -143,8 +153,9 @@ class DomainTowers(_BlockBase):
 
     def call(self, inputs: tf.Tensor, domain_ids: tf.Tensor) -> tf.Tensor:
         for i in range(self.num_layers):
-            inputs = grouped_dense(inputs, self.domain_weights.stacked(f"kernel_{i}"),
-                                   self.domain_weights.stacked(f"bias_{i}"))
+            inputs = grouped_dense(
+                inputs, self.domain_weights.stacked(f"kernel_{i}"), self.domain_weights.stacked(f"bias_{i}")
+            )
             if i < self.num_layers - 1:
                 inputs = self.activation(inputs)
         return select_domain(inputs[..., 0], domain_ids)
@@ -212,7 +223,9 @@ class MMoE(_BlockBase):
 
     def call(self, inputs: tf.Tensor, domain_ids: tf.Tensor) -> tf.Tensor:
         experts = self.experts(inputs)  # [B, E, U]
-        gate_logits = grouped_dense(inputs, self.domain_weights.stacked("kernel"), self.domain_weights.stacked("bias"))
+        gate_logits = grouped_dense(
+            inputs, self.domain_weights.stacked("kernel"), self.domain_weights.stacked("bias")
+        )
         gates = tf.nn.softmax(select_domain(gate_logits, domain_ids), axis=-1)  # [B, E]
         return tf.einsum("be,beu->bu", gates, experts)
 
@@ -242,15 +255,27 @@ class PLE(_BlockBase):
     Call args: `inputs [B, D]`, `domain_ids [B]`. Output shape: `[B, units[-1]]`.
     """
 
-    def __init__(self, num_levels: int, num_shared_experts: int, num_specific_experts: int, units: Sequence[int],
-                 num_domains: int, activation="relu", **kwargs):
+    def __init__(
+        self,
+        num_levels: int,
+        num_shared_experts: int,
+        num_specific_experts: int,
+        units: Sequence[int],
+        num_domains: int,
+        activation="relu",
+        **kwargs,
+    ):
         super().__init__(units, activation, **kwargs)
         self.num_levels = check_positive_int("num_levels", num_levels)
         self.num_shared_experts = check_positive_int("num_shared_experts", num_shared_experts)
         self.num_specific_experts = check_positive_int("num_specific_experts", num_specific_experts)
-        self.shared_experts = [ExpertBank(num_shared_experts, self.units, activation, name=f"shared_experts_{level}")
-                               for level in range(self.num_levels)]
-        self.level_weights = [DomainWeights(num_domains, name=f"level_{level}") for level in range(self.num_levels)]
+        self.shared_experts = [
+            ExpertBank(num_shared_experts, self.units, activation, name=f"shared_experts_{level}")
+            for level in range(self.num_levels)
+        ]
+        self.level_weights = [
+            DomainWeights(num_domains, name=f"level_{level}") for level in range(self.num_levels)
+        ]
         self.shared_gates = WeightBank(name="shared_gates")
 
     @property
@@ -276,7 +301,9 @@ class PLE(_BlockBase):
                 # The shared gate's logits for this domain's specific experts.
                 weights.add_family("shared_gate_kernel", (input_dim, n_specific), "glorot_uniform")
                 weights.add_family("shared_gate_bias", (n_specific,), "zeros")
-                self.shared_gate_kernels.append(self.shared_gates.add(f"kernel_{level}", (input_dim, n_shared)))
+                self.shared_gate_kernels.append(
+                    self.shared_gates.add(f"kernel_{level}", (input_dim, n_shared))
+                )
                 self.shared_gate_biases.append(self.shared_gates.add(f"bias_{level}", (n_shared,), "zeros"))
             input_dim = width
         super().build(input_shape)
@@ -284,7 +311,9 @@ class PLE(_BlockBase):
     def _specific_experts(self, weights: DomainWeights, task_inputs: tf.Tensor) -> tf.Tensor:
         """`[B, D]` or `[B, K, D]` -> `[B, K, Ep, U]`."""
         k, n = self.num_domains, self.num_specific_experts
-        hidden = task_inputs if task_inputs.shape.rank == 2 else tf.repeat(task_inputs, n, axis=1)  # [B, K*Ep, D]
+        hidden = (
+            task_inputs if task_inputs.shape.rank == 2 else tf.repeat(task_inputs, n, axis=1)
+        )  # [B, K*Ep, D]
         for i in range(len(self.units)):
             kernel = weights.stacked(f"expert_kernel_{i}")  # [K, Ep, D, U]
             bias = weights.stacked(f"expert_bias_{i}")  # [K, Ep, U]
@@ -300,22 +329,36 @@ class PLE(_BlockBase):
             specific = self._specific_experts(weights, task_in)  # [B, K, Ep, U]
             shared_tiled = tf.repeat(shared[:, None], k, axis=1)  # [B, K, Es, U]
             experts = tf.concat([specific, shared_tiled], axis=2)  # [B, K, Ep+Es, U]
-            gates = tf.nn.softmax(grouped_dense(task_in, weights.stacked("gate_kernel"), weights.stacked("gate_bias")))
+            gates = tf.nn.softmax(
+                grouped_dense(task_in, weights.stacked("gate_kernel"), weights.stacked("gate_bias"))
+            )
             task_out = tf.einsum("bke,bkeu->bku", gates, experts)
             if level < self.num_levels - 1:
-                specific_logits = grouped_dense(shared_in, weights.stacked("shared_gate_kernel"),
-                                                weights.stacked("shared_gate_bias"))  # [B, K, Ep]
-                shared_logits = tf.matmul(shared_in, self.shared_gate_kernels[level]) + self.shared_gate_biases[level]
-                logits = tf.concat([tf.reshape(specific_logits, [-1, k * self.num_specific_experts]), shared_logits], 1)
-                all_experts = tf.concat([tf.reshape(specific, [-1, k * self.num_specific_experts, self.units[-1]]),
-                                         shared], axis=1)
+                specific_logits = grouped_dense(
+                    shared_in, weights.stacked("shared_gate_kernel"), weights.stacked("shared_gate_bias")
+                )  # [B, K, Ep]
+                shared_logits = (
+                    tf.matmul(shared_in, self.shared_gate_kernels[level]) + self.shared_gate_biases[level]
+                )
+                logits = tf.concat(
+                    [tf.reshape(specific_logits, [-1, k * self.num_specific_experts]), shared_logits], 1
+                )
+                all_experts = tf.concat(
+                    [tf.reshape(specific, [-1, k * self.num_specific_experts, self.units[-1]]), shared],
+                    axis=1,
+                )
                 shared_in = tf.einsum("be,beu->bu", tf.nn.softmax(logits), all_experts)
             task_in = task_out
         return select_domain(task_out, domain_ids)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "num_levels": self.num_levels, "num_shared_experts": self.num_shared_experts,
-                "num_specific_experts": self.num_specific_experts, "num_domains": self.num_domains}
+        return {
+            **super().get_config(),
+            "num_levels": self.num_levels,
+            "num_shared_experts": self.num_shared_experts,
+            "num_specific_experts": self.num_specific_experts,
+            "num_domains": self.num_domains,
+        }
 
 
 @tf.keras.utils.register_keras_serializable(package="tfsr")

@@ -45,8 +45,13 @@ class AspectGatingFusion(tf.keras.layers.Layer):
       >>> fused, weights = fusion(aspects, domain_ids=ids, aspect_mask=mask)
     """
 
-    def __init__(self, strategy: str = "domain", num_domains: int | None = None, gate_scale: float | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        strategy: str = "domain",
+        num_domains: int | None = None,
+        gate_scale: float | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if strategy not in GATING_STRATEGIES:
             raise ValueError(f"strategy must be one of {GATING_STRATEGIES}, got {strategy!r}")
@@ -58,7 +63,8 @@ class AspectGatingFusion(tf.keras.layers.Layer):
         self.gate_scale = gate_scale
         self.domain_weights = (
             DomainWeights(check_positive_int("num_domains", num_domains), name="domain_gates")
-            if strategy == "domain" else None
+            if strategy == "domain"
+            else None
         )
         self._num_domains = num_domains
 
@@ -80,12 +86,16 @@ class AspectGatingFusion(tf.keras.layers.Layer):
     def _scale(self) -> float:
         return self.gate_scale if self.gate_scale is not None else 1.0 / math.sqrt(self.width)
 
-    def call(self, aspects: tf.Tensor, domain_ids: tf.Tensor | None = None,
-             aspect_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    def call(
+        self, aspects: tf.Tensor, domain_ids: tf.Tensor | None = None, aspect_mask: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         aspects = tf.cast(aspects, tf.float32)
         batch, num_aspects = tf.shape(aspects)[0], tf.shape(aspects)[1]
-        mask = tf.ones([batch, num_aspects], tf.bool) if aspect_mask is None else tf.broadcast_to(
-            tf.cast(aspect_mask, tf.bool), [batch, num_aspects])
+        mask = (
+            tf.ones([batch, num_aspects], tf.bool)
+            if aspect_mask is None
+            else tf.broadcast_to(tf.cast(aspect_mask, tf.bool), [batch, num_aspects])
+        )
         if self.strategy == "mean":
             weights = tf.cast(mask, tf.float32)
             weights = tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=1, keepdims=True))
@@ -93,7 +103,9 @@ class AspectGatingFusion(tf.keras.layers.Layer):
             if self.strategy == "domain":
                 if domain_ids is None:
                     raise ValueError("strategy='domain' needs domain_ids in call(), got None")
-                query = tf.gather(self.domain_weights.stacked("gate"), tf.cast(domain_ids, tf.int32))  # [B, H]
+                query = tf.gather(
+                    self.domain_weights.stacked("gate"), tf.cast(domain_ids, tf.int32)
+                )  # [B, H]
             else:
                 query = tf.broadcast_to(self.cls_vector[None, :], [batch, self.width])
             logits = tf.einsum("bh,bah->ba", query, aspects) * self._scale()
@@ -104,5 +116,9 @@ class AspectGatingFusion(tf.keras.layers.Layer):
         return fused, weights
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "strategy": self.strategy, "num_domains": self.num_domains,
-                "gate_scale": self.gate_scale}
+        return {
+            **super().get_config(),
+            "strategy": self.strategy,
+            "num_domains": self.num_domains,
+            "gate_scale": self.gate_scale,
+        }

@@ -73,8 +73,13 @@ class MultiDomainModel(tfrs.models.Model):
     default_alignment = "none"
     model_type = None  # set by tfsr.models.register_model
 
-    def __init__(self, config: ModelConfig, spec: FeatureSpec, vocabularies: Mapping[str, Sequence[str]] | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        config: ModelConfig,
+        spec: FeatureSpec,
+        vocabularies: Mapping[str, Sequence[str]] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.config = config.replace(
             gating=config.gating or self.default_gating,
@@ -90,8 +95,9 @@ class MultiDomainModel(tfrs.models.Model):
         self.domain_table = self._make_domain_table()
         self.aspect_features = self._aspect_features()
         self.feature_encoders = self.build_aspect_encoders()
-        self.missing_entities = {e: MissingEntityVector(self.config.embedding_dim, name=f"missing_{e}")
-                                 for e in ENTITIES}
+        self.missing_entities = {
+            e: MissingEntityVector(self.config.embedding_dim, name=f"missing_{e}") for e in ENTITIES
+        }
         self.fusions = {e: self.build_fusion(e) for e in ENTITIES}
         self.domain_adapter = self.build_domain_adapter()
         self.experts = self.build_experts()
@@ -110,12 +116,17 @@ class MultiDomainModel(tfrs.models.Model):
         dim = self.config.embedding_dim
         if feature.aspect == "text":
             if feature.dtype != "float32" or not feature.shape:
-                raise ValueError(f"text feature {feature.name!r} must be a float32 vector, got {feature.dtype} "
-                                 f"shape {feature.shape}")
+                raise ValueError(
+                    f"text feature {feature.name!r} must be a float32 vector, got {feature.dtype} "
+                    f"shape {feature.shape}"
+                )
             return TextEncoder(dim, name=f"{feature.name}_encoder")
         vocabulary = self.vocabularies.get(feature.name)
-        lookup = ({"vocabulary": vocabulary, "num_oov_buckets": self.config.num_oov_buckets} if vocabulary is not None
-                  else {"num_hash_bins": self.config.num_hash_bins})
+        lookup = (
+            {"vocabulary": vocabulary, "num_oov_buckets": self.config.num_oov_buckets}
+            if vocabulary is not None
+            else {"num_hash_bins": self.config.num_hash_bins}
+        )
         if feature.aspect == "id":
             return IdEncoder(dim, name=f"{feature.name}_encoder", **lookup)
         if feature.aspect == "sparse":
@@ -124,12 +135,18 @@ class MultiDomainModel(tfrs.models.Model):
 
     def build_aspect_encoders(self) -> dict[str, tf.keras.layers.Layer]:
         """`feature name -> encoder` for every feature of `aspect_features`."""
-        return {name: self.build_feature_encoder(self.spec[name])
-                for aspects in self.aspect_features.values() for names in aspects.values() for name in names}
+        return {
+            name: self.build_feature_encoder(self.spec[name])
+            for aspects in self.aspect_features.values()
+            for names in aspects.values()
+            for name in names
+        }
 
     def build_fusion(self, entity: str) -> tf.keras.layers.Layer:
         """The L1 fusion of one entity: `(aspects [B,A,H], domain_ids, aspect_mask) -> ([B,H], [B,A])`."""
-        return AspectGatingFusion(self.config.gating, num_domains=len(self.domain_registry), name=f"{entity}_fusion")
+        return AspectGatingFusion(
+            self.config.gating, num_domains=len(self.domain_registry), name=f"{entity}_fusion"
+        )
 
     def build_domain_adapter(self) -> tf.keras.layers.Layer | None:
         """The L1 domain-adaptive map `(x, domain_ids) -> x_hat`, or None (the representation is x)."""
@@ -156,7 +173,8 @@ class MultiDomainModel(tfrs.models.Model):
         names = self.domain_registry.names
         return tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.range(len(names), dtype=tf.int32)),
-            default_value=-1)
+            default_value=-1,
+        )
 
     def _make_task(self, domain: str | None) -> tfrs.tasks.Ranking:
         name = "auc" if domain is None else f"{domain}_auc"
@@ -171,7 +189,10 @@ class MultiDomainModel(tfrs.models.Model):
         if level == "L0":
             return [*self.feature_encoders.values(), *self.missing_entities.values()]
         if level == "L1":
-            return [*self.fusions.values(), *([self.domain_adapter] if self.domain_adapter is not None else [])]
+            return [
+                *self.fusions.values(),
+                *([self.domain_adapter] if self.domain_adapter is not None else []),
+            ]
         if level == "L2_shared":
             if self.experts is None:
                 return []
@@ -183,12 +204,14 @@ class MultiDomainModel(tfrs.models.Model):
         """`[B]` domain names -> `[B]` int32 ids; an unknown name fails (InvalidArgumentError)."""
         ids = self.domain_table.lookup(tf.reshape(domain, [-1]))
         check = tf.debugging.assert_non_negative(
-            ids, message=f"unknown domain name in the batch; this model knows {self.domain_registry.names}")
+            ids, message=f"unknown domain name in the batch; this model knows {self.domain_registry.names}"
+        )
         with tf.control_dependencies([check]):
             return tf.identity(ids)
 
-    def encode_entity(self, features: Mapping[str, tf.Tensor], entity: str,
-                      training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    def encode_entity(
+        self, features: Mapping[str, tf.Tensor], entity: str, training: bool = False
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """L0 of one entity: `(aspects [B, 3, H], aspect_mask [B, 3])` in `ASPECTS` order.
 
         An aspect's vector is the mean of its present features' encodings; it is present when any of
@@ -206,8 +229,11 @@ class MultiDomainModel(tfrs.models.Model):
             for name in names:
                 encoder, value = self.feature_encoders[name], features[name]
                 encoded.append(encoder(value, training=training))
-                present.append(encoder.presence(value) if isinstance(encoder, AspectEncoder)
-                               else tf.ones([batch], tf.bool))
+                present.append(
+                    encoder.presence(value)
+                    if isinstance(encoder, AspectEncoder)
+                    else tf.ones([batch], tf.bool)
+                )
             weights = tf.cast(tf.stack(present, axis=1), tf.float32)  # [B, F]
             count = tf.reduce_sum(weights, axis=1)
             summed = tf.einsum("bf,bfh->bh", weights, tf.stack(encoded, axis=1))
@@ -222,14 +248,19 @@ class MultiDomainModel(tfrs.models.Model):
         fused, gate_weights = [], []
         for entity in ENTITIES:
             aspects, mask = self.encode_entity(features, entity, training)
-            h, weights = self.fusions[entity](aspects, domain_ids=domain_ids, aspect_mask=mask, training=training)
+            h, weights = self.fusions[entity](
+                aspects, domain_ids=domain_ids, aspect_mask=mask, training=training
+            )
             fused.append(self.missing_entities[entity](h, tf.reduce_any(mask, axis=1)))
             gate_weights.append(weights)
         representation = tf.concat(fused, axis=1)
         if self.domain_adapter is not None:
             representation = self.domain_adapter(representation, domain_ids, training=training)
-        hidden = representation if self.experts is None else self.experts(representation, domain_ids,
-                                                                          training=training)
+        hidden = (
+            representation
+            if self.experts is None
+            else self.experts(representation, domain_ids, training=training)
+        )
         logit = tf.reshape(self.towers(hidden, domain_ids, training=training), [-1])
         return {
             "ctr": tf.sigmoid(logit),
@@ -251,7 +282,9 @@ class MultiDomainModel(tfrs.models.Model):
             return tf.constant(0.0)
         num_domains = len(self.domain_registry)
         if kind == "js":
-            return ALIGNMENTS[kind](representation, domain_ids, num_domains, temperature=self.config.temperature)
+            return ALIGNMENTS[kind](
+                representation, domain_ids, num_domains, temperature=self.config.temperature
+            )
         return ALIGNMENTS[kind](representation, domain_ids, num_domains, bandwidth=self.config.mmd_bandwidth)
 
     def compute_loss(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
@@ -265,7 +298,9 @@ class MultiDomainModel(tfrs.models.Model):
         loss = tf.constant(0.0)
         for domain_id, (domain, task) in enumerate(zip(self.domain_registry, self.tasks, strict=True)):
             mask = tf.equal(domain_ids, domain_id)
-            domain_loss = task(tf.boolean_mask(labels, mask), tf.boolean_mask(logits, mask), training=training)
+            domain_loss = task(
+                tf.boolean_mask(labels, mask), tf.boolean_mask(logits, mask), training=training
+            )
             loss += self.config.loss_weight(domain.name) * domain_loss
         self.overall_task(labels, logits, training=training)
         if self.config.alignment != "none":
@@ -300,7 +335,9 @@ class MultiDomainModel(tfrs.models.Model):
             layer.trainable = trainable
         self._reset_compiled_functions()
 
-    def add_domain(self, domain: Domain, init_from: str | None = None, loss_weight: float | None = None) -> Domain:
+    def add_domain(
+        self, domain: Domain, init_from: str | None = None, loss_weight: float | None = None
+    ) -> Domain:
         """Adds a domain for cold-start fine-tuning, keeping every existing weight.
 
         Every per-domain parameter (gate vector, adaptive map, gate of the experts, tower, …: all
@@ -331,10 +368,16 @@ class MultiDomainModel(tfrs.models.Model):
 
     # ------------------------------------------------------------------ serialisation
     def get_config(self) -> dict:
-        return {"config": self.config.to_json(), "spec": self.spec.to_json(),
-                "vocabularies": {name: list(values) for name, values in self.vocabularies.items()}}
+        return {
+            "config": self.config.to_json(),
+            "spec": self.spec.to_json(),
+            "vocabularies": {name: list(values) for name, values in self.vocabularies.items()},
+        }
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None):
-        return cls(ModelConfig.from_json(config["config"]), FeatureSpec.from_json(config["spec"]),
-                   config["vocabularies"])
+        return cls(
+            ModelConfig.from_json(config["config"]),
+            FeatureSpec.from_json(config["spec"]),
+            config["vocabularies"],
+        )

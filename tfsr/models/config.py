@@ -82,8 +82,16 @@ class ModelConfig:
             raise ValueError(f"gating must be one of {GATING_STRATEGIES} or None, got {self.gating!r}")
         if self.alignment is not None and self.alignment not in ALIGNMENT_CHOICES:
             raise ValueError(f"alignment must be one of {ALIGNMENT_CHOICES} or None, got {self.alignment!r}")
-        for name in ("embedding_dim", "adaptive_units", "num_experts", "num_shared_experts", "num_specific_experts",
-                     "num_levels", "num_hash_bins", "num_oov_buckets"):
+        for name in (
+            "embedding_dim",
+            "adaptive_units",
+            "num_experts",
+            "num_shared_experts",
+            "num_specific_experts",
+            "num_levels",
+            "num_hash_bins",
+            "num_oov_buckets",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -103,13 +111,17 @@ class ModelConfig:
             registry = DomainRegistry.from_json(self.domains)  # validates
             unknown = set(self.domain_loss_weights) - set(registry.names)
             if unknown:
-                raise ValueError(f"domain_loss_weights names unknown domains {sorted(unknown)}; known: {registry.names}")
+                raise ValueError(
+                    f"domain_loss_weights names unknown domains {sorted(unknown)}; known: {registry.names}"
+                )
 
     @property
     def registry(self) -> DomainRegistry:
         """The domain registry (requires `domains` to be set, as it is in a built model's config)."""
         if self.domains is None:
-            raise ValueError("this config has no domains yet; build_model() fills them in from the feature spec")
+            raise ValueError(
+                "this config has no domains yet; build_model() fills them in from the feature spec"
+            )
         return DomainRegistry.from_json(self.domains)
 
     def loss_weight(self, domain: str) -> float:

@@ -20,8 +20,9 @@ VOCAB_FILE = "vocabularies.json"
 WEIGHTS_PREFIX = "weights/weights"
 
 
-def build_model(config: ModelConfig, spec: FeatureSpec,
-                vocabularies: Mapping[str, Sequence[str]] | None = None) -> MultiDomainModel:
+def build_model(
+    config: ModelConfig, spec: FeatureSpec, vocabularies: Mapping[str, Sequence[str]] | None = None
+) -> MultiDomainModel:
     """Builds the `config.model_type` model and creates its variables (on a two-row dummy batch).
 
     Args:

@@ -50,7 +50,9 @@ class SRFoundationModel(_MMoEHeads, MultiDomainModel):
     default_alignment = "js"
 
     def build_domain_adapter(self) -> tf.keras.layers.Layer:
-        return DomainAdaptiveLayer(self.config.adaptive_units, len(self.domain_registry), name="domain_adapter")
+        return DomainAdaptiveLayer(
+            self.config.adaptive_units, len(self.domain_registry), name="domain_adapter"
+        )
 
 
 @register_model("single_domain")
@@ -87,8 +89,14 @@ class PLEModel(MultiDomainModel):
 
     def build_experts(self) -> tf.keras.layers.Layer:
         c = self.config
-        return PLE(c.num_levels, c.num_shared_experts, c.num_specific_experts, c.expert_units,
-                   len(self.domain_registry), name="ple")
+        return PLE(
+            c.num_levels,
+            c.num_shared_experts,
+            c.num_specific_experts,
+            c.expert_units,
+            len(self.domain_registry),
+            name="ple",
+        )
 
 
 @register_model("star")

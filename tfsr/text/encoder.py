@@ -19,7 +19,7 @@ import hashlib
 import importlib.util
 import logging
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,19 +85,22 @@ def _sha256_state(state: dict[str, np.ndarray]) -> str:
 def to_string_list(texts: Any) -> list[bytes]:
     """Validates a Python batch of texts; returns UTF-8 bytes (the form ``tf.constant`` wants).
 
-    Accepts a list/tuple/numpy array of ``str`` or ``bytes`` (bytes are passed through unchecked:
-    invalid UTF-8 is dropped in the graph). Raises ``TypeError`` for a bare string, ``None`` or any
-    non-string element, naming its index.
+    Accepts any iterable (list, tuple, generator, pandas Series, 1-D numpy array or ``tf.Tensor``) of
+    ``str`` or ``bytes``; bytes pass through unchecked (invalid UTF-8 is dropped in the graph, as are
+    lone surrogates in a ``str``). Raises ``TypeError`` for a bare string, ``None``, a mapping or any
+    non-string element (naming its index), ``ValueError`` for a multi-dimensional array.
     """
     if isinstance(texts, (str, bytes)):
         raise TypeError(
             f"texts must be a sequence of strings, not a single {type(texts).__name__}; wrap it in a list"
         )
+    if isinstance(texts, tf.Tensor):
+        texts = texts.numpy()
     if isinstance(texts, np.ndarray):
-        texts = texts.reshape(-1).tolist() if texts.ndim <= 1 else None
-        if texts is None:
-            raise ValueError("texts must be one-dimensional")
-    if not isinstance(texts, Sequence):
+        if texts.ndim != 1:
+            raise ValueError(f"texts must be one-dimensional, got an array of shape {texts.shape}")
+        texts = texts.tolist()
+    if texts is None or isinstance(texts, Mapping) or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
     out: list[bytes] = []
     for i, text in enumerate(texts):
@@ -106,7 +109,7 @@ def to_string_list(texts: Any) -> list[bytes]:
         elif isinstance(text, bytes):
             out.append(text)
         else:
-            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r}), expected str or bytes")
+            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.40}), expected str or bytes")
     return out
 
 

@@ -93,8 +93,9 @@ def finetune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freeze", nargs="*", choices=FREEZE_LEVELS,
                         help="levels to freeze (default L0 L1; give none for `--freeze` alone)")
     parser.add_argument("--split", help="split to fine-tune on (default coldstart_finetune)")
+    parser.add_argument("--init_from", help="initialise the new domain's per-domain weights from this domain")
     args = parser.parse_args(argv)
-    flags = _flags(args, (*_COMMON_KEYS, "pretrained", "split"))
+    flags = _flags(args, (*_COMMON_KEYS, "pretrained", "split", "init_from"))
     if args.freeze is not None:
         flags["freeze"] = list(args.freeze)
     cfg = resolve(FINETUNE_DEFAULTS, args.config, flags, args.set)

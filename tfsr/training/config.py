@@ -46,6 +46,9 @@ class TrainConfig:
       keep_checkpoints: how many checkpoints CheckpointManager keeps.
       pretrained: (finetune) a saved model or a pretraining run directory (its ``model/`` is used).
       freeze: (finetune) model levels to freeze, from ``L0``, ``L1``, ``L2_shared``.
+      init_from: (finetune) a pretrained domain whose per-domain weights (gate vector, adaptive map, expert
+        gate, tower) initialise the new domain's; None = fresh initialisation. Note that a frozen level
+        freezes the new domain's weights of that level too (e.g. its L1 gate vector and adaptive map).
       evaluate: evaluate on the evaluation split(s) after training and write the report.
       eval_batch_size: batch size of evaluation.
       verbose: show a Keras progress bar per epoch (otherwise a log line every ``log_every`` steps).
@@ -68,6 +71,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     pretrained: str | None = None
     freeze: list = dataclasses.field(default_factory=lambda: ["L0", "L1"])
+    init_from: str | None = None
     evaluate: bool = False
     eval_batch_size: int = 4096
     verbose: bool = False

@@ -119,6 +119,23 @@ def _save(model, cfg: TrainConfig) -> pathlib.Path:
     return path
 
 
+def spec_for_registry(spec, registry):
+    """The spec a model of `registry` is built with.
+
+    ``build_model`` creates the variables on ``tfsr.data.dummy_batch(spec)``, whose rows take the spec's first
+    search and first rec domain; a model that knows neither (a single-domain model of ``rec_comedy``) would
+    reject them. Such a model gets the spec with its own registry as the domain list; any other model keeps
+    the samples' spec unchanged.
+    """
+    from tfsr.features import FeatureSpec
+
+    search = next((d.name for d in spec.domains if d.kind == "search"), spec.domains.names[0])
+    rec = next((d.name for d in spec.domains if d.kind == "rec"), spec.domains.names[0])
+    if search in registry and rec in registry:
+        return spec
+    return FeatureSpec(spec.features, registry, spec.text_dim)
+
+
 # --------------------------------------------------------------------------- stages
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Pretrains on the warm domains. Returns {"model", "model_path", "trainer", "history", "report"?}."""
@@ -131,7 +148,8 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
     if model_config.domains is None:
         model_config = model_config.with_registry(training_registry(spec, domains))
-    model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
+    model = build_model(model_config, spec_for_registry(spec, model_config.registry),
+                        load_vocabularies(cfg.samples_dir))
     cfg.model = model.config.to_json()
     cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, "train", domains, cfg.model)
@@ -142,15 +160,17 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     return result
 
 
-def prepare_finetune_model(pretrained, spec, domains: Sequence[str], freeze: Iterable[str]):
-    """Loads a pretrained model (path or model), adds the cold-start domains and freezes the given levels."""
+def prepare_finetune_model(pretrained, spec, domains: Sequence[str], freeze: Iterable[str],
+                           init_from: str | None = None):
+    """Loads a pretrained model (path or model), adds the cold-start domains (initialised from domain
+    `init_from` when given) and freezes the given levels."""
     from tfsr.models import load_model
 
     model = load_model(str(resolve_model_path(pretrained))) if isinstance(pretrained, str | pathlib.Path) else pretrained
     known = set(model_domains(model, spec))
     for name in domains:
         if name not in known:
-            model.add_domain(spec.domains[name])
+            model.add_domain(spec.domains[name], init_from=init_from)
     freeze = list(freeze)
     if freeze:
         model.freeze(*freeze)
@@ -167,7 +187,7 @@ def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
     domains = cfg.domains or [d.name for d in spec.domains.cold()]
     if not domains:
         raise ValueError("the feature spec has no cold-start domain; pass --domains")
-    model = prepare_finetune_model(cfg.pretrained, spec, domains, cfg.freeze)
+    model = prepare_finetune_model(cfg.pretrained, spec, domains, cfg.freeze, cfg.init_from)
     cfg.model = model.config.to_json()
     cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, "finetune", domains, None)
