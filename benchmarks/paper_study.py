@@ -74,7 +74,7 @@ class Budget:
 FULL = Budget(
     text_encoder="minilm",
     batch_size=512,
-    epochs=2,
+    epochs=3,
     max_steps=None,
     ft_batch_size=64,
     ft_epochs=15,

@@ -105,8 +105,16 @@ def test_evaluate_arrays_per_domain_cold_items_and_gates():
     gates = np.zeros((8, 3, 3))
     gates[:4, :, 0] = 1.0  # warm domain leans on id
     gates[4:, :, 1] = 1.0  # cold domain leans on text
-    rep = ev.evaluate_arrays(labels, probs, domains, users=users, is_cold_item=cold, gate_weights=gates,
-                             cold_domains=["cold"], domain_kinds={"rec_a": "rec", "cold": "rec"})
+    rep = ev.evaluate_arrays(
+        labels,
+        probs,
+        domains,
+        users=users,
+        is_cold_item=cold,
+        gate_weights=gates,
+        cold_domains=["cold"],
+        domain_kinds={"rec_a": "rec", "cold": "rec"},
+    )
     assert list(rep["domains"]) == ["rec_a", "cold"]  # warm first, cold-start last
     assert rep["domains"]["rec_a"]["auc"] == 1.0
     assert rep["domains"]["cold"]["auc"] == pytest.approx(0.75)  # 3 of 4 pairs

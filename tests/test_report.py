@@ -15,13 +15,21 @@ def _report():
     labels = rng.integers(0, 2, n)
     probs = np.clip(0.5 + 0.2 * (labels - 0.5) + 0.2 * rng.standard_normal(n), 0.01, 0.99)
     gates = rng.dirichlet(np.ones(3), size=(n, 3))
-    rep = ev.evaluate_arrays(labels, probs, domains, users=rng.integers(0, 30, n).astype(str),
-                             is_cold_item=rng.integers(0, 2, n), gate_weights=gates,
-                             cold_domains=["rec_children"],
-                             domain_kinds={"search_tags": "search", "rec_action": "rec", "rec_children": "rec"})
+    rep = ev.evaluate_arrays(
+        labels,
+        probs,
+        domains,
+        users=rng.integers(0, 30, n).astype(str),
+        is_cold_item=rng.integers(0, 2, n),
+        gate_weights=gates,
+        cold_domains=["rec_children"],
+        domain_kinds={"search_tags": "search", "rec_action": "rec", "rec_children": "rec"},
+    )
     rep["meta"] = {"model": "unit", "split": "pretrain_eval"}
-    rep["history"] = {"pretrain": [{"step": 10, "loss": 0.7}, {"step": 20, "loss": 0.6}],
-                      "finetune": [{"step": 25, "loss": 0.65}]}
+    rep["history"] = {
+        "pretrain": [{"step": 10, "loss": 0.7}, {"step": 20, "loss": 0.6}],
+        "finetune": [{"step": 25, "loss": 0.65}],
+    }
     rep["domains"]["rec_action"]["gauc"] = float("nan")  # strict JSON must survive NaN
     return rep
 
@@ -34,17 +42,35 @@ def test_write_report_files_and_structure(tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["domains"]["rec_action"]["gauc"] is None
-    assert set(data) >= {"meta", "domains", "overall", "overall_warm", "item_cold_start", "gate_weights",
-                         "cold_domains", "history", "plots"}
+    assert set(data) >= {
+        "meta",
+        "domains",
+        "overall",
+        "overall_warm",
+        "item_cold_start",
+        "gate_weights",
+        "cold_domains",
+        "history",
+        "plots",
+    }
     md = (tmp_path / "report.md").read_text()
-    for section in ("## Per domain", "## Cold-start domain", "## Item cold start", "## Aspect gate weights",
-                    "## Training", "![Aspect gate weights](gate_weights.png)"):
+    for section in (
+        "## Per domain",
+        "## Cold-start domain",
+        "## Item cold start",
+        "## Aspect gate weights",
+        "## Training",
+        "![Aspect gate weights](gate_weights.png)",
+    ):
         assert section in md
 
 
 def test_grouped_bars_with_errors(tmp_path):
-    path = rp.plot_metric_bars({"a": {"d1": 0.7, "d2": 0.6}, "b": {"d1": 0.72, "d2": None}},
-                               tmp_path / "bars.png", errors={"a": {"d1": 0.01, "d2": 0.02}})
+    path = rp.plot_metric_bars(
+        {"a": {"d1": 0.7, "d2": 0.6}, "b": {"d1": 0.72, "d2": None}},
+        tmp_path / "bars.png",
+        errors={"a": {"d1": 0.01, "d2": 0.02}},
+    )
     assert path.exists()
 
 

@@ -13,11 +13,23 @@ from tfsr.training.loop import read_history
 
 pytestmark = pytest.mark.slow  # Beam preprocessing of a MovieLens slice + three short trainings (~1-2 min)
 
-MODEL_FLAGS = ["--set", "model.embedding_dim=8", "--set", "model.adaptive_units=16", "--set", "model.expert_units=[16]",
-               "--set", "model.tower_units=[8]", "--set", "model.num_hash_bins=1000"]
+MODEL_FLAGS = [
+    "--set",
+    "model.embedding_dim=8",
+    "--set",
+    "model.adaptive_units=16",
+    "--set",
+    "model.expert_units=[16]",
+    "--set",
+    "model.tower_units=[8]",
+    "--set",
+    "model.num_hash_bins=1000",
+]
 
 
-def _slice_movielens(src: pathlib.Path, dst: pathlib.Path, max_user: int = 40, max_tags: int = 400) -> pathlib.Path:
+def _slice_movielens(
+    src: pathlib.Path, dst: pathlib.Path, max_user: int = 40, max_tags: int = 400
+) -> pathlib.Path:
     """ratings of users <= max_user, the first max_tags tag applications, the movies they reference."""
     dst.mkdir(parents=True)
     movies_used = set()
@@ -52,15 +64,40 @@ def samples(movielens_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = _slice_movielens(movielens_dir, root / "ml")
     out = root / "samples"
-    rc = build_samples.run(["--movielens_dir", str(data), "--output_dir", str(out), "--text_encoder", "tiny",
-                            "--coldstart_finetune_rows", "150"])
+    rc = build_samples.run(
+        [
+            "--movielens_dir",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--text_encoder",
+            "tiny",
+            "--coldstart_finetune_rows",
+            "150",
+        ]
+    )
     assert not rc
     return out
 
 
 def _train_args(samples, run, max_steps):
-    return ["--samples_dir", str(samples), "--output_dir", str(run), "--batch_size", "128", "--epochs", "3",
-            "--max_steps", str(max_steps), "--log_every", "2", "--checkpoint_every", "3", *MODEL_FLAGS]
+    return [
+        "--samples_dir",
+        str(samples),
+        "--output_dir",
+        str(run),
+        "--batch_size",
+        "128",
+        "--epochs",
+        "3",
+        "--max_steps",
+        str(max_steps),
+        "--log_every",
+        "2",
+        "--checkpoint_every",
+        "3",
+        *MODEL_FLAGS,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +132,22 @@ def test_finetune_keeps_frozen_levels_and_evaluate_writes_report(samples, pretra
 
     spec = layout.read_feature_spec(samples)
     before = workflows.prepare_finetune_model(pretrained, spec, ["rec_children"], ["L0", "L1"])
-    cfg = resolve({"split": "coldstart_finetune", "batch_size": 32, "epochs": 2, "log_every": 2}, None,
-                  {"samples_dir": str(samples), "output_dir": str(tmp_path / "ft"), "pretrained": str(pretrained),
-                   "freeze": ["L0", "L1"]})
+    cfg = resolve(
+        {"split": "coldstart_finetune", "batch_size": 32, "epochs": 2, "log_every": 2},
+        None,
+        {
+            "samples_dir": str(samples),
+            "output_dir": str(tmp_path / "ft"),
+            "pretrained": str(pretrained),
+            "freeze": ["L0", "L1"],
+        },
+    )
     result = workflows.run_finetune(cfg)
     after = result["model"]
     assert int(result["trainer"].step.numpy()) > 0
-    frozen_ids = {id(w) for level in ("L0", "L1") for layer in after.level_layers(level) for w in layer.weights}
+    frozen_ids = {
+        id(w) for level in ("L0", "L1") for layer in after.level_layers(level) for w in layer.weights
+    }
     assert len(before.variables) == len(after.variables)
     n_frozen = n_changed = 0
     for b, a in zip(before.variables, after.variables, strict=True):
@@ -115,8 +161,21 @@ def test_finetune_keeps_frozen_levels_and_evaluate_writes_report(samples, pretra
     assert not any(id(w) in frozen_ids for w in after.trainable_variables)
 
     out = tmp_path / "report"
-    assert cli.evaluate_main(["--model", str(tmp_path / "ft"), "--samples_dir", str(samples),
-                              "--output_dir", str(out), "--batch_size", "512"]) == 0
+    assert (
+        cli.evaluate_main(
+            [
+                "--model",
+                str(tmp_path / "ft"),
+                "--samples_dir",
+                str(samples),
+                "--output_dir",
+                str(out),
+                "--batch_size",
+                "512",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["cold_domains"] == ["rec_children"]
     assert "rec_children" in report["domains"] and "search_tags" in report["domains"]

@@ -72,8 +72,12 @@ def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path):
 def test_config_resolution_precedence(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"batch_size": 256, "epochs": 3, "model": {"gating": "cls"}}))
-    c = tc.resolve(tc.FINETUNE_DEFAULTS, str(cfg), {"samples_dir": "s", "output_dir": "o", "epochs": 5},
-                   ["model.alignment_weight=0.5", "freeze=[\"L0\"]"])
+    c = tc.resolve(
+        tc.FINETUNE_DEFAULTS,
+        str(cfg),
+        {"samples_dir": "s", "output_dir": "o", "epochs": 5},
+        ["model.alignment_weight=0.5", 'freeze=["L0"]'],
+    )
     assert (c.batch_size, c.epochs, c.split) == (256, 5, "coldstart_finetune")
     assert c.model == {"gating": "cls", "alignment_weight": 0.5} and c.freeze == ["L0"]
     cfg.write_text(json.dumps({"batch_sise": 3}))
@@ -81,3 +85,10 @@ def test_config_resolution_precedence(tmp_path):
         tc.resolve({}, str(cfg), {})
     with pytest.raises(ValueError, match="freeze levels must be among"):
         tc.resolve({}, None, {"samples_dir": "s", "output_dir": "o", "freeze": ["L9"]})
+
+
+def test_verbose_progress_bar(tmp_path, capsys):
+    trainer = _trainer(tmp_path, verbose=True)
+    trainer.fit(_dataset, epochs=1)
+    assert int(trainer.step.numpy()) == 6
+    assert "loss" in capsys.readouterr().out

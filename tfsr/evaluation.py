@@ -35,7 +35,9 @@ EPS = 1e-7
 
 # --------------------------------------------------------------------------- metrics
 def _as_1d(name: str, values: Any, dtype=np.float64) -> np.ndarray:
-    arr = np.asarray(values, dtype=dtype).reshape(-1) if np.ndim(values) else np.asarray([values], dtype=dtype)
+    arr = (
+        np.asarray(values, dtype=dtype).reshape(-1) if np.ndim(values) else np.asarray([values], dtype=dtype)
+    )
     return arr
 
 
@@ -98,8 +100,10 @@ def gauc(labels, scores, groups) -> tuple[float, int]:
     scores = _as_1d("scores", scores)
     groups = np.asarray(groups).reshape(-1)
     if not (labels.shape == scores.shape == groups.shape):
-        raise ValueError(f"labels, scores and groups must have the same length, got "
-                         f"{labels.size}, {scores.size} and {groups.size}")
+        raise ValueError(
+            f"labels, scores and groups must have the same length, got "
+            f"{labels.size}, {scores.size} and {groups.size}"
+        )
     _check_binary(labels)
     n = labels.size
     if n == 0:
@@ -220,7 +224,9 @@ def evaluate_arrays(
     domains = _str_array(domains)
     n = labels.size
     if probs.size != n or domains.size != n:
-        raise ValueError(f"labels, probs and domains must have the same length, got {n}, {probs.size}, {domains.size}")
+        raise ValueError(
+            f"labels, probs and domains must have the same length, got {n}, {probs.size}, {domains.size}"
+        )
     users_arr = _str_array(users) if users is not None else None
     cold_item = _as_1d("is_cold_item", is_cold_item, np.int64) if is_cold_item is not None else None
     cold_domains = [str(d) for d in cold_domains]
@@ -229,8 +235,12 @@ def evaluate_arrays(
     def metrics(mask):
         return binary_metrics(labels[mask], probs[mask], users_arr[mask] if users_arr is not None else None)
 
-    report: dict[str, Any] = {"domains": {}, "item_cold_start": {}, "gate_weights": {},
-                              "cold_domains": cold_domains}
+    report: dict[str, Any] = {
+        "domains": {},
+        "item_cold_start": {},
+        "gate_weights": {},
+        "cold_domains": cold_domains,
+    }
     order = {name: i for i, name in enumerate(kinds)}  # the registry's order when given
     present = sorted(set(domains.tolist()), key=lambda d: (d in cold_domains, order.get(d, len(order)), d))
     for name in present:
@@ -275,8 +285,11 @@ def predict_dataset(model, dataset, max_batches: int | None = None) -> dict[str,
         return model(batch, training=False)
 
     # one trace for all batches (the batch dimension of the element spec is None)
-    _predict = tf.function(_call, input_signature=[dataset.element_spec]) if isinstance(
-        dataset.element_spec, Mapping) else tf.function(_call, reduce_retracing=True)
+    _predict = (
+        tf.function(_call, input_signature=[dataset.element_spec])
+        if isinstance(dataset.element_spec, Mapping)
+        else tf.function(_call, reduce_retracing=True)
+    )
 
     keep = ("label", "domain", "user_id", "item_id", "is_cold_item")
     chunks: dict[str, list[np.ndarray]] = {}
@@ -303,7 +316,9 @@ def predict_dataset(model, dataset, max_batches: int | None = None) -> dict[str,
     return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
 
 
-def evaluate_predictions(preds: Mapping[str, np.ndarray], spec=None, cold_domains: Iterable[str] | None = None):
+def evaluate_predictions(
+    preds: Mapping[str, np.ndarray], spec=None, cold_domains: Iterable[str] | None = None
+):
     """:func:`evaluate_arrays` on the output of :func:`predict_dataset`."""
     kinds = {}
     if spec is not None:
@@ -311,19 +326,33 @@ def evaluate_predictions(preds: Mapping[str, np.ndarray], spec=None, cold_domain
         if cold_domains is None:
             cold_domains = [d.name for d in spec.domains.cold()]
     return evaluate_arrays(
-        preds["label"], preds["ctr"], preds["domain"],
-        users=preds.get("user_id"), is_cold_item=preds.get("is_cold_item"),
-        gate_weights=preds.get("gate_weights"), cold_domains=cold_domains or (), domain_kinds=kinds,
+        preds["label"],
+        preds["ctr"],
+        preds["domain"],
+        users=preds.get("user_id"),
+        is_cold_item=preds.get("is_cold_item"),
+        gate_weights=preds.get("gate_weights"),
+        cold_domains=cold_domains or (),
+        domain_kinds=kinds,
     )
 
 
-def evaluate_model(model, dataset, spec=None, cold_domains: Iterable[str] | None = None,
-                   max_batches: int | None = None) -> dict[str, Any]:
+def evaluate_model(
+    model, dataset, spec=None, cold_domains: Iterable[str] | None = None, max_batches: int | None = None
+) -> dict[str, Any]:
     """Predicts over `dataset` and computes the per-domain report metrics."""
     return evaluate_predictions(predict_dataset(model, dataset, max_batches), spec, cold_domains)
 
 
 __all__ = [
-    "auc", "gauc", "average_ranks", "log_loss", "constant_log_loss", "binary_metrics", "evaluate_arrays",
-    "predict_dataset", "evaluate_predictions", "evaluate_model",
+    "auc",
+    "gauc",
+    "average_ranks",
+    "log_loss",
+    "constant_log_loss",
+    "binary_metrics",
+    "evaluate_arrays",
+    "predict_dataset",
+    "evaluate_predictions",
+    "evaluate_model",
 ]

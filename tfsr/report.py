@@ -57,8 +57,9 @@ def to_jsonable(value: Any) -> Any:
 def dump_json(data: Any, path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(to_jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -92,7 +93,9 @@ def _metric_rows(section: Mapping[str, Mapping[str, Any]], with_kind: bool = Tru
     return rows
 
 
-def markdown_report(report: Mapping[str, Any], title: str | None = None, plots: Mapping[str, str] | None = None) -> str:
+def markdown_report(
+    report: Mapping[str, Any], title: str | None = None, plots: Mapping[str, str] | None = None
+) -> str:
     """The report as markdown (tables of per-domain metrics, cold-start, item cold start, gate weights)."""
     meta = report.get("meta", {})
     out = [f"# {title or 'tfsr evaluation report'}", ""]
@@ -100,15 +103,24 @@ def markdown_report(report: Mapping[str, Any], title: str | None = None, plots: 
         out += [f"- **{k}**: {v}" for k, v in meta.items() if not isinstance(v, Mapping | list)]
         out.append("")
     header = ["domain", "kind", "status", *METRIC_COLUMNS]
-    out += ["## Per domain", "",
-            "AUC and GAUC (user-grouped AUC weighted by impressions, users with one class skipped); "
-            "`logloss_const` is the log loss of always predicting the slice's own positive rate — "
-            "a model above it is worse than a constant.", ""]
+    out += [
+        "## Per domain",
+        "",
+        "AUC and GAUC (user-grouped AUC weighted by impressions, users with one class skipped); "
+        "`logloss_const` is the log loss of always predicting the slice's own positive rate — "
+        "a model above it is worse than a constant.",
+        "",
+    ]
     out.append(markdown_table(header, _metric_rows(report.get("domains", {}))))
     overall = {k: report[k] for k in ("overall_warm", "overall") if k in report}
     if overall:
-        out += ["", markdown_table(["slice", *METRIC_COLUMNS], [[k] + [m.get(c) for c in METRIC_COLUMNS]
-                                                               for k, m in overall.items()])]
+        out += [
+            "",
+            markdown_table(
+                ["slice", *METRIC_COLUMNS],
+                [[k] + [m.get(c) for c in METRIC_COLUMNS] for k, m in overall.items()],
+            ),
+        ]
     cold = [d for d in report.get("cold_domains", []) if d in report.get("domains", {})]
     if cold:
         out += ["", "## Cold-start domain", ""]
@@ -144,9 +156,14 @@ def markdown_report(report: Mapping[str, Any], title: str | None = None, plots: 
 
 
 # --------------------------------------------------------------------------- plots
-def plot_metric_bars(values: Mapping[str, Mapping[str, float]], path: str | pathlib.Path, metric: str = "AUC",
-                     errors: Mapping[str, Mapping[str, float]] | None = None, title: str | None = None,
-                     ylim: tuple[float, float] | None = None) -> pathlib.Path:
+def plot_metric_bars(
+    values: Mapping[str, Mapping[str, float]],
+    path: str | pathlib.Path,
+    metric: str = "AUC",
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> pathlib.Path:
     """Grouped bars: one group per domain, one bar per model (``values[model][domain]``)."""
     plt = _matplotlib()
     models = list(values)
@@ -173,7 +190,11 @@ def plot_metric_bars(values: Mapping[str, Mapping[str, float]], path: str | path
     if ylim is None and finite:
         lo, hi = min(finite), max(finite)
         pad = max(0.01, 0.15 * (hi - lo))
-        ylim = (max(0.0, lo - pad), min(1.0, hi + pad)) if metric.upper().endswith("AUC") else (lo - pad, hi + pad)
+        ylim = (
+            (max(0.0, lo - pad), min(1.0, hi + pad))
+            if metric.upper().endswith("AUC")
+            else (lo - pad, hi + pad)
+        )
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
@@ -183,8 +204,9 @@ def plot_metric_bars(values: Mapping[str, Mapping[str, float]], path: str | path
     return _save(fig, path)
 
 
-def plot_gate_heatmaps(gate_weights: Mapping[str, Mapping[str, Any]], path: str | pathlib.Path,
-                       title: str | None = None) -> pathlib.Path:
+def plot_gate_heatmaps(
+    gate_weights: Mapping[str, Mapping[str, Any]], path: str | pathlib.Path, title: str | None = None
+) -> pathlib.Path:
     """One heatmap per entity: rows are domains, columns aspects, cells the mean gate weight."""
     plt = _matplotlib()
     domains = list(gate_weights)
@@ -193,8 +215,9 @@ def plot_gate_heatmaps(gate_weights: Mapping[str, Mapping[str, Any]], path: str 
     first = gate_weights[domains[0]]
     entities, aspects = list(first["entities"]), list(first["aspects"])
     data = np.array([gate_weights[d]["mean"] for d in domains], dtype=float)  # [D, E, A]
-    fig, axes = plt.subplots(1, len(entities), figsize=(3.2 * len(entities) + 1, 0.45 * len(domains) + 1.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(entities), figsize=(3.2 * len(entities) + 1, 0.45 * len(domains) + 1.8), squeeze=False
+    )
     im = None
     for e, entity in enumerate(entities):
         ax = axes[0, e]
@@ -207,15 +230,26 @@ def plot_gate_heatmaps(gate_weights: Mapping[str, Mapping[str, Any]], path: str 
         for i in range(len(domains)):
             for j in range(len(aspects)):
                 v = data[i, e, j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if v > 0.6 else "white")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if v > 0.6 else "white",
+                )
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     fig.suptitle(title or "Aspect gate weights per domain", y=1.04)
     return _save(fig, path)
 
 
-def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | pathlib.Path,
-                         keys: Sequence[str] = ("loss",), title: str | None = None) -> pathlib.Path:
+def plot_training_curves(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | pathlib.Path,
+    keys: Sequence[str] = ("loss",),
+    title: str | None = None,
+) -> pathlib.Path:
     """Loss (and other logged scalars) against the global step, one line per stage/run."""
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -246,8 +280,9 @@ def _save(fig, path) -> pathlib.Path:
 
 
 # --------------------------------------------------------------------------- all of it
-def write_report(report: Mapping[str, Any], out_dir: str | pathlib.Path, title: str | None = None,
-                 plots: bool = True) -> dict[str, pathlib.Path]:
+def write_report(
+    report: Mapping[str, Any], out_dir: str | pathlib.Path, title: str | None = None, plots: bool = True
+) -> dict[str, pathlib.Path]:
     """Writes report.json, report.md and the PNG plots into `out_dir`; returns {artifact: path}."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,8 +294,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | pathlib.Path, title: 
             vals = {"AUC": {d: m.get("auc") for d, m in domains.items()}}
             if any(m.get("gauc") is not None for m in domains.values()):
                 vals["GAUC"] = {d: m.get("gauc") for d, m in domains.items()}
-            written["auc_plot"] = plot_metric_bars(vals, out_dir / "auc_by_domain.png", metric="AUC",
-                                                   title="AUC / GAUC per domain")
+            written["auc_plot"] = plot_metric_bars(
+                vals, out_dir / "auc_by_domain.png", metric="AUC", title="AUC / GAUC per domain"
+            )
             plot_paths["AUC per domain"] = "auc_by_domain.png"
         if report.get("gate_weights"):
             written["gate_plot"] = plot_gate_heatmaps(report["gate_weights"], out_dir / "gate_weights.png")
@@ -278,5 +314,13 @@ def write_report(report: Mapping[str, Any], out_dir: str | pathlib.Path, title: 
     return written
 
 
-__all__ = ["to_jsonable", "dump_json", "markdown_table", "markdown_report", "plot_metric_bars",
-           "plot_gate_heatmaps", "plot_training_curves", "write_report"]
+__all__ = [
+    "to_jsonable",
+    "dump_json",
+    "markdown_table",
+    "markdown_report",
+    "plot_metric_bars",
+    "plot_gate_heatmaps",
+    "plot_training_curves",
+    "write_report",
+]

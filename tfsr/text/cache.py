@@ -51,7 +51,8 @@ class EmbeddingCache:
       batch_size: batch size used for the misses.
       dim: embedding width; required when ``encoder`` is None.
 
-    ``str`` and ``bytes`` keys are the same text (str is UTF-8 encoded).
+    ``str`` and ``bytes`` keys are the same text (str is UTF-8 encoded). Not thread-safe: use one
+    cache per worker thread (e.g. per Beam ``DoFn`` instance, created in ``setup``).
     """
 
     def __init__(self, encoder: SupportsEncode | None = None, batch_size: int = 256, dim: int | None = None):

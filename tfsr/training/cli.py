@@ -29,21 +29,38 @@ log = logging.getLogger("tfsr.training")
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON config file (TrainConfig keys); flags override it")
     parser.add_argument("--samples_dir", help="samples directory written by `tfsr preprocess`")
-    parser.add_argument("--output_dir", help="run directory: checkpoints/, tensorboard/, history.json, model/")
+    parser.add_argument(
+        "--output_dir", help="run directory: checkpoints/, tensorboard/, history.json, model/"
+    )
     parser.add_argument("--batch_size", type=int)
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--max_steps", type=int, help="cap on the global step (a resumed run continues to it)")
+    parser.add_argument(
+        "--max_steps", type=int, help="cap on the global step (a resumed run continues to it)"
+    )
     parser.add_argument("--learning_rate", type=float)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--domains", nargs="+", help="domains to train on (default: warm / cold-start domains)")
+    parser.add_argument(
+        "--domains", nargs="+", help="domains to train on (default: warm / cold-start domains)"
+    )
     parser.add_argument("--log_every", type=int, help="steps between progress lines and history points")
     parser.add_argument("--checkpoint_every", type=int, help="steps between checkpoints")
-    parser.add_argument("--evaluate", action="store_true", default=None,
-                        help="evaluate after training and write <output_dir>/report/")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        default=None,
+        help="evaluate after training and write <output_dir>/report/",
+    )
     parser.add_argument("--verbose", action="store_true", default=None, help="Keras progress bar per epoch")
-    parser.add_argument("--fresh", action="store_true", help="delete existing checkpoints instead of resuming")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set model.gating=mean (repeatable)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete existing checkpoints instead of resuming"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set model.gating=mean (repeatable)",
+    )
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
 
 
@@ -51,8 +68,20 @@ def _flags(args: argparse.Namespace, names) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-_COMMON_KEYS = ("samples_dir", "output_dir", "batch_size", "epochs", "max_steps", "learning_rate", "seed",
-                "domains", "log_every", "checkpoint_every", "evaluate", "verbose")
+_COMMON_KEYS = (
+    "samples_dir",
+    "output_dir",
+    "batch_size",
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "seed",
+    "domains",
+    "log_every",
+    "checkpoint_every",
+    "evaluate",
+    "verbose",
+)
 
 
 def _prepare(cfg, args) -> bool:
@@ -69,7 +98,9 @@ def _prepare(cfg, args) -> bool:
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tfsr train", description="Pretrain a model on the warm domains.")
     _common(parser)
-    parser.add_argument("--model_type", help="srfoundation | single_domain | shared_bottom | mmoe | ple | star")
+    parser.add_argument(
+        "--model_type", help="srfoundation | single_domain | shared_bottom | mmoe | ple | star"
+    )
     args = parser.parse_args(argv)
     sets = list(args.set)
     if args.model_type:
@@ -87,11 +118,16 @@ def train_main(argv: list[str] | None = None) -> int:
 def finetune_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tfsr finetune",
-        description="Fine-tune a pretrained model on a cold-start domain with the chosen levels frozen.")
+        description="Fine-tune a pretrained model on a cold-start domain with the chosen levels frozen.",
+    )
     _common(parser)
     parser.add_argument("--pretrained", help="saved model, or a `tfsr train` run directory")
-    parser.add_argument("--freeze", nargs="*", choices=FREEZE_LEVELS,
-                        help="levels to freeze (default L0 L1; give none for `--freeze` alone)")
+    parser.add_argument(
+        "--freeze",
+        nargs="*",
+        choices=FREEZE_LEVELS,
+        help="levels to freeze (default L0 L1; give none for `--freeze` alone)",
+    )
     parser.add_argument("--split", help="split to fine-tune on (default coldstart_finetune)")
     parser.add_argument("--init_from", help="initialise the new domain's per-domain weights from this domain")
     args = parser.parse_args(argv)
@@ -104,8 +140,10 @@ def finetune_main(argv: list[str] | None = None) -> int:
     from tfsr.training.workflows import run_finetune
 
     result = run_finetune(cfg)
-    print(f"model saved to {result['model_path']} after {int(result['trainer'].step.numpy())} steps "
-          f"(frozen: {', '.join(cfg.freeze) or 'nothing'})")
+    print(
+        f"model saved to {result['model_path']} after {int(result['trainer'].step.numpy())} steps "
+        f"(frozen: {', '.join(cfg.freeze) or 'nothing'})"
+    )
     return 0
 
 
@@ -113,15 +151,23 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tfsr evaluate",
         description="Per-domain AUC / GAUC / log loss, cold-start and item-cold-start slices, gate weights: "
-                    "report.json, report.md and PNG plots.")
-    parser.add_argument("--model", required=True, help="saved model, or a run directory (adds its loss curves)")
+        "report.json, report.md and PNG plots.",
+    )
+    parser.add_argument(
+        "--model", required=True, help="saved model, or a run directory (adds its loss curves)"
+    )
     parser.add_argument("--samples_dir", required=True)
     parser.add_argument("--output_dir", help="where to write the report (default <run dir>/report)")
-    parser.add_argument("--splits", nargs="+",
-                        help="evaluation splits (default pretrain_eval, plus coldstart_eval when the model "
-                             "knows the cold-start domain)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        help="evaluation splits (default pretrain_eval, plus coldstart_eval when the model "
+        "knows the cold-start domain)",
+    )
     parser.add_argument("--batch_size", type=int, default=4096)
-    parser.add_argument("--max_batches", type=int, help="evaluate only this many batches per split (smoke tests)")
+    parser.add_argument(
+        "--max_batches", type=int, help="evaluate only this many batches per split (smoke tests)"
+    )
     parser.add_argument("--name", help="model name in the report")
     parser.add_argument("--no_plots", action="store_true")
     args = parser.parse_args(argv)
@@ -131,10 +177,20 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     if out is None:
         base = pathlib.Path(args.model)
         out = (base if (base / "model").is_dir() else base.parent) / "report"
-    rep = run_evaluate(args.model, args.samples_dir, out, splits=args.splits, batch_size=args.batch_size,
-                       name=args.name, max_batches=args.max_batches, plots=not args.no_plots)
+    rep = run_evaluate(
+        args.model,
+        args.samples_dir,
+        out,
+        splits=args.splits,
+        batch_size=args.batch_size,
+        name=args.name,
+        max_batches=args.max_batches,
+        plots=not args.no_plots,
+    )
     for name, m in rep["domains"].items():
-        print(f"{name:>16}  n={m['count']:>7}  auc={m['auc']:.4f}  gauc={m.get('gauc', float('nan')):.4f}  "
-              f"logloss={m['logloss']:.4f} (const {m['logloss_const']:.4f})")
+        print(
+            f"{name:>16}  n={m['count']:>7}  auc={m['auc']:.4f}  gauc={m.get('gauc', float('nan')):.4f}  "
+            f"logloss={m['logloss']:.4f} (const {m['logloss_const']:.4f})"
+        )
     print(f"report written to {out}/report.md")
     return 0

@@ -81,7 +81,14 @@ class TrainConfig:
             raise ValueError("samples_dir is required (flag --samples_dir or the config file)")
         if not self.output_dir:
             raise ValueError("output_dir is required (flag --output_dir or the config file)")
-        for name in ("batch_size", "epochs", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
+        for name in (
+            "batch_size",
+            "epochs",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "eval_batch_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -147,8 +154,9 @@ def apply_overrides(data: dict, pairs: Sequence[str]) -> dict:
     return data
 
 
-def resolve(defaults: Mapping[str, Any], config_file: str | None, flags: Mapping[str, Any],
-            sets: Sequence[str] = ()) -> TrainConfig:
+def resolve(
+    defaults: Mapping[str, Any], config_file: str | None, flags: Mapping[str, Any], sets: Sequence[str] = ()
+) -> TrainConfig:
     """defaults < config file < flags (those not None) < --set pairs."""
     data: dict[str, Any] = json.loads(json.dumps(TrainConfig().to_json()))
     data.update(defaults)

@@ -31,9 +31,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 log = logging.getLogger("tfsr.training")
 
@@ -111,11 +110,22 @@ class Trainer:
       verbose: a Keras progress bar per epoch instead of log lines.
     """
 
-    def __init__(self, model, optimizer, run_dir: str | pathlib.Path, stage: str = "train", seed: int = 0,
-                 log_every: int = 50, checkpoint_every: int = 200, keep_checkpoints: int = 3,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        run_dir: str | pathlib.Path,
+        stage: str = "train",
+        seed: int = 0,
+        log_every: int = 50,
+        checkpoint_every: int = 200,
+        keep_checkpoints: int = 3,
+        verbose: bool = False,
+    ):
         if log_every <= 0 or checkpoint_every <= 0:
-            raise ValueError(f"log_every and checkpoint_every must be positive, got {log_every}, {checkpoint_every}")
+            raise ValueError(
+                f"log_every and checkpoint_every must be positive, got {log_every}, {checkpoint_every}"
+            )
         self.model = model
         self.optimizer = optimizer
         self.run_dir = pathlib.Path(run_dir)
@@ -128,10 +138,19 @@ class Trainer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
-                                              epoch=self.epoch, step_in_epoch=self.step_in_epoch)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / CHECKPOINT_DIR),
-                                                  max_to_keep=keep_checkpoints, step_counter=self.step)
+        self.checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            step=self.step,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            str(self.run_dir / CHECKPOINT_DIR),
+            max_to_keep=keep_checkpoints,
+            step_counter=self.step,
+        )
         self.history: list[dict] = []
         self.restored_from: str | None = None
         self._built = False
@@ -157,10 +176,19 @@ class Trainer:
         self.checkpoint.restore(latest).expect_partial()
         self.restored_from = latest
         step = int(self.step.numpy())
-        self.history = [h for h in read_history(self.run_dir) if h.get("step", 0) <= step
-                        and h.get("stage", self.stage) == self.stage]
-        log.info("%s: resumed from %s at step %d (epoch %d, step %d of the epoch)", self.stage, latest, step,
-                 int(self.epoch.numpy()), int(self.step_in_epoch.numpy()))
+        self.history = [
+            h
+            for h in read_history(self.run_dir)
+            if h.get("step", 0) <= step and h.get("stage", self.stage) == self.stage
+        ]
+        log.info(
+            "%s: resumed from %s at step %d (epoch %d, step %d of the epoch)",
+            self.stage,
+            latest,
+            step,
+            int(self.epoch.numpy()),
+            int(self.step_in_epoch.numpy()),
+        )
         return True
 
     def save(self) -> str:
@@ -182,8 +210,13 @@ class Trainer:
             lr = lr(self.optimizer.iterations)
         return _scalar(lr)
 
-    def fit(self, dataset_fn: Callable[[int], tf.data.Dataset], epochs: int, max_steps: int | None = None,
-            resume: bool = True) -> list[dict]:
+    def fit(
+        self,
+        dataset_fn: Callable[[int], tf.data.Dataset],
+        epochs: int,
+        max_steps: int | None = None,
+        resume: bool = True,
+    ) -> list[dict]:
         """Trains until `epochs` epochs are done or the global step reaches `max_steps`.
 
         Args:
@@ -254,8 +287,9 @@ class Trainer:
                     self.step_in_epoch.assign(0)
                     self.model.reset_metrics()
                     if interval:
-                        self._log_point(int(self.step.numpy()), epoch, interval, interval_examples,
-                                        interval_start, writer)
+                        self._log_point(
+                            int(self.step.numpy()), epoch, interval, interval_examples, interval_start, writer
+                        )
                         interval, interval_examples, interval_start = {}, 0, time.perf_counter()
                     self.save()
                     last_saved = int(self.step.numpy())
@@ -266,8 +300,14 @@ class Trainer:
             self.save()
             raise
         if interval:
-            self._log_point(int(self.step.numpy()), int(self.epoch.numpy()), interval, interval_examples,
-                            interval_start, writer)
+            self._log_point(
+                int(self.step.numpy()),
+                int(self.epoch.numpy()),
+                interval,
+                interval_examples,
+                interval_start,
+                writer,
+            )
         if int(self.step.numpy()) != last_saved or self.manager.latest_checkpoint is None:
             self.save()
         else:
@@ -291,10 +331,17 @@ class Trainer:
                 if k not in ("stage", "step", "epoch", "wall_s") and isinstance(v, float | int):
                     write_scalar(k, v, step)
         if not self.verbose:
-            shown = " ".join(f"{k} {point[k]:.4f}" for k in ("loss", "total_loss", "regularization_loss")
-                             if k in point)
-            log.info("%s: step %d epoch %d %s (%.0f ex/s)", self.stage, step, epoch + 1, shown,
-                     point["examples_per_sec"])
+            shown = " ".join(
+                f"{k} {point[k]:.4f}" for k in ("loss", "total_loss", "regularization_loss") if k in point
+            )
+            log.info(
+                "%s: step %d epoch %d %s (%.0f ex/s)",
+                self.stage,
+                step,
+                epoch + 1,
+                shown,
+                point["examples_per_sec"],
+            )
 
 
 def load_histories(run_dir: str | pathlib.Path) -> dict[str, list[dict]]:

@@ -19,12 +19,12 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from tfsr import evaluation, layout, report  # noqa: E402
-from tfsr.training.config import TrainConfig  # noqa: E402
-from tfsr.training.loop import Trainer, load_histories, set_seeds  # noqa: E402
+import tfsr  # (already imported as the parent package, which selects Keras 2 first)
+from tfsr import evaluation, layout, report
+from tfsr.training.config import TrainConfig
+from tfsr.training.loop import Trainer, load_histories, set_seeds
 
 log = logging.getLogger("tfsr.training")
 
@@ -74,8 +74,17 @@ def training_registry(spec, domains: Sequence[str]):
     return DomainRegistry([Domain(d.name, d.kind, i, d.cold_start) for i, d in enumerate(chosen)])
 
 
-def make_dataset(samples_dir, split: str, spec, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 domains: Sequence[str] | None = None, domain_weights=None) -> tf.data.Dataset:
+def make_dataset(
+    samples_dir,
+    split: str,
+    spec,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    domains: Sequence[str] | None = None,
+    domain_weights=None,
+) -> tf.data.Dataset:
     from tfsr import data
 
     kwargs: dict[str, Any] = {"shuffle": shuffle, "seed": seed, "domains": list(domains) if domains else None}
@@ -96,13 +105,29 @@ def _optimizer(cfg: TrainConfig, model_config: dict | None):
 
 def _fit(model, cfg: TrainConfig, spec, stage: str, domains: Sequence[str], model_config: dict | None):
     out = pathlib.Path(cfg.output_dir)
-    trainer = Trainer(model, _optimizer(cfg, model_config), out, stage=stage, seed=cfg.seed,
-                      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-                      keep_checkpoints=cfg.keep_checkpoints, verbose=cfg.verbose)
+    trainer = Trainer(
+        model,
+        _optimizer(cfg, model_config),
+        out,
+        stage=stage,
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints,
+        verbose=cfg.verbose,
+    )
 
     def dataset_fn(epoch: int):
-        return make_dataset(cfg.samples_dir, cfg.split, spec, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
-                            domains=domains, domain_weights=cfg.domain_weights)
+        return make_dataset(
+            cfg.samples_dir,
+            cfg.split,
+            spec,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed + epoch,
+            domains=domains,
+            domain_weights=cfg.domain_weights,
+        )
 
     started = time.perf_counter()
     history = trainer.fit(dataset_fn, epochs=cfg.epochs, max_steps=cfg.max_steps)
@@ -148,25 +173,36 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
     if model_config.domains is None:
         model_config = model_config.with_registry(training_registry(spec, domains))
-    model = build_model(model_config, spec_for_registry(spec, model_config.registry),
-                        load_vocabularies(cfg.samples_dir))
+    model = build_model(
+        model_config, spec_for_registry(spec, model_config.registry), load_vocabularies(cfg.samples_dir)
+    )
     cfg.model = model.config.to_json()
     cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, "train", domains, cfg.model)
     result = {"model": model, "model_path": _save(model, cfg), "trainer": trainer, "history": history}
     if cfg.evaluate:
-        result["report"] = run_evaluate(model, cfg.samples_dir, pathlib.Path(cfg.output_dir) / REPORT_DIR,
-                                        batch_size=cfg.eval_batch_size, run_dir=cfg.output_dir)
+        result["report"] = run_evaluate(
+            model,
+            cfg.samples_dir,
+            pathlib.Path(cfg.output_dir) / REPORT_DIR,
+            batch_size=cfg.eval_batch_size,
+            run_dir=cfg.output_dir,
+        )
     return result
 
 
-def prepare_finetune_model(pretrained, spec, domains: Sequence[str], freeze: Iterable[str],
-                           init_from: str | None = None):
+def prepare_finetune_model(
+    pretrained, spec, domains: Sequence[str], freeze: Iterable[str], init_from: str | None = None
+):
     """Loads a pretrained model (path or model), adds the cold-start domains (initialised from domain
     `init_from` when given) and freezes the given levels."""
     from tfsr.models import load_model
 
-    model = load_model(str(resolve_model_path(pretrained))) if isinstance(pretrained, str | pathlib.Path) else pretrained
+    model = (
+        load_model(str(resolve_model_path(pretrained)))
+        if isinstance(pretrained, str | pathlib.Path)
+        else pretrained
+    )
     known = set(model_domains(model, spec))
     for name in domains:
         if name not in known:
@@ -193,8 +229,13 @@ def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
     trainer, history = _fit(model, cfg, spec, "finetune", domains, None)
     result = {"model": model, "model_path": _save(model, cfg), "trainer": trainer, "history": history}
     if cfg.evaluate:
-        result["report"] = run_evaluate(model, cfg.samples_dir, pathlib.Path(cfg.output_dir) / REPORT_DIR,
-                                        batch_size=cfg.eval_batch_size, run_dir=cfg.output_dir)
+        result["report"] = run_evaluate(
+            model,
+            cfg.samples_dir,
+            pathlib.Path(cfg.output_dir) / REPORT_DIR,
+            batch_size=cfg.eval_batch_size,
+            run_dir=cfg.output_dir,
+        )
     return result
 
 
@@ -207,8 +248,15 @@ def default_eval_splits(model, spec) -> list[str]:
     return splits
 
 
-def predict_splits(model, samples_dir, spec, splits: Sequence[str], batch_size: int = 4096,
-                   domains: Sequence[str] | None = None, max_batches: int | None = None) -> dict:
+def predict_splits(
+    model,
+    samples_dir,
+    spec,
+    splits: Sequence[str],
+    batch_size: int = 4096,
+    domains: Sequence[str] | None = None,
+    max_batches: int | None = None,
+) -> dict:
     """Predictions over several splits, concatenated (only the model's own domains by default)."""
     import numpy as np
 
@@ -221,9 +269,17 @@ def predict_splits(model, samples_dir, spec, splits: Sequence[str], batch_size: 
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in keys}
 
 
-def run_evaluate(model, samples_dir, output_dir=None, splits: Sequence[str] | None = None,
-                 batch_size: int = 4096, run_dir=None, name: str | None = None,
-                 max_batches: int | None = None, plots: bool = True) -> dict[str, Any]:
+def run_evaluate(
+    model,
+    samples_dir,
+    output_dir=None,
+    splits: Sequence[str] | None = None,
+    batch_size: int = 4096,
+    run_dir=None,
+    name: str | None = None,
+    max_batches: int | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
     """Evaluates a model (object, saved-model path or run directory) and writes the report.
 
     Returns the report dict (also written to ``output_dir`` as report.json / report.md / PNGs when given).
