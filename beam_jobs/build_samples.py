@@ -45,10 +45,12 @@ import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 # isort: on
 import apache_beam as beam  # noqa: E402
 from apache_beam.io import fileio  # noqa: E402
+from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.io.tfrecordio import _TFRecordUtil  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
 
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim  # noqa: E402
 from tfsr import layout  # noqa: E402
@@ -73,6 +75,7 @@ TEXT_FEATURES = {"query_text": "query_text_embedding", "item_title": "item_title
 EVAL_SPLITS = (layout.PRETRAIN_EVAL, layout.COLDSTART_EVAL)
 COLDSTART_FILTER_REASON = "coldstart_before_finetune_window"
 PROGRESS_EVERY = 100_000
+LOCAL_RUNNER = "FnApiRunner"
 
 
 class LineRef(NamedTuple):
@@ -470,6 +473,32 @@ class WriteVocabularies(beam.PTransform):
         )
 
 
+# ------------------------------------------------------------------------------------------ writing
+class _GzipTFRecordSink(fileio.FileSink):
+    """gzip TFRecord files for `fileio.WriteToFiles`, with the framing of Beam's WriteToTFRecord.
+
+    WriteToFiles writes each bundle's samples as they arrive; WriteToTFRecord first needs a side
+    input (or a shuffle, with fixed shards), so on the DirectRunner every serialized sample would be
+    held in memory before writing. One shard per bundle; the runner decides how many.
+    """
+
+    def create_metadata(self, destination: str, full_file_name: str) -> fileio.FileMetadata:
+        return fileio.FileMetadata(
+            mime_type="application/octet-stream", compression_type=CompressionTypes.GZIP
+        )
+
+    def open(self, fh) -> None:
+        self._fh = fh
+
+    def write(self, record: bytes) -> None:
+        _TFRecordUtil.write_record(self._fh, record)
+
+    def flush(self) -> None:
+        # Records go straight to the handle; flushing a gzip handle here would end its stream before
+        # WriteToFiles closes it.
+        return None
+
+
 # ------------------------------------------------------------------------------------ text features
 def _embedding_example(text: str, vector) -> bytes:
     import tensorflow as tf
@@ -653,6 +682,14 @@ def _write_manifest(
             handle.write((text + "\n").encode("utf-8"))
 
 
+def _write_empty_splits(stats: dict, output_dir: str) -> None:
+    """An empty split still gets one empty shard, so readers see an empty dataset, not a missing one."""
+    written = {key[1] for key, n in stats.items() if key[0] == "samples" and n}
+    for split in layout.SPLITS:
+        if split not in written:
+            FileSystems.create(f"{output_dir}/{split}/part-00000-of-00001{layout.TFRECORD_SUFFIX}").close()
+
+
 def _count(pcoll, label: str, key_fn: Callable[[Any], tuple[str, ...]]):
     return pcoll | label >> beam.Map(lambda element: (key_fn(element), 1))
 
@@ -725,8 +762,10 @@ def build_pipeline(
             pcoll
             | f"Payload_{split}" >> beam.Map(lambda se: se[1])
             | f"Write_{split}"
-            >> beam.io.WriteToTFRecord(
-                f"{out}/{split}/part", file_name_suffix=layout.TFRECORD_SUFFIX, num_shards=args.num_shards
+            >> fileio.WriteToFiles(
+                f"{out}/{split}",
+                file_naming=fileio.default_file_naming("part", layout.TFRECORD_SUFFIX),
+                sink=lambda _destination: _GzipTFRecordSink(),
             )
         )
     _ = (
@@ -745,13 +784,14 @@ def build_pipeline(
         | "SampleStatRows" >> beam.FlatMap(_flatten_sample_stats)
     )
     options = {k: v for k, v in vars(args).items() if k not in ("output_dir",)}
-    _ = (
+    stats = (
         (*ledger, sample_stats, vocab_sizes)
         | "AllStats" >> beam.Flatten()
         | "SumStats" >> beam.CombinePerKey(sum)
         | "StatsTable" >> beam.combiners.ToDict()
-        | "WriteManifest" >> beam.Map(_write_manifest, out, spec, identity, command, options)
     )
+    _ = stats | "WriteEmptySplits" >> beam.Map(_write_empty_splits, out)
+    _ = stats | "WriteManifest" >> beam.Map(_write_manifest, out, spec, identity, command, options)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -807,9 +847,6 @@ def _parser() -> argparse.ArgumentParser:
         "--num_negatives", type=int, default=4, help="constructed negatives per MovieLens tag"
     )
     parser.add_argument("--min_frequency", type=int, default=1, help="vocabulary frequency threshold")
-    parser.add_argument(
-        "--num_shards", type=int, default=0, help="TFRecord shards per split (0: runner decides)"
-    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the constructed negatives")
     return parser
 
@@ -858,6 +895,11 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
     _check_args(args)
     options = PipelineOptions(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        # The DirectRunner's local engine, named explicitly: Beam's DirectRunner first tries to download
+        # and start the Prism runner binary, which must not happen on offline or locked-down machines.
+        standard.runner = LOCAL_RUNNER
     domains = MOVIELENS_DOMAINS
     if args.domains:
         with FileSystems.open(args.domains) as handle:

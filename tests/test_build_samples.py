@@ -65,7 +65,7 @@ def test_read_numbered_lines_and_row_step_dead_letter_with_reasons(tmp_path):
     path = tmp_path / "ratings.csv"
     path.write_bytes(b"userId,movieId,rating,timestamp\n1,3,4.0,10\n1,3,abc,11\n\n1,\xff,4.0,12\n2,3,2.0,13")
     movies = {3: ml.Movie(3, "Heat (1995)", ("Action",))}
-    with test_pipeline.TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
         lines = p | bs.ReadNumberedLines(str(path), "ratings", lambda _: ml.HEADERS["ratings"])
         parsed = lines.rows | bs._row_step(ml.parse_rating, "ratings", movies)
         assert_that(
@@ -94,7 +94,7 @@ def test_split_warm_per_user_and_global():
     records = [_rec("a", t) for t in (1, 2, 3, 4, 5)] + [
         _rec("b", t) for t in (100, 100, 101)
     ]  # b: ceil(2.4) train
-    with test_pipeline.TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
         per_user = p | "PU" >> beam.Create(records) | "SplitPU" >> bs.SplitWarm("per_user", 0.2)
         assert_that(
             per_user | "PUKeys" >> beam.Map(lambda sr: (sr[1]["user_id"], sr[1]["timestamp"], sr[0])),
@@ -116,7 +116,7 @@ def test_split_warm_per_user_and_global():
 
 def test_split_cold_keeps_the_future_out_of_fine_tuning():
     records = [_rec(str(t % 3), t, domain="rec_children") for t in range(1, 21)]
-    with test_pipeline.TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
         split = p | beam.Create(records) | bs.SplitCold(eval_fraction=0.25, finetune_rows=5)
         assert_that(
             split.rows | beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
@@ -140,7 +140,7 @@ def test_mark_cold_items_counts_what_the_model_trained_on():
             for i in ("hot", "rare", "kid", "new")
         ]
     )
-    with test_pipeline.TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
         marked = p | beam.Create(rows) | bs.MarkColdItems(max_train_count=1)
         assert_that(
             marked | beam.Map(lambda sr: (sr[0], sr[1]["item_id"], sr[1].get("is_cold_item"))),
@@ -174,7 +174,7 @@ def test_write_vocabularies_most_frequent_first(tmp_path):
         ]
     ]
     (tmp_path / layout.VOCAB_DIR).mkdir()
-    with test_pipeline.TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
         sizes = p | beam.Create(records) | bs.WriteVocabularies(str(tmp_path), min_frequency=2)
         assert_that(
             sizes,
@@ -214,7 +214,7 @@ def test_embed_texts_encodes_each_unique_text_once(tmp_path, encoder_dir):
         {"query_text": q, "item_title": t}
         for q, t in [("", "A (1990)"), ("space", "A (1990)"), ("space", "B (1991)")]
     ]
-    with test_pipeline.TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
         tables = p | beam.Create(records) | bs.EmbedTexts(encoder_dir, str(tmp_path), TEXT_DIM)
         assert_that(
             tables["query_text"]
@@ -308,7 +308,7 @@ def _dead_letters(out: pathlib.Path) -> list[dict]:
 def _run(tmp_path, encoder_dir, *args) -> pathlib.Path:
     out = tmp_path / "samples"
     code = bs.run(
-        [*args, "--output_dir", str(out), "--text_encoder_dir", encoder_dir, "--num_shards", "1"],
+        [*args, "--output_dir", str(out), "--text_encoder_dir", encoder_dir],
         save_main_session=False,
     )
     assert code == 0

@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tfsr: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "absl", "tensorflow"):  # their INFO lines drown the progress lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     module_name, func_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)
     result = func(rest)

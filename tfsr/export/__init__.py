@@ -404,7 +404,8 @@ def _load_encoder(kind: str, spec: FeatureSpec):
 def main(argv: list[str] | None = None) -> int:
     """``tfsr export``: a trained model directory -> ``<export_base>/<name>/<version>/``."""
     parser = argparse.ArgumentParser(prog="tfsr export", description=main.__doc__)
-    parser.add_argument("--model_dir", required=True, help="trained model (tfsr.models.load_model)")
+    parser.add_argument("--model_dir", required=True,
+                        help="trained model (tfsr.models.save_model), or a `tfsr train/finetune` run directory")
     parser.add_argument("--samples_dir", help="samples directory: text embedding tables, vocabularies, spec")
     parser.add_argument("--export_base", default="saved_models", help="TF Serving base directory")
     parser.add_argument("--name", default="tfsr", help="served model name")
@@ -415,14 +416,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from tfsr.models import load_model  # the CLI wires stages; serving/ never imports models
 
-    spec_path = pathlib.Path(args.model_dir) / layout.FEATURE_SPEC
+    model_dir = pathlib.Path(args.model_dir)
+    if (model_dir / "model").is_dir():  # a run directory: its final model lives in model/
+        model_dir = model_dir / "model"
+    spec_path = model_dir / layout.FEATURE_SPEC
     if spec_path.exists():
         spec = FeatureSpec.loads(spec_path.read_text(encoding="utf-8"))
     elif args.samples_dir:
         spec = layout.read_feature_spec(args.samples_dir)
     else:
         parser.error("no feature_spec.json in --model_dir: pass --samples_dir")
-    model = load_model(args.model_dir)
+    model = load_model(model_dir)
     encoder = _load_encoder(args.text_encoder, spec)
     path = export_model(model, spec, encoder, args.export_base, args.name, args.version, args.samples_dir)
     print(path)
