@@ -867,11 +867,12 @@ def _check_args(args: argparse.Namespace) -> None:
             except ValueError as err:
                 raise SystemExit(str(err)) from None
     out = args.output_dir.rstrip("/")
-    if FileSystems.exists(out) and args.overwrite:
+    # Stale shards of an earlier (possibly failed) run would be globbed with the new ones. Only a
+    # directory that looks like samples is ever deleted.
+    if any(FileSystems.exists(f"{out}/{name}") for name in (layout.MANIFEST, *layout.SPLITS)):
+        if not args.overwrite:
+            raise SystemExit(f"{args.output_dir} already holds samples; pass --overwrite to replace them")
         FileSystems.delete([out])
-    elif any(FileSystems.exists(f"{out}/{name}") for name in (layout.MANIFEST, *layout.SPLITS)):
-        # stale shards of an earlier (possibly failed) run would be globbed with the new ones
-        raise SystemExit(f"{args.output_dir} already holds samples; pass --overwrite to replace them")
 
 
 def _prepare_encoder(args: argparse.Namespace, workdir: str) -> tuple[str, dict]:

@@ -434,6 +434,10 @@ def test_movielens_end_to_end(tmp_path, encoder_dir, movielens_dir):
 
 
 def test_refuses_to_mix_with_an_existing_samples_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("not samples")
+    overwrite = ["--movielens_dir", "x", "--output_dir", str(tmp_path), "--overwrite"]
+    bs._check_args(bs._parser().parse_args(overwrite))
+    assert (tmp_path / "notes.txt").exists()  # --overwrite never deletes a directory that is not samples
     (tmp_path / layout.PRETRAIN_TRAIN).mkdir()
     args = bs._parser().parse_args(["--movielens_dir", "x", "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="pass --overwrite"):
