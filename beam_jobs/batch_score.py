@@ -48,6 +48,11 @@ from typing import Any
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 
 # isort: on
+from beam_jobs.build_samples import LOCAL_RUNNER, RAW_SNIPPET_CHARS, LineRef, dead_letter  # noqa: E402
+from tfsr.datasets import logs as logfmt  # noqa: E402
+from tfsr.datasets.movielens import RowError  # noqa: E402
+from tfsr.features import FeatureSpec, FeatureValidationError  # noqa: E402
+
 import apache_beam as beam  # noqa: E402
 from apache_beam.io import fileio  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
@@ -60,11 +65,6 @@ from apache_beam.ml.inference.base import (  # noqa: E402
     RunInference,
 )
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
-
-from beam_jobs.build_samples import LOCAL_RUNNER, RAW_SNIPPET_CHARS, LineRef, dead_letter  # noqa: E402
-from tfsr.datasets import logs as logfmt  # noqa: E402
-from tfsr.datasets.movielens import MAX_TEXT_CHARS, RowError, decode_line, normalize_query, split_csv_line  # noqa: E402
-from tfsr.features import FeatureSpec, FeatureValidationError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -244,79 +244,21 @@ class _ReadRowsFn(beam.DoFn):
 
 
 # ------------------------------------------------------------------------------------------ parsing
-_LOG_INT_COLUMNS = ("label", "timestamp")
-
-
 def _validate(record: Mapping[str, Any], spec: FeatureSpec) -> dict:
     """FeatureSpec validation of raw features (required) and label / meta features (when present)."""
-    roles = ["raw", "meta"]
-    if record.get("label") is not None:
-        roles.append("label")
+    roles = ["raw", "meta"] if record.get("label") is None else ["raw", "label", "meta"]
     try:
-        values = spec.validate(record, roles=roles)
+        return spec.validate(record, roles=roles)
     except FeatureValidationError as err:
         raise RowError(f"invalid_{err.field}", err.problem) from None
-    for name, value in values.items():  # e.g. a JSON "\ud800" escape: a str, but not encodable as UTF-8
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str):
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError as err:
-                    raise RowError(
-                        f"invalid_{name}", f"string is not encodable as UTF-8 ({err.reason} at {err.start})"
-                    ) from None
-    return values
 
 
 def parse_log_row(raw: bytes | str, fmt: str, spec: FeatureSpec) -> dict:
     """One generic-format log line (docs/BEAM.md) -> validated record; the label is optional when scoring.
 
-    The rules are those of :func:`tfsr.datasets.logs.parse_log_line` (same reasons), except that ``label``
-    and ``timestamp`` may be absent (CSV: empty).
-
-    Raises:
-      RowError: ``invalid_utf8``, ``malformed_json``, ``unknown_column``, ``malformed_csv``,
-        ``field_too_long``, ``wrong_column_count``, ``<text>_too_long``, ``invalid_<feature>``,
-        ``missing_query``, ``unexpected_query``.
+    The rules and dead-letter reasons are those of :func:`tfsr.datasets.logs.parse_log_line`.
     """
-    if fmt == "jsonl":
-        line = decode_line(raw)
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RowError("malformed_json", f"{err.msg} at column {err.colno}") from None
-        except RecursionError:
-            raise RowError("malformed_json", "JSON nested too deeply") from None
-        if not isinstance(record, dict):
-            raise RowError("malformed_json", f"expected a JSON object, got {type(record).__name__}")
-        unknown = sorted(set(record) - set(logfmt.COLUMNS))
-        if unknown:
-            raise RowError("unknown_column", f"unknown columns {unknown[:5]}; known: {list(logfmt.COLUMNS)}")
-    elif fmt == "csv":
-        record = dict(zip(logfmt.COLUMNS, split_csv_line(raw, len(logfmt.COLUMNS)), strict=True))
-        for name in _LOG_INT_COLUMNS:
-            if record[name] == "":
-                del record[name]
-                continue
-            try:
-                record[name] = int(record[name])
-            except ValueError:
-                raise RowError(f"invalid_{name}", f"{name} {record[name][:40]!r} is not an integer") from None
-        record["item_genres"] = [g for g in record["item_genres"].split("|") if g]
-    else:
-        raise ValueError(f"fmt must be one of {logfmt.FORMATS}, got {fmt!r}")
-    for name in ("query_text", "item_title"):
-        value = record.get(name)
-        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
-            raise RowError(f"{name}_too_long", f"{name} has {len(value)} characters (max {MAX_TEXT_CHARS})")
-    values = _validate(record, spec)
-    values["query_id"] = normalize_query(values["query_text"])
-    is_search = spec.domains[values["domain"]].kind == "search"
-    if is_search and not values["query_id"]:
-        raise RowError("missing_query", f"search domain {values['domain']!r} needs a non-empty query_text")
-    if not is_search and values["query_text"]:
-        raise RowError("unexpected_query", f"rec domain {values['domain']!r} rows must have no query_text")
-    return values
+    return logfmt.parse_log_line(raw, fmt, spec, require_label=False)
 
 
 def parse_example_row(serialized: bytes, spec: FeatureSpec) -> dict:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import json
 import logging
 import os
 import pathlib
@@ -40,9 +41,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-
 import tfsr  # noqa: E402  (Keras 2 before TensorFlow)
+
+import numpy as np  # noqa: E402
 
 log = logging.getLogger("paper_study")
 
@@ -298,6 +299,74 @@ def aggregate(runs: dict, prefix_of) -> dict:
     return out
 
 
+def _rel(path) -> str:
+    try:
+        return str(pathlib.Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def diagnostics(study, results: dict) -> list[str]:
+    """Facts worth reading beside the tables, computed from the runs (no judgement by hand)."""
+    notes = []
+    agg = results["aggregate"]
+    main = agg.get(MAIN_MODEL, {})
+    stds = [main[d]["auc"]["std"] for d in study.warm if d in main and main[d]["auc"]["std"] is not None]
+    if stds:
+        notes.append(
+            "Seed noise: SRFoundation's AUC std over seeds per warm domain is "
+            + ", ".join(f"{d} {main[d]['auc']['std']:.4f}" for d in study.warm if d in main)
+            + "; single-seed differences smaller than about twice that are not distinguishable from noise."
+        )
+    for name in (f"{MAIN_MODEL}@seed0", f"cold:{MAIN_MODEL}_finetuned_L0+L1@seed0"):
+        gates = study.runs.get(name, {}).get("gate_weights", {})
+        devs = []
+        for g in gates.values():
+            for row in g["mean"]:
+                present = [w for w in row if w > 1e-6]
+                if len(present) > 1:
+                    devs.append(max(abs(w - 1.0 / len(present)) for w in present))
+        if devs:
+            notes.append(
+                f"Gate weights of `{name}` deviate from mean pooling (1/#present aspects) by at most "
+                f"{max(devs):.4f}: "
+                + (
+                    "the new domain's gate vector is part of the frozen L1, so it stays at its zero "
+                    "initialisation (mean pooling)."
+                    if name.startswith("cold:") and max(devs) < 0.02
+                    else "the aspect gates barely moved from their zero initialisation in this budget, so the "
+                    "gating ablation cannot show a difference."
+                    if max(devs) < 0.02
+                    else "the gates learnt domain-specific weightings."
+                )
+            )
+    ts = results.get("text_similarity")
+    if ts and ts.get("auc") is not None:
+        notes.append(
+            f"The no-training text-similarity score reaches AUC {ts['auc']:.4f} on `{ts['domain']}`"
+            + (
+                ": below 0.5, because the constructed negatives are retrieved *for the query text*, so they "
+                "match the query at least as well as the tagged movie does (see docs/DATA.md)."
+                if ts["auc"] < 0.5
+                else "."
+            )
+        )
+    for key in agg:
+        for d, m in agg[key].items():
+            ll, floor = m["logloss"]["mean"], m["logloss_const"]["mean"]
+            if (
+                ll is not None
+                and floor is not None
+                and ll > floor
+                and (d in study.cold or key.startswith("cold:"))
+            ):
+                notes.append(
+                    f"`{key}` on `{d}`: log loss {ll:.4f} above the constant floor {floor:.4f} "
+                    "(over-confident after many epochs on the small slice) although its AUC may be fine."
+                )
+    return notes
+
+
 def write_outputs(study: Study, results: dict, args, started: float) -> None:
     from tfsr import report
 
@@ -305,7 +374,9 @@ def write_outputs(study: Study, results: dict, args, started: float) -> None:
     report.dump_json(results, res_path)
     img = pathlib.Path(args.img_dir)
     img.mkdir(parents=True, exist_ok=True)
-    md = render_markdown(study, results, img, args, time.perf_counter() - started)
+    md = render_markdown(
+        study, results, img, args, results.get("total_seconds") or (time.perf_counter() - started)
+    )
     pathlib.Path(args.markdown).write_text(md, encoding="utf-8")
     log.info("wrote %s, %s and plots in %s", res_path, args.markdown, img)
 
@@ -321,8 +392,9 @@ def render_markdown(study: Study, results: dict, img: pathlib.Path, args, durati
     lines = [
         "# Quality benchmark: the paper study on MovieLens",
         "",
-        f"Produced by `{results['command']}` in {duration / 60:.1f} min on {results['machine']} "
-        f"({results['date']}). All numbers: `{args.results_json}`.",
+        f"Produced by `{results['command']}` in {duration / 60:.1f} min (Beam preprocessing "
+        f"{results.get('preprocess_seconds', 0) / 60:.1f} min of it) on {results['machine']} "
+        f"({results['date']}). All numbers: `{_rel(args.results_json)}`.",
         "",
         f"Settings: text encoder `{b.text_encoder}`; pretraining batch {b.batch_size}, {b.epochs} epoch(s)"
         + (f", at most {b.max_steps} steps" if b.max_steps else "")
@@ -406,6 +478,10 @@ def render_markdown(study: Study, results: dict, img: pathlib.Path, args, durati
     ]
     lines += ["## Targets (the paper's direction) and what we measured", ""]
     lines += [f"- {t['target']}: **{t['verdict']}** — {t['detail']}" for t in results["targets"]]
+    notes = diagnostics(study, results)
+    if notes:
+        lines += ["", "## Observations computed from these runs", ""]
+        lines += [f"- {n}" for n in notes]
     lines += ["", "## Plots", ""]
     for name, path in results["plots"].items():
         lines.append(f"![{name}]({rel}/{pathlib.Path(path).name})")
@@ -414,7 +490,8 @@ def render_markdown(study: Study, results: dict, img: pathlib.Path, args, durati
         "## Run times",
         "",
         report.markdown_table(
-            ["run", "steps", "seconds"], [[n, r["steps"], r["seconds"]] for n, r in study.runs.items()]
+            ["run", "steps", "seconds (train)"],
+            [[n, r["steps"], f"{r['seconds']:.0f}"] for n, r in study.runs.items()],
         ),
         "",
     ]
@@ -562,6 +639,26 @@ def preprocess(data_dir: pathlib.Path, out: pathlib.Path, text_encoder: str) -> 
     return out
 
 
+def render_only(args) -> int:
+    """Markdown + plots again from a results JSON (e.g. after changing the report's layout)."""
+    import types
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    results = json.loads(pathlib.Path(args.results_json).read_text(encoding="utf-8"))
+    runs = results["runs"]
+    warm = results.get("warm_domains") or list(runs[f"{MAIN_MODEL}@seed0"]["domains"])
+    cold = results.get("cold_domains") or sorted(
+        {d for n, r in runs.items() if n.startswith("cold:") for d in r["domains"]}
+    )
+    results["warm_domains"], results["cold_domains"] = warm, cold
+    study = types.SimpleNamespace(warm=warm, cold=cold, runs=runs, budget=Budget(**results["budget"]))
+    img = pathlib.Path(args.img_dir)
+    results["plots"] = plots(study, results["aggregate"], img)
+    results["targets"] = targets(study, results["aggregate"])
+    write_outputs(study, results, args, time.perf_counter())
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-latest-small"))
@@ -575,7 +672,14 @@ def main(argv=None) -> int:
     parser.add_argument("--results_json", default=str(REPO / "benchmarks" / "results" / "paper_study.json"))
     parser.add_argument("--markdown", default=str(REPO / "docs" / "BENCHMARKS_QUALITY.md"))
     parser.add_argument("--img_dir", default=str(REPO / "docs" / "img"))
+    parser.add_argument(
+        "--render_only",
+        action="store_true",
+        help="re-render the markdown and plots from --results_json without training",
+    )
     args = parser.parse_args(argv)
+    if args.render_only:
+        return render_only(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     budget = dataclasses.replace(QUICK if args.quick else FULL)
     if args.text_encoder:
@@ -675,6 +779,8 @@ def main(argv=None) -> int:
         "budget": dataclasses.asdict(budget),
         "samples_dir": str(samples),
         "preprocess_seconds": round(preprocess_s, 1),
+        "warm_domains": study.warm,
+        "cold_domains": study.cold,
         "runs": study.runs,
         "aggregate": agg,
         "text_similarity": ts,

@@ -11,12 +11,6 @@ import pytest
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
 
 # isort: on
-import apache_beam as beam
-import tensorflow as tf
-from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.testing import test_pipeline
-from apache_beam.testing.util import assert_that, equal_to
-
 import tfsr.export as export
 from beam_jobs import batch_score as bsc
 from beam_jobs.build_samples import LineRef
@@ -24,6 +18,12 @@ from tfsr.datasets import RowError
 from tfsr.datasets.logs import CSV_HEADER, format_log_line
 from tfsr.datasets.movielens import normalize_query
 from tfsr.export import testing as T
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 TEXT_DIM = 16
 KEYS = ("domain", "user_id", "item_id", "timestamp", "label")

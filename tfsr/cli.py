@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "per-domain evaluation report (JSON, markdown, plots)",
     ),
     "export": ("tfsr.export", "main", "export a trained model as a TF Serving SavedModel"),
+    "batch-score": (
+        "beam_jobs.batch_score",
+        "run",
+        "score samples or logs with an exported SavedModel (Beam)",
+    ),
     "serve": ("serving.server", "main", "local model server speaking the TF Serving gRPC API"),
     "score": ("serving.client", "main", "score candidates against a model server over gRPC"),
     "encode-text": ("tfsr.text.cli", "main", "export the frozen text encoder / embed texts"),

@@ -530,6 +530,12 @@ def _check_scalar(f: Feature, value: Any) -> Any:
             raise FeatureValidationError(
                 f.name, f"expected a string, got {type(value).__name__} {value!r:.40}"
             )
+        try:  # e.g. a lone surrogate from a JSON "\ud800" escape is a str but has no UTF-8 encoding
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise FeatureValidationError(
+                f.name, f"string is not encodable as UTF-8 ({err.reason} at {err.start})"
+            ) from None
         return value
     if f.dtype == "int64":
         if (

@@ -65,6 +65,8 @@ def _from_jsonl(raw: bytes | str) -> dict[str, Any]:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise RowError("malformed_json", f"{err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise RowError("malformed_json", "JSON nested too deeply") from None
     if not isinstance(record, dict):
         raise RowError("malformed_json", f"expected a JSON object, got {type(record).__name__}")
     unknown = sorted(set(record) - set(COLUMNS))
@@ -76,6 +78,9 @@ def _from_jsonl(raw: bytes | str) -> dict[str, Any]:
 def _from_csv(raw: bytes | str) -> dict[str, Any]:
     record: dict[str, Any] = dict(zip(COLUMNS, split_csv_line(raw, len(COLUMNS)), strict=True))
     for name in _INT_COLUMNS:
+        if record[name] == "":
+            del record[name]  # absent: parse_log_line's validation requires or defaults it
+            continue
         try:
             record[name] = int(record[name])
         except ValueError:
@@ -84,8 +89,12 @@ def _from_csv(raw: bytes | str) -> dict[str, Any]:
     return record
 
 
-def parse_log_line(raw: bytes | str, fmt: str, spec: FeatureSpec) -> dict[str, Any]:
+def parse_log_line(
+    raw: bytes | str, fmt: str, spec: FeatureSpec, require_label: bool = True
+) -> dict[str, Any]:
     """One generic-format line as a validated sample record (raw, label and meta features).
+
+    `require_label=False` is for scoring: `label` may then be absent (CSV: empty).
 
     Raises:
       RowError: malformed line, unknown column, text too long, a query missing in a search domain
@@ -99,7 +108,10 @@ def parse_log_line(raw: bytes | str, fmt: str, spec: FeatureSpec) -> dict[str, A
         if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
             raise RowError(f"{name}_too_long", f"{name} has {len(value)} characters (max {MAX_TEXT_CHARS})")
     try:
-        values = spec.validate(record, roles=("raw", "label", "meta"))
+        roles = (
+            ("raw", "label", "meta") if require_label or record.get("label") is not None else ("raw", "meta")
+        )
+        values = spec.validate(record, roles=roles)
     except FeatureValidationError as err:
         raise RowError(f"invalid_{err.field}", err.problem) from None
     values["query_id"] = normalize_query(values["query_text"])

@@ -1,0 +1,257 @@
+"""The bad-input corpus (tests/bad_inputs) through build_samples, batch_score and the model server.
+
+Each input gets what the table in docs/RELIABILITY.md says: the Beam jobs finish, dead-letter each bad row
+with its reason and keep every good row (counts reconcile); the server answers every request with a status
+code (OK via OOV for odd-but-valid strings, INVALID_ARGUMENT for malformed examples) and keeps serving.
+"""
+
+import json
+import pathlib
+
+import tfsr.export as export
+from beam_jobs import batch_score as bsc
+from beam_jobs import build_samples as bs
+from serving import client as client_lib
+from serving import server as server_lib
+from tfsr import layout
+from tfsr.export import testing as T
+
+import bad_inputs as corpus
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+
+TEXT_DIM = 16
+STRING_FEATURES = ("user_id", "item_id", "query_text", "item_title", "item_genres", "item_decade", "domain")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A toy model exported with the tiny BERT encoder: unseen texts go through real TF Text tokenization."""
+    from tfsr.text import export_text_encoder, tiny_text_encoder
+
+    root = tmp_path_factory.mktemp("corpus")
+    encoder = tiny_text_encoder(seed=0, dim=TEXT_DIM)
+    spec = T.toy_spec(TEXT_DIM)
+    samples = T.write_samples_dir(root / "samples", spec, encoder)
+    path = export.export_model(T.build_contract_model(spec, samples), spec, encoder, root / "saved", "toy")
+    encoder_dir = export_text_encoder(encoder, root / "encoder")
+    return {"root": root, "spec": spec, "path": path, "encoder_dir": str(encoder_dir)}
+
+
+def _dead(out: pathlib.Path) -> dict[tuple[str, int], str]:
+    rows = [
+        json.loads(line) for f in (out / "dead_letters").glob("*.jsonl") for line in f.open(encoding="utf-8")
+    ]
+    return {(pathlib.Path(d["file"]).name, d["line"]): d["reason"] for d in rows}
+
+
+def _expected_ledger(cases, outcome) -> tuple[dict, dict, int]:
+    dead, filtered, ok = {}, {}, 0
+    for case in cases:
+        result = outcome(case)
+        if result == corpus.OK:
+            ok += 1
+        elif result.startswith("filtered:"):
+            reason = result.split(":", 1)[1]
+            filtered[reason] = filtered.get(reason, 0) + 1
+        else:
+            dead[result] = dead.get(result, 0) + 1
+    return dead, filtered, ok
+
+
+def test_build_samples_on_the_corpus(exported, tmp_path):
+    cases = corpus.write_logs(tmp_path / "logs", crashers=True)
+    out = tmp_path / "samples"
+    code = bs.run(
+        [
+            "--logs",
+            str(tmp_path / "logs" / "*"),
+            "--output_dir",
+            str(out),
+            "--text_encoder_dir",
+            exported["encoder_dir"],
+        ],
+        save_main_session=False,
+    )
+    assert code == 0
+    expected_dead = {
+        k: c.expected for k, c in cases.items() if c.expected != corpus.OK and ":" not in c.expected
+    }
+    assert _dead(out) == expected_dead
+    dead, filtered, ok = _expected_ledger(cases.values(), lambda c: c.expected)
+    ledger = layout.read_manifest(out)["reconciliation"]["rows"]["logs"]
+    assert ledger == {
+        "read": len(cases),
+        "used": ok,
+        "dead_lettered": dead,
+        "filtered": filtered,
+        "balanced": True,
+    }
+    written = sum(
+        1
+        for split in layout.SPLITS
+        for f in out.glob(f"{split}/part-*")
+        for _ in tf.data.TFRecordDataset(str(f), compression_type="GZIP")
+    )
+    assert written == ok  # every good row is kept (all corpus domains are warm: nothing filtered)
+
+
+def test_batch_score_on_the_corpus_including_crashers(exported, tmp_path):
+    cases = corpus.write_logs(tmp_path / "logs", crashers=True)
+    out = tmp_path / "scores"
+    argv = [
+        "--saved_model",
+        str(exported["path"]),
+        "--input",
+        str(tmp_path / "logs" / "*"),
+        "--output_dir",
+        str(out),
+    ]
+    assert bsc.run(argv, save_main_session=False) == 0
+    expected_dead = {
+        k: c.scoring for k, c in cases.items() if c.scoring != corpus.OK and ":" not in c.scoring
+    }
+    assert _dead(out) == expected_dead
+    dead, filtered, ok = _expected_ledger(cases.values(), lambda c: c.scoring)
+    rec = bsc.read_summary(str(out))["reconciliation"]
+    assert rec == {
+        "read": len(cases),
+        "scored": ok,
+        "dead_lettered": dead,
+        "filtered": filtered,
+        "balanced": True,
+    }
+    scores = [json.loads(line) for f in out.glob("scores-*.jsonl") for line in f.open(encoding="utf-8")]
+    assert len(scores) == ok and all(0.0 < s["ctr"] < 1.0 for s in scores)
+
+
+def test_build_samples_parser_turns_crashers_into_row_errors(exported):
+    from tfsr.datasets import RowError
+    from tfsr.datasets.logs import parse_log_line
+
+    for line in corpus.crasher_lines():
+        with pytest.raises(RowError):
+            record = parse_log_line(line, "jsonl", exported["spec"])
+            exported["spec"].to_example(record, roles=("raw", "label", "meta"))
+
+
+# ------------------------------------------------------------------------------------------ server
+@pytest.fixture(scope="module")
+def server(exported):
+    srv = server_lib.ModelServer(
+        [server_lib.ModelConfig("toy", str(exported["path"].parent))], port=0, poll_wait_s=0, num_threads=4
+    ).start()
+    srv.wait_until_available("toy")
+    client = client_lib.ScoringClient(srv.target, "toy", deadline_s=30.0)
+    yield client
+    client.close()
+    srv.stop(grace_s=1.0)
+
+
+def _base(domain="search_tags") -> dict:
+    return {**T.toy_records(1, seed=4, domain=domain)[0], "item_genres": ["Drama"]}
+
+
+def _predict(client, serialized: list[bytes]):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "toy"
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["examples"].CopyFrom(client_lib.string_tensor_proto(serialized))
+    return client.stub.Predict(request, timeout=30)
+
+
+def _code(client, serialized: list[bytes]) -> grpc.StatusCode:
+    try:
+        response = _predict(client, serialized)
+    except grpc.RpcError as err:
+        return err.code()
+    ctr = tf.make_ndarray(response.outputs["ctr"])
+    assert np.all(np.isfinite(ctr)) and np.all((ctr > 0) & (ctr < 1)), ctr
+    return grpc.StatusCode.OK
+
+
+def _example(record: dict, raw_bytes: dict | None = None) -> bytes:
+    example = client_lib.make_example(record)
+    for name, value in (raw_bytes or {}).items():
+        example.features.feature[name].bytes_list.value[:] = [value]
+    return example.SerializeToString()
+
+
+def test_server_odd_but_valid_strings_are_ok_via_oov(server):
+    outcomes = {}
+    for name, text in corpus.adversarial_strings().items():
+        for feature in STRING_FEATURES:
+            record = _base()
+            record[feature] = [text] if feature == "item_genres" else text
+            if feature == "query_text":
+                record["query_id"] = text
+            outcomes[(name, feature)] = _code(server, [_example(record)])
+    assert {k: v for k, v in outcomes.items() if v != grpc.StatusCode.OK} == {}
+    assert _code(server, [_example(_base())]) == grpc.StatusCode.OK
+
+
+def test_server_wrong_encodings_inside_examples_are_ok(server):
+    outcomes = {}
+    for name, raw in corpus.WRONG_ENCODINGS.items():
+        for feature in ("user_id", "query_text", "item_title", "item_genres"):
+            outcomes[(name, feature)] = _code(server, [_example(_base(), {feature: raw})])
+    assert {k: v for k, v in outcomes.items() if v != grpc.StatusCode.OK} == {}
+
+
+def test_server_huge_fields(server):
+    assert _code(server, [_example({**_base(), "item_title": "t" * corpus.HUGE})]) == grpc.StatusCode.OK
+    assert _code(server, [_example({**_base(), "query_text": "q " * 50_000})]) == grpc.StatusCode.OK
+    too_big = _example({**_base(), "item_title": "t" * (5 * corpus.HUGE)})
+    assert _code(server, [too_big]) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_server_malformed_examples_are_invalid_argument(server):
+    good = _example(_base())
+    missing = _base()
+    del missing["user_id"]
+    cases = {
+        "not a proto": b"\xff\x00 not a proto \x13",
+        "truncated proto": good[: len(good) // 2],
+        "empty bytes (no features)": b"",
+        "required feature missing": _example(missing),
+        "user_id as int64": _example({**_base(), "user_id": 42}),
+        "item_id as float": _example({**_base(), "item_id": 1.5}),
+        "two values for a scalar": _example({**_base(), "user_id": ["a", "b"]}),
+    }
+    outcomes = {name: _code(server, [payload]) for name, payload in cases.items()}
+    assert outcomes == dict.fromkeys(cases, grpc.StatusCode.INVALID_ARGUMENT)
+    # one malformed example fails its whole request (tf.io.parse_example), and the server keeps serving
+    assert _code(server, [good, cases["not a proto"]]) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(server, [good] * 3) == grpc.StatusCode.OK
+    assert server.status()[0]["state"] == "AVAILABLE"
+
+
+def test_server_on_the_corpus_log_rows(server):
+    """Each corpus JSONL row that is a JSON object, sent as an Example of its raw features (types inferred)."""
+    outcomes = {}
+    for case in corpus.LOG_CASES:
+        if not case.file.endswith(".jsonl"):
+            continue
+        line = (corpus.CORPUS_DIR / case.file).read_bytes().split(b"\n")[case.line - 1]
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue  # not meaningful as an Example
+        if not isinstance(record, dict):
+            continue
+        record = {
+            k: v for k, v in record.items() if k not in ("label", "timestamp", "price") and v is not None
+        }
+        record.setdefault("query_id", record.get("query_text", ""))
+        try:
+            serialized = _example(record)
+        except ValueError:
+            outcomes[case.line] = "client refuses"  # e.g. item_genres [1] mixes types for the client
+            continue
+        outcomes[case.line] = _code(server, [serialized]).name
+    print(json.dumps(outcomes))
+    assert set(outcomes.values()) <= {"OK", "INVALID_ARGUMENT", "client refuses"}
+    assert _code(server, [_example(_base())]) == grpc.StatusCode.OK
