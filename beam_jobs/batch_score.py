@@ -49,6 +49,7 @@ import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 
 # isort: on
 from beam_jobs.build_samples import LOCAL_RUNNER, RAW_SNIPPET_CHARS, LineRef, dead_letter  # noqa: E402
+from beam_jobs.saved_model_handler import SIGNATURE, SavedModelSignatureHandler  # noqa: E402
 from tfsr.datasets import logs as logfmt  # noqa: E402
 from tfsr.datasets.movielens import RowError  # noqa: E402
 from tfsr.features import FeatureSpec, FeatureValidationError  # noqa: E402
@@ -60,7 +61,6 @@ from apache_beam.io.tfrecordio import _TFRecordUtil  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.ml.inference.base import (  # noqa: E402
     KeyedModelHandler,
-    ModelHandler,
     PredictionResult,
     RunInference,
 )
@@ -69,7 +69,6 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "tfsr_batch_score"
-SIGNATURE = "serving_default"
 INPUT_NAME = "examples"
 OUTPUTS = ("ctr", "gate_weights")
 EXPORT_INFO = "assets.extra/tfsr_export.json"
@@ -114,7 +113,7 @@ def read_export_spec(version_dir: str) -> FeatureSpec:
     return FeatureSpec.from_json(info["feature_spec"])
 
 
-class SavedModelHandler(ModelHandler[bytes, PredictionResult, Any]):
+class SavedModelHandler(SavedModelSignatureHandler):
     """Runs an exported tfsr SavedModel's ``serving_default`` signature on batches of serialized examples.
 
     Args:
@@ -128,24 +127,7 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     """
 
     def __init__(self, saved_model_dir: str, min_batch_size: int = 16, max_batch_size: int = 256):
-        if not 0 < min_batch_size <= max_batch_size:
-            raise ValueError(
-                f"need 0 < min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}"
-            )
-        self.saved_model_dir = saved_model_dir
-        self.min_batch_size = min_batch_size
-        self.max_batch_size = max_batch_size
-
-    def load_model(self) -> Any:
-        import tensorflow as tf  # this module imported tfsr first: Keras 2
-        import tensorflow_text  # noqa: F401  (registers the TF Text ops a text-encoder fallback uses)
-
-        loaded = tf.saved_model.load(self.saved_model_dir)
-        if SIGNATURE not in loaded.signatures:
-            raise ValueError(
-                f"{self.saved_model_dir} has no {SIGNATURE!r} signature; found {list(loaded.signatures)}"
-            )
-        return loaded
+        super().__init__(saved_model_dir, min_batch_size, max_batch_size, METRICS_NAMESPACE)
 
     def _call(self, model: Any, batch: Sequence[bytes]) -> list[dict]:
         import tensorflow as tf
@@ -172,12 +154,6 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, Any]):
                 message = str(getattr(err, "message", err)).strip().splitlines()[0][:300]
                 results.append(PredictionResult(example, None, model_id=f"{type(err).__name__}: {message}"))
         return results
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return {"min_batch_size": self.min_batch_size, "max_batch_size": self.max_batch_size}
-
-    def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -43,15 +43,6 @@ from typing import Any, NamedTuple
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 
 # isort: on
-import apache_beam as beam  # noqa: E402
-from apache_beam.io import fileio  # noqa: E402
-from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
-from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.io.tfrecordio import _TFRecordUtil  # noqa: E402
-from apache_beam.metrics import Metrics  # noqa: E402
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
-
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim  # noqa: E402
 from tfsr import layout  # noqa: E402
 from tfsr.datasets import logs as logfmt  # noqa: E402
@@ -63,6 +54,15 @@ from tfsr.features import (  # noqa: E402
     FeatureSpec,
     FeatureValidationError,
 )
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.io import fileio  # noqa: E402
+from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.io.tfrecordio import _TFRecordUtil  # noqa: E402
+from apache_beam.metrics import Metrics  # noqa: E402
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -501,9 +501,9 @@ class _GzipTFRecordSink(fileio.FileSink):
 
 # ------------------------------------------------------------------------------------ text features
 def _embedding_example(text: str, vector) -> bytes:
-    import tensorflow as tf
-
     from tfsr.text.cache import EMBEDDING_KEY, TEXT_KEY
+
+    import tensorflow as tf
 
     return tf.train.Example(
         features=tf.train.Features(

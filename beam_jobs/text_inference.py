@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from beam_jobs.saved_model_handler import SIGNATURE, SavedModelSignatureHandler
 
-SIGNATURE = "serving_default"
+from apache_beam.ml.inference.base import PredictionResult
+
 INPUT_NAME = "texts"
 OUTPUT_NAME = "embeddings"
 
 
-class TextEncoderModelHandler(ModelHandler[str, PredictionResult, Any]):
+class TextEncoderModelHandler(SavedModelSignatureHandler):
     """Embeds batches of texts with an exported text-encoder SavedModel.
 
     Within a batch, texts are encoded in chunks of similar length (sorted by length) so a
@@ -34,31 +35,10 @@ class TextEncoderModelHandler(ModelHandler[str, PredictionResult, Any]):
     def __init__(
         self, saved_model_dir: str, min_batch_size: int = 16, max_batch_size: int = 512, chunk_size: int = 64
     ):
-        if not 0 < min_batch_size <= max_batch_size:
-            raise ValueError(
-                f"need 0 < min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}"
-            )
+        super().__init__(saved_model_dir, min_batch_size, max_batch_size, "tfsr_text_encoder")
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        self.saved_model_dir = saved_model_dir
-        self.min_batch_size = min_batch_size
-        self.max_batch_size = max_batch_size
         self.chunk_size = chunk_size
-
-    def load_model(self) -> Any:
-        # isort: off
-        import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
-
-        # isort: on
-        import tensorflow as tf
-        import tensorflow_text  # noqa: F401  (registers the tokenizer ops the SavedModel uses)
-
-        loaded = tf.saved_model.load(self.saved_model_dir)
-        if SIGNATURE not in loaded.signatures:
-            raise ValueError(
-                f"{self.saved_model_dir} has no {SIGNATURE!r} signature; found {list(loaded.signatures)}"
-            )
-        return loaded
 
     def run_inference(
         self, batch: Sequence[str], model: Any, inference_args: Mapping[str, Any] | None = None
@@ -76,12 +56,6 @@ class TextEncoderModelHandler(ModelHandler[str, PredictionResult, Any]):
             for i, vector in zip(chunk, output, strict=True):
                 embeddings[i] = vector.astype(np.float32)
         return [PredictionResult(text, vector) for text, vector in zip(batch, embeddings, strict=True)]
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return {"min_batch_size": self.min_batch_size, "max_batch_size": self.max_batch_size}
-
-    def get_metrics_namespace(self) -> str:
-        return "tfsr_text_encoder"
 
 
 def saved_model_dim(saved_model_dir: str) -> int:
