@@ -44,27 +44,24 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-# isort: off
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
+from beam_jobs.build_samples import LOCAL_RUNNER, RAW_SNIPPET_CHARS, LineRef, dead_letter
+from beam_jobs.saved_model_handler import SIGNATURE, SavedModelSignatureHandler
+from tfsr.datasets import logs as logfmt
+from tfsr.datasets.movielens import RowError
+from tfsr.features import FeatureSpec, FeatureValidationError
 
-# isort: on
-from beam_jobs.build_samples import LOCAL_RUNNER, RAW_SNIPPET_CHARS, LineRef, dead_letter  # noqa: E402
-from beam_jobs.saved_model_handler import SIGNATURE, SavedModelSignatureHandler  # noqa: E402
-from tfsr.datasets import logs as logfmt  # noqa: E402
-from tfsr.datasets.movielens import RowError  # noqa: E402
-from tfsr.features import FeatureSpec, FeatureValidationError  # noqa: E402
-
-import apache_beam as beam  # noqa: E402
-from apache_beam.io import fileio  # noqa: E402
-from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.io.tfrecordio import _TFRecordUtil  # noqa: E402
-from apache_beam.metrics import Metrics  # noqa: E402
-from apache_beam.ml.inference.base import (  # noqa: E402
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (
     KeyedModelHandler,
     PredictionResult,
     RunInference,
 )
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 logger = logging.getLogger(__name__)
 

@@ -39,15 +39,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-# isort: off
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
-
-# isort: on
-from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim  # noqa: E402
-from tfsr import layout  # noqa: E402
-from tfsr.datasets import logs as logfmt  # noqa: E402
-from tfsr.datasets import movielens as ml  # noqa: E402
-from tfsr.features import (  # noqa: E402
+from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim
+from tfsr import layout
+from tfsr.datasets import logs as logfmt
+from tfsr.datasets import movielens as ml
+from tfsr.features import (
     MOVIELENS_DOMAINS,
     SCHEMA_VERSION,
     DomainRegistry,
@@ -55,14 +52,14 @@ from tfsr.features import (  # noqa: E402
     FeatureValidationError,
 )
 
-import apache_beam as beam  # noqa: E402
-from apache_beam.io import fileio  # noqa: E402
-from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
-from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.io.tfrecordio import _TFRecordUtil  # noqa: E402
-from apache_beam.metrics import Metrics  # noqa: E402
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions  # noqa: E402
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 
-from bench_synthetic import RESULTS, machine
-
 from tfsr.datasets import synthetic
+
+from bench_synthetic import RESULTS, machine
 
 
 def run_case(name: str, preprocess_args: list[str], rows: int, extra: list[str]) -> dict:

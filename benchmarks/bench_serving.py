@@ -33,16 +33,13 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from serving.client import ScoringClient
+from tfsr import layout
+from tfsr.export import testing as T
 
-# isort: split
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from serving.client import ScoringClient  # noqa: E402
-from tfsr import layout  # noqa: E402
-from tfsr.export import testing as T  # noqa: E402
+import grpc
+import numpy as np
+import tensorflow as tf
 
 
 def build_export(workdir: pathlib.Path, text_dim: int, model_type: str) -> tuple[pathlib.Path, pathlib.Path]:

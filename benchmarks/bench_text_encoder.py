@@ -26,11 +26,9 @@ import tempfile
 import time
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-
-# isort: split
-import tensorflow as tf
-
 from tfsr.text import export_text_encoder, load_text_encoder
+
+import tensorflow as tf
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 

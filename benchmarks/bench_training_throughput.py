@@ -28,7 +28,7 @@ import time
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tfsr  # noqa: E402,F401
+import tfsr  # noqa: F401
 
 TARGET_RATIO = 0.6
 

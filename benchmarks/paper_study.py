@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import tfsr  # noqa: E402  (Keras 2 before TensorFlow)
+import tfsr  # noqa: E402, F401  (Keras 2 before TensorFlow)
 
 import numpy as np  # noqa: E402
 

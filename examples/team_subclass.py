@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import tempfile
 
-import tensorflow as tf  # noqa: E402
-
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-from tfsr import data  # noqa: E402
-from tfsr.features import Feature, FeatureSpec  # noqa: E402
-from tfsr.layers import AspectEncoder, DomainWeights, select_domain  # noqa: E402
-from tfsr.models import ModelConfig, SRFoundationModel, build_model, load_model, register_model, save_model  # noqa: E402
+from tfsr import data
+from tfsr.features import Feature, FeatureSpec
+from tfsr.layers import AspectEncoder, DomainWeights, select_domain
+from tfsr.models import ModelConfig, SRFoundationModel, build_model, load_model, register_model, save_model
+
+import tensorflow as tf
 
 
 @tf.keras.utils.register_keras_serializable(package="team_search")

@@ -26,13 +26,11 @@ from collections.abc import Mapping, Sequence
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
-# isort: split
-
-import grpc  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.core.example import example_pb2, feature_pb2  # noqa: E402
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
-from tensorflow_serving.apis import (  # noqa: E402
+import grpc
+import tensorflow as tf
+from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -60,8 +58,11 @@ def make_example(record: Mapping[str, object], spec=None) -> example_pb2.Example
     for name, value in record.items():
         values = list(value) if isinstance(value, list | tuple) else [value]
         if all(isinstance(v, str | bytes) for v in values):
-            feature = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(
-                value=[v.encode("utf-8") if isinstance(v, str) else v for v in values]))
+            feature = feature_pb2.Feature(
+                bytes_list=feature_pb2.BytesList(
+                    value=[v.encode("utf-8") if isinstance(v, str) else v for v in values]
+                )
+            )
         elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             feature = feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=values))
         elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
@@ -76,8 +77,11 @@ def string_tensor_proto(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
     """A ``[len(values)]`` DT_STRING TensorProto, built without a numpy round trip."""
     return tensor_pb2.TensorProto(
         dtype=types_pb2.DT_STRING,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]),
-        string_val=list(values))
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]
+        ),
+        string_val=list(values),
+    )
 
 
 class ScoredFuture:
@@ -102,8 +106,9 @@ def _scored_rows(response, candidates, key) -> list[dict]:
     for i, candidate in enumerate(candidates):
         row = {key: candidate.get(key), "ctr": float(ctr[i])}
         if gates is not None:
-            row["gate_weights"] = {e: dict(zip(ASPECTS, map(float, gates[i][j]), strict=True))
-                                   for j, e in enumerate(ENTITIES)}
+            row["gate_weights"] = {
+                e: dict(zip(ASPECTS, map(float, gates[i][j]), strict=True)) for j, e in enumerate(ENTITIES)
+            }
         rows.append(row)
     return rows
 
@@ -124,9 +129,19 @@ class ScoringClient:
       channel: an existing channel (then `target` is only used for messages).
     """
 
-    def __init__(self, target: str, model_name: str, signature_name: str = "serving_default",
-                 version: int | None = None, deadline_s: float = 5.0, max_retries: int = 3,
-                 backoff_s: float = 0.05, spec=None, max_message_bytes: int = 64 * 1024 * 1024, channel=None):
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        signature_name: str = "serving_default",
+        version: int | None = None,
+        deadline_s: float = 5.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.05,
+        spec=None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        channel=None,
+    ):
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be positive, got {deadline_s}")
         if max_retries < 0:
@@ -139,9 +154,13 @@ class ScoringClient:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.spec = spec
-        self.channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)])
+        self.channel = channel or grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
@@ -172,8 +191,10 @@ class ScoringClient:
             except grpc.RpcError as err:
                 if err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.max_retries:
                     raise
-                delay = self.backoff_s * (2 ** attempt)
-                log.warning("%s unavailable (%s); retry %d in %.2f s", self.target, err.details(), attempt + 1, delay)
+                delay = self.backoff_s * (2**attempt)
+                log.warning(
+                    "%s unavailable (%s); retry %d in %.2f s", self.target, err.details(), attempt + 1, delay
+                )
                 time.sleep(delay)
                 attempt += 1
 
@@ -181,14 +202,18 @@ class ScoringClient:
     def examples(self, records: Sequence[Mapping]) -> list[bytes]:
         return [make_example(r, self.spec).SerializeToString() for r in records]
 
-    def predict_request(self, serialized: Sequence[bytes], output_filter: Sequence[str] = ()) -> predict_pb2.PredictRequest:
+    def predict_request(
+        self, serialized: Sequence[bytes], output_filter: Sequence[str] = ()
+    ) -> predict_pb2.PredictRequest:
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec, self.signature_name)
         request.inputs["examples"].CopyFrom(string_tensor_proto(serialized))
         request.output_filter.extend(output_filter)
         return request
 
-    def candidate_request(self, context: Mapping, candidates: Sequence[Mapping]) -> predict_pb2.PredictRequest:
+    def candidate_request(
+        self, context: Mapping, candidates: Sequence[Mapping]
+    ) -> predict_pb2.PredictRequest:
         """One request: `context` (domain, user, query) merged into each candidate (item features)."""
         if not candidates:
             raise ValueError("no candidates to score")
@@ -201,16 +226,20 @@ class ScoringClient:
         """``stub.Predict.future`` with the deadline (no retries: check ``.exception()``)."""
         return self.stub.Predict.future(request, timeout=self.deadline_s)
 
-    def score_candidates(self, context: Mapping, candidates: Sequence[Mapping], key: str = "item_id") -> list[dict]:
+    def score_candidates(
+        self, context: Mapping, candidates: Sequence[Mapping], key: str = "item_id"
+    ) -> list[dict]:
         """Scores one context x N candidates in one request: ``[{key, "ctr", "gate_weights"}]`` in input order."""
         return _scored_rows(self.predict(self.candidate_request(context, candidates)), candidates, key)
 
-    def score_candidates_future(self, context: Mapping, candidates: Sequence[Mapping],
-                                key: str = "item_id") -> ScoredFuture:
+    def score_candidates_future(
+        self, context: Mapping, candidates: Sequence[Mapping], key: str = "item_id"
+    ) -> ScoredFuture:
         return ScoredFuture(self.predict_future(self.candidate_request(context, candidates)), candidates, key)
 
-    def rank(self, context: Mapping, candidates: Sequence[Mapping], top_k: int | None = None,
-             key: str = "item_id") -> list[dict]:
+    def rank(
+        self, context: Mapping, candidates: Sequence[Mapping], top_k: int | None = None, key: str = "item_id"
+    ) -> list[dict]:
         rows = sorted(self.score_candidates(context, candidates, key), key=lambda r: -r["ctr"])
         return rows[:top_k] if top_k else rows
 
@@ -221,8 +250,10 @@ class ScoringClient:
         for r in records:
             request.input.example_list.examples.add().CopyFrom(make_example(r, self.spec))
         response = self._call(self.stub.Classify, request)
-        return [next(c.score for c in result.classes if c.label == "1")
-                for result in response.result.classifications]
+        return [
+            next(c.score for c in result.classes if c.label == "1")
+            for result in response.result.classifications
+        ]
 
     def metadata(self) -> dict:
         """Signature name -> {"inputs": {name: dtype}, "outputs": {...}, "method_name"}."""
@@ -231,18 +262,29 @@ class ScoringClient:
         response = self._call(self.stub.GetModelMetadata, request)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sig_map)
-        return {name: {"method_name": sig.method_name,
-                       "inputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in sig.inputs.items()},
-                       "outputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in sig.outputs.items()}}
-                for name, sig in sig_map.signature_def.items()}
+        return {
+            name: {
+                "method_name": sig.method_name,
+                "inputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in sig.inputs.items()},
+                "outputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in sig.outputs.items()},
+            }
+            for name, sig in sig_map.signature_def.items()
+        }
 
     def status(self) -> list[dict]:
         request = get_model_status_pb2.GetModelStatusRequest()
         self._model_spec(request.model_spec)
         response = self._call(self.model_stub.GetModelStatus, request)
         states = get_model_status_pb2.ModelVersionStatus.State
-        return [{"version": s.version, "state": states.Name(s.state), "error_code": s.status.error_code,
-                 "error_message": s.status.error_message} for s in response.model_version_status]
+        return [
+            {
+                "version": s.version,
+                "state": states.Name(s.state),
+                "error_code": s.status.error_code,
+                "error_message": s.status.error_message,
+            }
+            for s in response.model_version_status
+        ]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -274,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
-    with ScoringClient(args.server, args.model_name, args.signature_name, args.version, args.deadline_s) as client:
+    with ScoringClient(
+        args.server, args.model_name, args.signature_name, args.version, args.deadline_s
+    ) as client:
         try:
             if args.status or args.metadata:
                 print(json.dumps(client.status() if args.status else client.metadata(), indent=2))
@@ -286,8 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if not args.domain or not args.items:
                     parser.error("pass --request, or --domain and --items")
-                context = {"domain": args.domain, "user_id": args.user_id, "query_text": args.query_text,
-                           "query_id": args.query_text.strip().lower()}
+                context = {
+                    "domain": args.domain,
+                    "user_id": args.user_id,
+                    "query_text": args.query_text,
+                    "query_id": args.query_text.strip().lower(),
+                }
                 candidates = [{"item_id": i.strip()} for i in args.items.split(",") if i.strip()]
             rows = client.rank(context, candidates, top_k=args.top_k)
         except grpc.RpcError as err:

@@ -39,14 +39,12 @@ from concurrent import futures
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
-# isort: split
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
-from tensorflow_serving.apis import (  # noqa: E402
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -56,7 +54,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_service_pb2_grpc,
     status_pb2,
 )
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+from tensorflow_serving.config import model_server_config_pb2
 
 try:  # registers the TF Text ops the stock model server links in
     import tensorflow_text  # noqa: F401
@@ -101,8 +99,12 @@ def _first_line(message: str, limit: int = 600) -> str:
     lines = []
     for line in message.splitlines():
         text = line.strip()
-        if (not text or line.startswith((" ", "\t")) or text.startswith(("Graph execution error", "Detected at node"))
-                or "[[{{node" in text):
+        if (
+            not text
+            or line.startswith((" ", "\t"))
+            or text.startswith(("Graph execution error", "Detected at node"))
+            or "[[{{node" in text
+        ):
             continue
         lines.append(text)
     message = " ".join(lines) or message.strip()
@@ -134,7 +136,9 @@ class ModelConfig:
         if self.policy not in ("latest", "all", "specific"):
             raise ValueError(f"model {self.name!r}: unknown version policy {self.policy!r}")
         if self.policy == "latest" and self.num_versions < 1:
-            raise ValueError(f"model {self.name!r}: latest.num_versions must be >= 1, got {self.num_versions}")
+            raise ValueError(
+                f"model {self.name!r}: latest.num_versions must be >= 1, got {self.num_versions}"
+            )
 
     def wanted(self, on_disk: Sequence[int]) -> list[int]:
         on_disk = sorted(on_disk)
@@ -142,7 +146,7 @@ class ModelConfig:
             return on_disk
         if self.policy == "specific":
             return [v for v in on_disk if v in set(self.versions)]
-        return on_disk[-self.num_versions:]
+        return on_disk[-self.num_versions :]
 
 
 def parse_model_config(text: str, relative_to: str | os.PathLike | None = None) -> list[ModelConfig]:
@@ -159,18 +163,25 @@ def parse_model_config(text: str, relative_to: str | os.PathLike | None = None) 
         if relative_to is not None and not os.path.isabs(base):
             base = os.path.join(str(relative_to), base)
         policy = c.model_version_policy.WhichOneof("policy_choice") or "latest"
-        out.append(ModelConfig(
-            name=c.name, base_path=base, policy=policy,
-            num_versions=(c.model_version_policy.latest.num_versions or 1) if policy == "latest" else 1,
-            versions=tuple(c.model_version_policy.specific.versions) if policy == "specific" else (),
-            version_labels=dict(c.version_labels)))
+        out.append(
+            ModelConfig(
+                name=c.name,
+                base_path=base,
+                policy=policy,
+                num_versions=(c.model_version_policy.latest.num_versions or 1) if policy == "latest" else 1,
+                versions=tuple(c.model_version_policy.specific.versions) if policy == "specific" else (),
+                version_labels=dict(c.version_labels),
+            )
+        )
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate model names in models.config: {names}")
     return out
 
 
-def read_model_config(path: str | os.PathLike, relative_to: str | os.PathLike | None = None) -> list[ModelConfig]:
+def read_model_config(
+    path: str | os.PathLike, relative_to: str | os.PathLike | None = None
+) -> list[ModelConfig]:
     return parse_model_config(pathlib.Path(path).read_text(encoding="utf-8"), relative_to)
 
 
@@ -196,9 +207,11 @@ class Servable:
     def signature(self, name: str):
         name = name or DEFAULT_SIGNATURE
         if name not in self.signatures:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f'Serving signature key "{name}" not found; model {self.name} version '
-                               f"{self.version} has {sorted(self.signatures)}")
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f'Serving signature key "{name}" not found; model {self.name} version '
+                f"{self.version} has {sorted(self.signatures)}",
+            )
         return name, self.signatures[name]
 
     def warmup(self) -> int:
@@ -290,28 +303,41 @@ class ModelManager:
             servable = Servable(config.name, version, path)
             warm = servable.warmup() if self.warmup else 0
         except Exception as err:  # a broken version must not take the server down
-            message = f"failed to load {config.name} version {version} from {path}: {type(err).__name__}: " \
-                      f"{_first_line(str(err))}"
+            message = (
+                f"failed to load {config.name} version {version} from {path}: {type(err).__name__}: "
+                f"{_first_line(str(err))}"
+            )
             log.error(message)
             with self._lock:
-                self._status[config.name][version] = VersionStatus(State.END, 13, message, mtime)  # 13 = INTERNAL
+                self._status[config.name][version] = VersionStatus(
+                    State.END, 13, message, mtime
+                )  # 13 = INTERNAL
             return
         with self._lock:
             self._servables[config.name][version] = servable
             self._status[config.name][version] = VersionStatus(State.AVAILABLE, mtime=mtime)
-        log.info("loaded %s version %d in %.1f s (%d warmup requests)", config.name, version,
-                 time.perf_counter() - start, warm)
+        log.info(
+            "loaded %s version %d in %.1f s (%d warmup requests)",
+            config.name,
+            version,
+            time.perf_counter() - start,
+            warm,
+        )
 
     # -- lookups
     def resolve(self, model_spec) -> Servable:
         name = model_spec.name
         if not name:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "model_spec.name is empty: name the model to use")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, "model_spec.name is empty: name the model to use"
+            )
         with self._lock:
             if name not in self._servables:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Servable not found for request: model {name!r} is not served "
-                                   f"(served models: {sorted(self._servables)})")
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Servable not found for request: model {name!r} is not served "
+                    f"(served models: {sorted(self._servables)})",
+                )
             versions = self._servables[name]
             choice = model_spec.WhichOneof("version_choice")
             if choice == "version":
@@ -320,31 +346,39 @@ class ModelManager:
                 label = model_spec.version_label
                 labels = self.configs[name].version_labels
                 if label not in labels:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Unrecognized servable version label {label!r} for model {name!r} "
-                                       f"(labels: {sorted(labels)})")
+                    raise ServingError(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"Unrecognized servable version label {label!r} for model {name!r} "
+                        f"(labels: {sorted(labels)})",
+                    )
                 version = labels[label]
             else:
                 if not versions:
-                    raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                       f"model {name!r} has no available version yet")
+                    raise ServingError(
+                        grpc.StatusCode.UNAVAILABLE, f"model {name!r} has no available version yet"
+                    )
                 return versions[max(versions)]
             if version not in versions:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Servable not found for request: Specific({name}, {version}); available "
-                                   f"versions of {name!r}: {sorted(versions)}")
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Servable not found for request: Specific({name}, {version}); available "
+                    f"versions of {name!r}: {sorted(versions)}",
+                )
             return versions[version]
 
     def status(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
         with self._lock:
             if name not in self._status:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name!r}")
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name!r}"
+                )
             items = sorted(self._status[name].items())
         if version is not None:
             items = [(v, s) for v, s in items if v == version]
             if not items:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find version {version} of model {name!r}")
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name!r}"
+                )
         return items
 
     def available(self, name: str) -> list[int]:
@@ -354,8 +388,11 @@ class ModelManager:
 
 def _mtime(path: str) -> float:
     try:
-        return max(os.path.getmtime(os.path.join(path, f)) for f in ("", "saved_model.pb") if
-                   os.path.exists(os.path.join(path, f)))
+        return max(
+            os.path.getmtime(os.path.join(path, f))
+            for f in ("", "saved_model.pb")
+            if os.path.exists(os.path.join(path, f))
+        )
     except ValueError:
         return 0.0
 
@@ -363,25 +400,31 @@ def _mtime(path: str) -> float:
 # --------------------------------------------------------------------------- request handling
 def _batch_size(name: str, array: np.ndarray) -> int:
     if array.ndim == 0:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {name!r} is a scalar; a batch (first dimension) is expected")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input {name!r} is a scalar; a batch (first dimension) is expected",
+        )
     return int(array.shape[0])
 
 
-def prepare_inputs(servable: Servable, signature: str, arrays: Mapping[str, np.ndarray],
-                   max_batch_size: int | None) -> dict:
+def prepare_inputs(
+    servable: Servable, signature: str, arrays: Mapping[str, np.ndarray], max_batch_size: int | None
+) -> dict:
     """Checks names, dtypes, ranks and batch sizes against the signature; returns tensors to call it with."""
     specs = servable.input_specs[signature]
     unknown = sorted(set(arrays) - set(specs))
     if unknown:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input tensor alias not found in signature {signature!r}: {unknown}; "
-                           f"inputs expected: {sorted(specs)}")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input tensor alias not found in signature {signature!r}: {unknown}; "
+            f"inputs expected: {sorted(specs)}",
+        )
     missing = sorted(set(specs) - set(arrays))
     if missing:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"Request inputs do not match required inputs for signature {signature!r}: "
-                           f"missing {missing}")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Request inputs do not match required inputs for signature {signature!r}: missing {missing}",
+        )
     tensors = {}
     batch = None
     for name, spec in specs.items():
@@ -389,25 +432,34 @@ def prepare_inputs(servable: Servable, signature: str, arrays: Mapping[str, np.n
         expected = spec.dtype
         got = "string" if array.dtype.kind in ("O", "S", "U") else tf.as_dtype(array.dtype).name
         if got != expected.name:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has dtype {got} but signature {signature!r} expects {expected.name}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {name!r} has dtype {got} but signature {signature!r} expects {expected.name}",
+            )
         if not spec.shape.is_compatible_with(array.shape):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has shape {list(array.shape)} but signature {signature!r} "
-                               f"expects {spec.shape.as_list()}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {name!r} has shape {list(array.shape)} but signature {signature!r} "
+                f"expects {spec.shape.as_list()}",
+            )
         size = _batch_size(name, array)
         if batch is not None and size != batch:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"inputs have different batch sizes ({batch} and {size} for {name!r})")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"inputs have different batch sizes ({batch} and {size} for {name!r})",
+            )
         batch = size
         tensors[name] = tf.constant(array, dtype=expected)
     if batch == 0:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"empty batch: input(s) {sorted(specs)} of signature {signature!r} hold 0 examples")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"empty batch: input(s) {sorted(specs)} of signature {signature!r} hold 0 examples",
+        )
     if max_batch_size is not None and batch is not None and batch > max_batch_size:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"batch size {batch} exceeds the server's max_batch_size {max_batch_size}: "
-                           "split the request")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"batch size {batch} exceeds the server's max_batch_size {max_batch_size}: split the request",
+        )
     return tensors
 
 
@@ -420,9 +472,11 @@ def call_signature(servable: Servable, signature: str, tensors: Mapping[str, tf.
         raise ServingError(code, _first_line(err.message)) from None
     except UnicodeDecodeError:
         # TensorFlow quotes the offending input in its message; with binary garbage that quote is not UTF-8
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"Could not parse example input: signature {signature!r} received bytes that are not "
-                           "a serialized tf.Example") from None
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Could not parse example input: signature {signature!r} received bytes that are not "
+            "a serialized tf.Example",
+        ) from None
     except (TypeError, ValueError) as err:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _first_line(str(err))) from None
     return {k: v.numpy() for k, v in outputs.items()}
@@ -432,8 +486,10 @@ def _to_ndarray(name: str, proto) -> np.ndarray:
     try:
         return tf.make_ndarray(proto)
     except Exception as err:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {name!r} is not a valid TensorProto: {_first_line(str(err))}") from None
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input {name!r} is not a valid TensorProto: {_first_line(str(err))}",
+        ) from None
 
 
 def run_predict(servable: Servable, request, max_batch_size: int | None):
@@ -443,9 +499,11 @@ def run_predict(servable: Servable, request, max_batch_size: int | None):
     wanted = list(request.output_filter) or list(outputs)
     unknown = [k for k in wanted if k not in outputs]
     if unknown:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"output tensor alias not found in signature {signature!r}: {unknown}; "
-                           f"outputs: {sorted(outputs)}")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"output tensor alias not found in signature {signature!r}: {unknown}; "
+            f"outputs: {sorted(outputs)}",
+        )
     response = predict_pb2.PredictResponse()
     response.model_spec.name = servable.name
     response.model_spec.version.value = servable.version
@@ -468,29 +526,37 @@ def examples_from_input(input_proto) -> list[bytes]:
             merged.MergeFrom(example)
             out.append(merged.SerializeToString())
         return out
-    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty: set example_list or "
-                                                          "example_list_with_context")
+    raise ServingError(
+        grpc.StatusCode.INVALID_ARGUMENT, "Input is empty: set example_list or example_list_with_context"
+    )
 
 
 def run_classify(servable: Servable, request, max_batch_size: int | None):
     signature, _ = servable.signature(request.model_spec.signature_name)
     method = servable.method_name(signature)
     if method != CLASSIFY_METHOD:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"Expected classification signature method_name to be {CLASSIFY_METHOD}. Was: "
-                           f"{method} (signature {signature!r}; use signature_name='classify')")
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"Expected classification signature method_name to be {CLASSIFY_METHOD}. Was: "
+            f"{method} (signature {signature!r}; use signature_name='classify')",
+        )
     examples = examples_from_input(request.input)
     specs = servable.input_specs[signature]
     if len(specs) != 1:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"classification signature {signature!r} must have exactly one input")
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"classification signature {signature!r} must have exactly one input",
+        )
     (input_name,) = specs
     array = np.array(examples, dtype=object)
-    outputs = call_signature(servable, signature,
-                             prepare_inputs(servable, signature, {input_name: array}, max_batch_size))
+    outputs = call_signature(
+        servable, signature, prepare_inputs(servable, signature, {input_name: array}, max_batch_size)
+    )
     scores, classes = outputs.get("scores"), outputs.get("classes")
     if scores is None:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f"signature {signature!r} has no 'scores' output")
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION, f"signature {signature!r} has no 'scores' output"
+        )
     response = classification_pb2.ClassificationResponse()
     response.model_spec.name = servable.name
     response.model_spec.version.value = servable.version
@@ -506,8 +572,10 @@ def run_classify(servable: Servable, request, max_batch_size: int | None):
 def run_metadata(servable: Servable, request):
     fields = list(request.metadata_field)
     if fields != ["signature_def"]:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"Metadata field(s) {fields} not supported: request exactly ['signature_def']")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Metadata field(s) {fields} not supported: request exactly ['signature_def']",
+        )
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name = servable.name
     response.model_spec.version.value = servable.version
@@ -520,7 +588,9 @@ def run_metadata(servable: Servable, request):
 
 
 # --------------------------------------------------------------------------- gRPC services
-class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer, model_service_pb2_grpc.ModelServiceServicer):
+class _Servicer(
+    prediction_service_pb2_grpc.PredictionServiceServicer, model_service_pb2_grpc.ModelServiceServicer
+):
     def __init__(self, manager: ModelManager, max_batch_size: int):
         self.manager = manager
         self.max_batch_size = max_batch_size
@@ -535,12 +605,16 @@ class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
             context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {_first_line(str(err))}")
 
     def Predict(self, request, context):
-        return self._handle(context, lambda: run_predict(self.manager.resolve(request.model_spec), request,
-                                                         self.max_batch_size))
+        return self._handle(
+            context,
+            lambda: run_predict(self.manager.resolve(request.model_spec), request, self.max_batch_size),
+        )
 
     def Classify(self, request, context):
-        return self._handle(context, lambda: run_classify(self.manager.resolve(request.model_spec), request,
-                                                          self.max_batch_size))
+        return self._handle(
+            context,
+            lambda: run_classify(self.manager.resolve(request.model_spec), request, self.max_batch_size),
+        )
 
     def Regress(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by tfsr models (use Predict)")
@@ -558,8 +632,10 @@ class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
             response = get_model_status_pb2.GetModelStatusResponse()
             for v, st in self.manager.status(spec.name, version):
                 response.model_version_status.add(
-                    version=v, state=st.state,
-                    status=status_pb2.StatusProto(error_code=st.error_code, error_message=st.error_message))
+                    version=v,
+                    state=st.state,
+                    status=status_pb2.StatusProto(error_code=st.error_code, error_message=st.error_message),
+                )
             return response
 
         return self._handle(context, status)
@@ -587,8 +663,9 @@ def _json_to_arrays(body: Mapping, specs: Mapping[str, tf.TensorSpec]) -> dict[s
             columns = {next(iter(specs)): [decode(v) for v in instances]}
         else:
             if not all(isinstance(i, dict) for i in instances):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   "each instance must be an object of named inputs")
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "each instance must be an object of named inputs"
+                )
             names = set().union(*(i.keys() for i in instances)) if instances else set(specs)
             columns = {n: [decode(i.get(n)) for i in instances] for n in names}
     elif "inputs" in body:
@@ -603,7 +680,9 @@ def _json_to_arrays(body: Mapping, specs: Mapping[str, tf.TensorSpec]) -> dict[s
         spec = specs.get(name)
         if spec is not None and spec.dtype == tf.string:
             if any(v is None for v in values):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is missing in some instances")
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is missing in some instances"
+                )
             if spec.shape.rank == 2:  # varlen: pad ragged lists with ""
                 width = max((len(v) for v in values), default=0)
                 values = [list(v) + [""] * (width - len(v)) for v in values]
@@ -621,9 +700,13 @@ def _json_to_arrays(body: Mapping, specs: Mapping[str, tf.TensorSpec]) -> dict[s
 def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_bytes: int):
     from http.server import BaseHTTPRequestHandler
 
-    http_codes = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-                  grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.UNAVAILABLE: 503,
-                  grpc.StatusCode.RESOURCE_EXHAUSTED: 413}
+    http_codes = {
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.FAILED_PRECONDITION: 400,
+        grpc.StatusCode.UNAVAILABLE: 503,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    }
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -648,7 +731,9 @@ def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_b
             spec = model_pb2.ModelSpec(name=parts[2])
             if len(parts) == 5 and parts[3] == "versions":
                 if not parts[4].isdigit():
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"version {parts[4]!r} is not an integer")
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"version {parts[4]!r} is not an integer"
+                    )
                 spec.version.value = int(parts[4])
             elif len(parts) == 5 and parts[3] == "labels":
                 spec.version_label = parts[4]
@@ -661,11 +746,22 @@ def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_b
                 spec = self._spec(self.path)
                 version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
                 states = State.DESCRIPTOR.values_by_number
-                self._reply(200, {"model_version_status": [
-                    {"version": str(v), "state": states[s.state].name,
-                     "status": {"error_code": "OK" if not s.error_code else str(s.error_code),
-                                "error_message": s.error_message}}
-                    for v, s in manager.status(spec.name, version)]})
+                self._reply(
+                    200,
+                    {
+                        "model_version_status": [
+                            {
+                                "version": str(v),
+                                "state": states[s.state].name,
+                                "status": {
+                                    "error_code": "OK" if not s.error_code else str(s.error_code),
+                                    "error_message": s.error_message,
+                                },
+                            }
+                            for v, s in manager.status(spec.name, version)
+                        ]
+                    },
+                )
             except ServingError as err:
                 self._reply(http_codes.get(err.code, 500), {"error": err.message})
 
@@ -676,8 +772,10 @@ def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_b
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"unsupported verb {verb!r}: only :predict")
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > max_request_bytes:
-                    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       f"request body of {length} bytes exceeds the limit of {max_request_bytes}")
+                    raise ServingError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"request body of {length} bytes exceeds the limit of {max_request_bytes}",
+                    )
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")
                 except json.JSONDecodeError as err:
@@ -686,10 +784,13 @@ def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_b
                 servable = manager.resolve(spec)
                 signature, _ = servable.signature(body.get("signature_name", DEFAULT_SIGNATURE))
                 arrays = _json_to_arrays(body, servable.input_specs[signature])
-                outputs = call_signature(servable, signature,
-                                         prepare_inputs(servable, signature, arrays, max_batch_size))
-                outputs = {k: np.char.decode(v.astype(bytes)).tolist() if v.dtype.kind in "OS" else v.tolist()
-                           for k, v in outputs.items()}
+                outputs = call_signature(
+                    servable, signature, prepare_inputs(servable, signature, arrays, max_batch_size)
+                )
+                outputs = {
+                    k: np.char.decode(v.astype(bytes)).tolist() if v.dtype.kind in "OS" else v.tolist()
+                    for k, v in outputs.items()
+                }
                 if "inputs" in body:
                     payload = {"outputs": outputs if len(outputs) > 1 else next(iter(outputs.values()))}
                 elif len(outputs) == 1:
@@ -728,10 +829,18 @@ class ModelServer:
       >>> ...; server.stop()
     """
 
-    def __init__(self, configs: Sequence[ModelConfig], host: str = "127.0.0.1", port: int = 8500,
-                 rest_api_port: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, poll_wait_s: float = 1.0,
-                 num_threads: int = 8, warmup: bool = True):
+    def __init__(
+        self,
+        configs: Sequence[ModelConfig],
+        host: str = "127.0.0.1",
+        port: int = 8500,
+        rest_api_port: int | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        poll_wait_s: float = 1.0,
+        num_threads: int = 8,
+        warmup: bool = True,
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_request_bytes < 1024:
@@ -752,12 +861,16 @@ class ModelServer:
 
     def start(self) -> ModelServer:
         self.manager.poll()
-        options = [("grpc.max_receive_message_length", self.max_request_bytes),
-                   ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                   ("grpc.so_reuseport", 0)]
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.num_threads,
-                                                            thread_name_prefix="tfsr-grpc"),
-                                 options=options, maximum_concurrent_rpcs=self.num_threads * 16)
+        options = [
+            ("grpc.max_receive_message_length", self.max_request_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="tfsr-grpc"),
+            options=options,
+            maximum_concurrent_rpcs=self.num_threads * 16,
+        )
         servicer = _Servicer(self.manager, self.max_batch_size)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, self._grpc)
@@ -770,14 +883,20 @@ class ModelServer:
 
             self._http = ThreadingHTTPServer(
                 (self.host, self.rest_api_port),
-                _make_rest_handler(self.manager, self.max_batch_size, self.max_request_bytes))
+                _make_rest_handler(self.manager, self.max_batch_size, self.max_request_bytes),
+            )
             self._http.daemon_threads = True
             self.rest_api_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "tfsr-rest")
         if self.poll_wait_s and self.poll_wait_s > 0:
             self._spawn(self._poll_loop, "tfsr-poll")
-        log.info("serving %s on %s:%d (gRPC)%s", sorted(self.manager.configs), self.host, self.port,
-                 f" and :{self.rest_api_port} (REST)" if self._http else "")
+        log.info(
+            "serving %s on %s:%d (gRPC)%s",
+            sorted(self.manager.configs),
+            self.host,
+            self.port,
+            f" and :{self.rest_api_port} (REST)" if self._http else "",
+        )
         return self
 
     def _spawn(self, target, name):
@@ -804,8 +923,9 @@ class ModelServer:
             if available and (version is None or version in available):
                 return max(available)
             time.sleep(0.05)
-        raise TimeoutError(f"model {name!r} version {version} not available after {timeout_s} s: "
-                           f"{self.manager.status(name)}")
+        raise TimeoutError(
+            f"model {name!r} version {version} not available after {timeout_s} s: {self.manager.status(name)}"
+        )
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stops accepting requests, lets in-flight ones finish for up to `grace_s` seconds."""
@@ -832,14 +952,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_base_path", help="base path of the versions (without --model_config_file)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
-    parser.add_argument("--rest_api_port", type=int, default=0,
-                        help="REST port in TF Serving's format; 0 (default) disables it")
-    parser.add_argument("--max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
-                        help="largest number of examples in one request")
-    parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
-                        help="largest request message in bytes (gRPC max receive size)")
-    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                        help="seconds between polls for new versions; 0 disables polling")
+    parser.add_argument(
+        "--rest_api_port",
+        type=int,
+        default=0,
+        help="REST port in TF Serving's format; 0 (default) disables it",
+    )
+    parser.add_argument(
+        "--max_batch_size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="largest number of examples in one request",
+    )
+    parser.add_argument(
+        "--max_request_bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="largest request message in bytes (gRPC max receive size)",
+    )
+    parser.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="seconds between polls for new versions; 0 disables polling",
+    )
     parser.add_argument("--num_threads", type=int, default=8, help="gRPC worker threads")
     parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
@@ -856,17 +992,31 @@ def main(argv: list[str] | None = None) -> int:
         configs = [ModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
     else:
         parser.error("pass --model_config_file or --model_base_path")
-    server = ModelServer(configs, host=args.host, port=args.port, rest_api_port=args.rest_api_port or None,
-                         max_batch_size=args.max_batch_size, max_request_bytes=args.max_request_bytes,
-                         poll_wait_s=args.file_system_poll_wait_seconds, num_threads=args.num_threads,
-                         warmup=not args.no_warmup).start()
+    server = ModelServer(
+        configs,
+        host=args.host,
+        port=args.port,
+        rest_api_port=args.rest_api_port or None,
+        max_batch_size=args.max_batch_size,
+        max_request_bytes=args.max_request_bytes,
+        poll_wait_s=args.file_system_poll_wait_seconds,
+        num_threads=args.num_threads,
+        warmup=not args.no_warmup,
+    ).start()
     for c in configs:
         versions = server.manager.available(c.name)
         if not versions:
-            log.warning("model %s: no version available yet under %s (%s)", c.name, c.base_path,
-                        [(v, s.error_message) for v, s in server.manager.status(c.name)])
-    print(f"tfsr serve: gRPC on {server.target}"
-          + (f", REST on http://{args.host}:{server.rest_api_port}" if server.rest_api_port else ""), flush=True)
+            log.warning(
+                "model %s: no version available yet under %s (%s)",
+                c.name,
+                c.base_path,
+                [(v, s.error_message) for v, s in server.manager.status(c.name)],
+            )
+    print(
+        f"tfsr serve: gRPC on {server.target}"
+        + (f", REST on http://{args.host}:{server.rest_api_port}" if server.rest_api_port else ""),
+        flush=True,
+    )
 
     done = threading.Event()
 

@@ -4,13 +4,7 @@ import gzip
 import json
 import pathlib
 
-import numpy as np
-import pytest
-
-# isort: off
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
-
-# isort: on
 import tfsr.export as export
 from beam_jobs import batch_score as bsc
 from beam_jobs.build_samples import LineRef
@@ -20,6 +14,8 @@ from tfsr.datasets.movielens import normalize_query
 from tfsr.export import testing as T
 
 import apache_beam as beam
+import numpy as np
+import pytest
 import tensorflow as tf
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.testing import test_pipeline

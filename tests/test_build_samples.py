@@ -5,23 +5,19 @@ import json
 import pathlib
 import shutil
 
-import numpy as np
-import pytest
-
-# isort: off
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
-
-# isort: on
-import apache_beam as beam
-import tensorflow as tf
-from apache_beam.testing import test_pipeline
-from apache_beam.testing.util import assert_that, equal_to
-
 from beam_jobs import build_samples as bs
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim
 from tfsr import layout
 from tfsr.datasets import movielens as ml
 from tfsr.features import FeatureSpec
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 DATA = pathlib.Path(__file__).parent / "data"
 TEXT_DIM = 32

@@ -1,10 +1,10 @@
 """The generic search-log / rec-log format: parsing, FeatureSpec validation, reasons for bad rows."""
 
-import pytest
-
 from tfsr.datasets import RowError
 from tfsr.datasets.logs import CSV_HEADER, format_log_line, log_format, parse_log_line
 from tfsr.features import FeatureSpec
+
+import pytest
 
 SPEC = FeatureSpec.default()
 SEARCH = {

@@ -1,10 +1,10 @@
 """serving/client.py without a server: retries, deadlines, example encoding, formatting."""
 
+from serving import client as client_lib
+
 import grpc
 import pytest
 import tensorflow as tf
-
-from serving import client as client_lib
 
 
 class FakeRpcError(grpc.RpcError):
@@ -83,7 +83,12 @@ def test_make_example_and_candidate_request():
 
 
 def test_format_ranking():
-    rows = [{"item_id": "a", "ctr": 0.5, "gate_weights": {e: {"id": 0.2, "text": 0.5, "sparse": 0.3}
-                                                         for e in ("user", "query", "item")}}]
+    rows = [
+        {
+            "item_id": "a",
+            "ctr": 0.5,
+            "gate_weights": {e: {"id": 0.2, "text": 0.5, "sparse": 0.3} for e in ("user", "query", "item")},
+        }
+    ]
     text = client_lib.format_ranking(rows)
     assert "0.5000" in text and "0.20/0.50/0.30" in text

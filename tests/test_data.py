@@ -2,12 +2,12 @@
 
 import collections
 
+from tfsr import data, layout
+from tfsr.features import FeatureSpec
+
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from tfsr import data, layout
-from tfsr.features import FeatureSpec
 
 SPEC = FeatureSpec.default(text_dim=4)
 

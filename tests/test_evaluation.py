@@ -2,10 +2,10 @@
 
 import math
 
+from tfsr import evaluation as ev
+
 import numpy as np
 import pytest
-
-from tfsr import evaluation as ev
 
 
 def _auc_pairs(labels, scores):

@@ -3,12 +3,12 @@
 import importlib.util
 import pathlib
 
-import numpy as np
-import tensorflow as tf
-
 from tfsr import data
 from tfsr.features import Domain, FeatureSpec
 from tfsr.models import ModelConfig, build_model, load_model, save_model
+
+import numpy as np
+import tensorflow as tf
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "team_subclass.py"
 

@@ -4,12 +4,12 @@ import os
 import subprocess
 import sys
 
+import tfsr.export as export
+from tfsr.export import testing as T
+
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import tfsr.export as export
-from tfsr.export import testing as T
 
 TEXT_DIM = 16
 
@@ -22,8 +22,15 @@ def exported(tmp_path_factory):
     samples = T.write_samples_dir(root / "samples", spec, encoder)
     model = T.build_contract_model(spec, samples)
     path = export.export_model(model, spec, encoder, root / "saved_models", "toy", samples_dir=samples)
-    return {"root": root, "spec": spec, "encoder": encoder, "samples": samples, "model": model, "path": path,
-            "loaded": tf.saved_model.load(str(path))}
+    return {
+        "root": root,
+        "spec": spec,
+        "encoder": encoder,
+        "samples": samples,
+        "model": model,
+        "path": path,
+        "loaded": tf.saved_model.load(str(path)),
+    }
 
 
 _serialized = T.serialize
@@ -57,7 +64,9 @@ def test_signatures_and_method_names(exported):
     assert set(sigs) == {"serving_default", "predict_raw", "classify"}
     assert set(sigs["serving_default"].structured_input_signature[1]) == {"examples"}
     assert set(sigs["serving_default"].structured_outputs) == {"ctr", "gate_weights"}
-    assert set(sigs["predict_raw"].structured_input_signature[1]) == {f.name for f in exported["spec"].raw_features}
+    assert set(sigs["predict_raw"].structured_input_signature[1]) == {
+        f.name for f in exported["spec"].raw_features
+    }
     assert set(sigs["classify"].structured_outputs) == {"scores", "classes"}
     proto = saved_model_pb2.SavedModel.FromString((exported["path"] / "saved_model.pb").read_bytes())
     defs = proto.meta_graphs[0].signature_def
@@ -72,11 +81,15 @@ def test_exported_scores_equal_in_memory_model(exported):
     expected = _in_memory(spec, exported["model"], exported["encoder"], records)
     got = loaded.signatures["serving_default"](examples=_serialized(spec, records))
     np.testing.assert_allclose(got["ctr"].numpy(), expected["ctr"].numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got["gate_weights"].numpy(), expected["gate_weights"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got["gate_weights"].numpy(), expected["gate_weights"].numpy(), rtol=1e-5, atol=1e-6
+    )
 
     width = max(len(r["item_genres"]) for r in records)
     raw = {f.name: tf.constant([r[f.name] for r in records]) for f in spec.raw_features if not f.varlen}
-    raw["item_genres"] = tf.constant([r["item_genres"] + [""] * (width - len(r["item_genres"])) for r in records])
+    raw["item_genres"] = tf.constant(
+        [r["item_genres"] + [""] * (width - len(r["item_genres"])) for r in records]
+    )
     got_raw = loaded.signatures["predict_raw"](**raw)
     np.testing.assert_allclose(got_raw["ctr"].numpy(), expected["ctr"].numpy(), rtol=1e-5, atol=1e-6)
 
@@ -105,24 +118,44 @@ def test_graph_has_only_core_tf_and_tf_text_ops(exported):
     assert not ops["forbidden"], f"python ops in the graph: {ops['forbidden']}"
     assert not ops["other"], f"ops neither core TF nor TF Text: {sorted(ops['other'])}"
     assert {"ParseExampleV2", "HashTableV2", "Unique"} <= ops["all"]
-    assert "PyFunc" in T.FORBIDDEN_OPS and hasattr(tf.raw_ops, "PyFunc")  # the allow-list alone would admit it
+    assert "PyFunc" in T.FORBIDDEN_OPS and hasattr(
+        tf.raw_ops, "PyFunc"
+    )  # the allow-list alone would admit it
 
 
 def test_saved_model_cli_show_all(exported):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    result = subprocess.run([cli, "show", "--all", "--dir", str(exported["path"])], capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run(
+        [cli, "show", "--all", "--dir", str(exported["path"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    for needle in ("signature_def['serving_default']", "signature_def['predict_raw']",
-                   "signature_def['classify']", "tensorflow/serving/classify", "examples", "gate_weights"):
+    for needle in (
+        "signature_def['serving_default']",
+        "signature_def['predict_raw']",
+        "signature_def['classify']",
+        "tensorflow/serving/classify",
+        "examples",
+        "gate_weights",
+    ):
         assert needle in result.stdout
 
 
 def test_versions_increment_and_existing_version_refused(exported, tmp_path):
     base = exported["path"].parent.parent
     with pytest.raises(FileExistsError, match="already exists"):
-        export.export_model(exported["model"], exported["spec"], exported["encoder"], base, "toy", version=1,
-                            samples_dir=exported["samples"])
+        export.export_model(
+            exported["model"],
+            exported["spec"],
+            exported["encoder"],
+            base,
+            "toy",
+            version=1,
+            samples_dir=exported["samples"],
+        )
     with pytest.raises(ValueError, match="model_name"):
         export.export_model(exported["model"], exported["spec"], None, base, "../evil")
     assert export.list_versions(base / "toy") == [1]

@@ -5,10 +5,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-import tensorflow as tf
-
 from tfsr.features import (
     MOVIELENS_DOMAINS,
     Domain,
@@ -17,6 +13,10 @@ from tfsr.features import (
     FeatureSpec,
     FeatureValidationError,
 )
+
+import numpy as np
+import pytest
+import tensorflow as tf
 
 TEXT_DIM = 4
 

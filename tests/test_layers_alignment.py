@@ -2,13 +2,13 @@
 
 import math
 
+from tfsr.layers import js_divergence_alignment, mmd_alignment
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax
-
-from tfsr.layers import js_divergence_alignment, mmd_alignment
 
 
 def _two_domains(seed=0, n=6, dim=5, shift=1.0):

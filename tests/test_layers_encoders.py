@@ -1,10 +1,10 @@
 """L0 aspect encoders: lookups, OOV, hashing, pooling, presence, errors, round-trips."""
 
+from tfsr.layers import IdEncoder, MissingEntityVector, SparseEncoder, TextEncoder
+
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from tfsr.layers import IdEncoder, MissingEntityVector, SparseEncoder, TextEncoder
 
 
 def test_id_encoder_vocabulary_and_oov_rows():

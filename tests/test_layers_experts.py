@@ -1,9 +1,5 @@
 """Domain-specific layers: DomainWeights, DomainAdaptiveLayer and the L2 expert blocks."""
 
-import numpy as np
-import pytest
-import tensorflow as tf
-
 from tfsr.layers import (
     MLP,
     PLE,
@@ -16,6 +12,10 @@ from tfsr.layers import (
     SharedTower,
     grouped_dense,
 )
+
+import numpy as np
+import pytest
+import tensorflow as tf
 
 X = tf.constant(np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32))
 IDS = tf.constant([0, 1, 2, 1, 0])

@@ -1,10 +1,10 @@
 """AspectGatingFusion: hand-computed weights, masks, errors, config and save/load round-trips."""
 
+from tfsr.layers import AspectGatingFusion
+
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from tfsr.layers import AspectGatingFusion
 
 
 def _inputs(seed=0, batch=4, aspects=3, width=4):

@@ -2,10 +2,6 @@
 
 import json
 
-import numpy as np
-import pytest
-import tensorflow as tf
-
 from tfsr import data
 from tfsr.features import Domain, FeatureSpec
 from tfsr.layers import ASPECTS, ENTITIES
@@ -19,6 +15,10 @@ from tfsr.models import (
     save_model,
     warm_registry,
 )
+
+import numpy as np
+import pytest
+import tensorflow as tf
 
 SPEC = FeatureSpec.default(text_dim=6)
 VOCABS = {"user_id": [f"u{i}" for i in range(10)], "item_genres": ["Action", "Comedy", "Drama"]}

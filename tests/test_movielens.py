@@ -3,10 +3,10 @@
 import pathlib
 import urllib.error
 
-import pytest
-
 from tfsr.datasets import movielens as ml
 from tfsr.features import MOVIELENS_DOMAINS
+
+import pytest
 
 DATA = pathlib.Path(__file__).parent / "data"
 MOVIES = {

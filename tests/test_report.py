@@ -2,10 +2,10 @@
 
 import json
 
-import numpy as np
-
 from tfsr import evaluation as ev
 from tfsr import report as rp
+
+import numpy as np
 
 
 def _report():

@@ -11,16 +11,16 @@ import time
 import urllib.error
 import urllib.request
 
+import tfsr.export as export
+from serving import client as client_lib
+from serving import server as server_lib
+from tfsr.export import testing as T
+
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, predict_pb2
-
-import tfsr.export as export
-from serving import client as client_lib
-from serving import server as server_lib
-from tfsr.export import testing as T
 
 TEXT_DIM = 16
 MAX_BATCH = 256
@@ -35,12 +35,26 @@ def env(tmp_path_factory):
     samples = T.write_samples_dir(root / "samples", spec, encoder)
     model = T.build_contract_model(spec, samples)
     path = export.export_model(model, spec, encoder, root / "saved_models", "toy", samples_dir=samples)
-    server = server_lib.ModelServer([server_lib.ModelConfig("toy", str(path.parent))], port=0, rest_api_port=0,
-                                    max_batch_size=MAX_BATCH, poll_wait_s=0.2, num_threads=4).start()
+    server = server_lib.ModelServer(
+        [server_lib.ModelConfig("toy", str(path.parent))],
+        port=0,
+        rest_api_port=0,
+        max_batch_size=MAX_BATCH,
+        poll_wait_s=0.2,
+        num_threads=4,
+    ).start()
     server.wait_until_available("toy")
     client = client_lib.ScoringClient(server.target, "toy", deadline_s=10.0, spec=spec)
-    yield {"root": root, "spec": spec, "path": path, "server": server, "client": client, "model": model,
-           "encoder": encoder, "samples": samples}
+    yield {
+        "root": root,
+        "spec": spec,
+        "path": path,
+        "server": server,
+        "client": client,
+        "model": model,
+        "encoder": encoder,
+        "samples": samples,
+    }
     client.close()
     server.stop(grace_s=1.0)
 
@@ -88,8 +102,15 @@ def test_predict_matches_in_process_signature(env):
 def test_score_candidates_classify_metadata_status(env):
     client = env["client"]
     context = {"domain": "search_tags", "user_id": "u3", "query_text": "space", "query_id": "space"}
-    candidates = [{"item_id": f"m{i}", "item_title": T.TOY_TITLES[f"m{i}"], "item_genres": ["Sci-Fi"],
-                   "item_decade": "1990s"} for i in range(1, 11)]
+    candidates = [
+        {
+            "item_id": f"m{i}",
+            "item_title": T.TOY_TITLES[f"m{i}"],
+            "item_genres": ["Sci-Fi"],
+            "item_decade": "1990s",
+        }
+        for i in range(1, 11)
+    ]
     rows = client.score_candidates(context, candidates)
     assert [r["item_id"] for r in rows] == [c["item_id"] for c in candidates]
     assert all(0.0 < r["ctr"] < 1.0 for r in rows)
@@ -122,16 +143,24 @@ def test_missing_required_feature(env):
     record = T.toy_records(1)[0]
     del record["user_id"]
     serialized = client_lib.make_example(record).SerializeToString()
-    _expect_error(env, _raw_request(env, {"examples": client_lib.string_tensor_proto([serialized])}),
-                  grpc.StatusCode.INVALID_ARGUMENT, "user_id")
+    _expect_error(
+        env,
+        _raw_request(env, {"examples": client_lib.string_tensor_proto([serialized])}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "user_id",
+    )
 
 
 def test_wrong_feature_dtype_inside_example(env):
     record = T.toy_records(1)[0]
     record["user_id"] = 42  # int64_list where a bytes_list is expected
     serialized = client_lib.make_example(record).SerializeToString()
-    _expect_error(env, _raw_request(env, {"examples": client_lib.string_tensor_proto([serialized])}),
-                  grpc.StatusCode.INVALID_ARGUMENT, "user_id")
+    _expect_error(
+        env,
+        _raw_request(env, {"examples": client_lib.string_tensor_proto([serialized])}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "user_id",
+    )
 
 
 def test_wrong_input_tensor_dtype(env):
@@ -146,28 +175,48 @@ def test_unknown_and_missing_input_names(env):
 
 
 def test_empty_batch(env):
-    _expect_error(env, _raw_request(env, {"examples": client_lib.string_tensor_proto([])}),
-                  grpc.StatusCode.INVALID_ARGUMENT, "empty batch")
+    _expect_error(
+        env,
+        _raw_request(env, {"examples": client_lib.string_tensor_proto([])}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "empty batch",
+    )
 
 
 def test_batch_over_the_limit(env):
     serialized = env["client"].examples(T.toy_records(1)) * (MAX_BATCH + 1)
-    _expect_error(env, _raw_request(env, {"examples": client_lib.string_tensor_proto(serialized)}),
-                  grpc.StatusCode.INVALID_ARGUMENT, f"batch size {MAX_BATCH + 1}", "max_batch_size")
+    _expect_error(
+        env,
+        _raw_request(env, {"examples": client_lib.string_tensor_proto(serialized)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"batch size {MAX_BATCH + 1}",
+        "max_batch_size",
+    )
 
 
 def test_unknown_model_version_and_signature(env):
     proto = client_lib.string_tensor_proto(env["client"].examples(T.toy_records(1)))
     _expect_error(env, _raw_request(env, {"examples": proto}, name="nope"), grpc.StatusCode.NOT_FOUND, "nope")
     _expect_error(env, _raw_request(env, {"examples": proto}, version=99), grpc.StatusCode.NOT_FOUND, "99")
-    _expect_error(env, _raw_request(env, {"examples": proto}, signature="nope"),
-                  grpc.StatusCode.FAILED_PRECONDITION, "nope")
+    _expect_error(
+        env,
+        _raw_request(env, {"examples": proto}, signature="nope"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "nope",
+    )
 
 
 def test_unknown_user_item_query_score_via_oov(env):
-    record = {"domain": "search_tags", "user_id": "never-seen-user", "query_id": "zzz qqq", "query_text": "zzz qqq",
-              "item_id": "never-seen-item", "item_title": "A title nobody wrote", "item_genres": ["NoSuchGenre"],
-              "item_decade": "2990s"}
+    record = {
+        "domain": "search_tags",
+        "user_id": "never-seen-user",
+        "query_id": "zzz qqq",
+        "query_text": "zzz qqq",
+        "item_id": "never-seen-item",
+        "item_title": "A title nobody wrote",
+        "item_genres": ["NoSuchGenre"],
+        "item_decade": "2990s",
+    }
     rows = env["client"].score_candidates(record, [{}], key="item_id")
     assert 0.0 < rows[0]["ctr"] < 1.0 and np.isfinite(rows[0]["ctr"])
     _ok(env)
@@ -175,41 +224,63 @@ def test_unknown_user_item_query_score_via_oov(env):
 
 def test_ten_megabyte_request(env):
     big = [b"x" * (1024 * 1024)] * 10
-    _expect_error(env, _raw_request(env, {"examples": client_lib.string_tensor_proto(big)}),
-                  grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max")
+    _expect_error(
+        env,
+        _raw_request(env, {"examples": client_lib.string_tensor_proto(big)}),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "larger than max",
+    )
 
 
 def test_rest_predict_and_status(env):
     port = env["server"].rest_api_port
     records = T.toy_records(3, seed=9)
     width = max(len(r["item_genres"]) for r in records)
-    body = {"signature_name": "predict_raw", "instances": [
-        {**r, "item_genres": r["item_genres"] + [""] * (width - len(r["item_genres"]))} for r in records]}
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/toy:predict", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
+    body = {
+        "signature_name": "predict_raw",
+        "instances": [
+            {**r, "item_genres": r["item_genres"] + [""] * (width - len(r["item_genres"]))} for r in records
+        ],
+    }
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/models/toy:predict",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         predictions = json.loads(resp.read())["predictions"]
     expected = env["client"].score_candidates({}, records)
     np.testing.assert_allclose([p["ctr"] for p in predictions], [r["ctr"] for r in expected], rtol=1e-5)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/toy", timeout=10) as resp:
         assert json.loads(resp.read())["model_version_status"][0]["state"] == "AVAILABLE"
-    bad = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/toy:predict", b'{"instances": [{"x": 1}]}')
+    bad = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/models/toy:predict", b'{"instances": [{"x": 1}]}'
+    )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(bad, timeout=10)
     assert info.value.code == 400 and "x" in json.loads(info.value.read())["error"]
 
 
 def test_model_config_parsing(tmp_path):
-    text = (tmp_path / "m.config")
-    text.write_text('model_config_list { config { name: "a" base_path: "rel/a" model_platform: "tensorflow" '
-                    'model_version_policy { latest { num_versions: 2 } } version_labels { key: "stable" value: 1 } } '
-                    'config { name: "b" base_path: "/abs/b" model_version_policy { specific { versions: 3 } } } }')
+    text = tmp_path / "m.config"
+    text.write_text(
+        'model_config_list { config { name: "a" base_path: "rel/a" model_platform: "tensorflow" '
+        'model_version_policy { latest { num_versions: 2 } } version_labels { key: "stable" value: 1 } } '
+        'config { name: "b" base_path: "/abs/b" model_version_policy { specific { versions: 3 } } } }'
+    )
     a, b = server_lib.read_model_config(text, relative_to="/base")
-    assert (a.name, a.base_path, a.policy, a.num_versions, dict(a.version_labels)) == \
-        ("a", "/base/rel/a", "latest", 2, {"stable": 1})
+    assert (a.name, a.base_path, a.policy, a.num_versions, dict(a.version_labels)) == (
+        "a",
+        "/base/rel/a",
+        "latest",
+        2,
+        {"stable": 1},
+    )
     assert (b.base_path, b.policy, b.versions) == ("/abs/b", "specific", (3,))
     assert a.wanted([1, 2, 3]) == [2, 3] and b.wanted([1, 2, 3]) == [3]
-    configs = server_lib.read_model_config(os.path.join(os.path.dirname(server_lib.__file__), "models.config"))
+    configs = server_lib.read_model_config(
+        os.path.join(os.path.dirname(server_lib.__file__), "models.config")
+    )
     assert configs[0].name == "tfsr"
 
 
@@ -224,8 +295,9 @@ def test_hot_swap_and_broken_version(env, tmp_path):
     base = tmp_path / "hot"
     base.mkdir()
     _copy_version(env["path"], base, 1)
-    server = server_lib.ModelServer([server_lib.ModelConfig("hot", str(base))], port=0, poll_wait_s=0.1,
-                                    num_threads=4).start()
+    server = server_lib.ModelServer(
+        [server_lib.ModelConfig("hot", str(base))], port=0, poll_wait_s=0.1, num_threads=4
+    ).start()
     client = client_lib.ScoringClient(server.target, "hot", deadline_s=10.0)
     request = client.predict_request(client.examples(T.toy_records(16, seed=2)))
     errors, versions, stop = [], set(), threading.Event()
@@ -277,22 +349,53 @@ def test_hot_swap_and_broken_version(env, tmp_path):
 
 
 def test_client_cli_against_server(env, capsys):
-    rc = client_lib.main(["--server", env["server"].target, "--model_name", "toy", "--domain", "search_tags",
-                          "--user_id", "u1", "--query_text", "space", "--items", "m1,m2,m3,unknown", "--top_k", "2"])
+    rc = client_lib.main(
+        [
+            "--server",
+            env["server"].target,
+            "--model_name",
+            "toy",
+            "--domain",
+            "search_tags",
+            "--user_id",
+            "u1",
+            "--query_text",
+            "space",
+            "--items",
+            "m1,m2,m3,unknown",
+            "--top_k",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "rank" in out and len(out.strip().splitlines()) == 3
-    rc = client_lib.main(["--server", env["server"].target, "--model_name", "nope", "--domain", "x",
-                          "--items", "m1"])
+    rc = client_lib.main(
+        ["--server", env["server"].target, "--model_name", "nope", "--domain", "x", "--items", "m1"]
+    )
     assert rc == 1 and "NOT_FOUND" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_tfsr_serve_subprocess_and_graceful_sigterm(env):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfsr.cli", "serve", "--model_name", "toy", "--model_base_path",
-         str(env["path"].parent), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=os.path.dirname(os.path.dirname(__file__)))
+        [
+            sys.executable,
+            "-m",
+            "tfsr.cli",
+            "serve",
+            "--model_name",
+            "toy",
+            "--model_base_path",
+            str(env["path"].parent),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     try:
         line = proc.stdout.readline()
         assert "gRPC on 127.0.0.1:" in line, line

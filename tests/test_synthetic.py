@@ -4,11 +4,11 @@ import collections
 import gzip
 import inspect
 
-import pytest
-
 from tfsr.datasets import synthetic
 from tfsr.datasets.logs import parse_log_line
 from tfsr.features import MOVIELENS_DOMAINS, FeatureSpec
+
+import pytest
 
 SMALL = synthetic.SyntheticConfig(num_users=300, num_items=2000, chunk_size=512)
 

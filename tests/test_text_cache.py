@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+from tfsr.text import EmbeddingCache, tiny_text_encoder
+from tfsr.text.cache import make_example
+
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from tfsr.text import EmbeddingCache, tiny_text_encoder
-from tfsr.text.cache import make_example
 
 DIM = 16
 

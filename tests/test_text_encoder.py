@@ -6,11 +6,6 @@ import json
 import pathlib
 import shutil
 
-import numpy as np
-import pytest
-import tensorflow as tf
-from safetensors.numpy import save_file
-
 from tfsr.text import (
     BertConfig,
     BertEmbeddings,
@@ -25,6 +20,11 @@ from tfsr.text import (
 )
 from tfsr.text.bert import random_hf_state_dict
 from tfsr.text.encoder import VOCAB_FILE, default_weights_dir
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from safetensors.numpy import save_file
 
 DIM = 32
 

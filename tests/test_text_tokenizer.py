@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import unicodedata
 
+from tfsr.text.encoder import VOCAB_FILE, default_weights_dir
+from tfsr.text.tokenizer import BertTextTokenizer, normalize_texts, read_vocab
+
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from tfsr.text.encoder import VOCAB_FILE, default_weights_dir
-from tfsr.text.tokenizer import BertTextTokenizer, normalize_texts, read_vocab
 
 # ----------------------------------------------------------------------------- the oracle
 

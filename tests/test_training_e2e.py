@@ -5,11 +5,11 @@ import csv
 import json
 import pathlib
 
-import numpy as np
-import pytest
-
 from tfsr.training import cli, workflows
 from tfsr.training.loop import read_history
+
+import numpy as np
+import pytest
 
 pytestmark = pytest.mark.slow  # Beam preprocessing of a MovieLens slice + three short trainings (~1-2 min)
 

@@ -2,13 +2,13 @@
 
 import json
 
+from tfsr.training import config as tc
+from tfsr.training.loop import Trainer, read_history
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
-
-from tfsr.training import config as tc
-from tfsr.training.loop import Trainer, read_history
 
 
 class ToyModel(tfrs.models.Model):

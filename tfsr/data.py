@@ -19,11 +19,11 @@ import os
 import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 
-import numpy as np
-import tensorflow as tf
-
 from tfsr import layout
 from tfsr.features import FeatureSpec
+
+import numpy as np
+import tensorflow as tf
 
 FilesArg = str | os.PathLike | Sequence[str] | tuple[str | os.PathLike, str]
 

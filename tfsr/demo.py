@@ -65,7 +65,12 @@ def demo_requests(data: movielens.MovieLensData) -> list[tuple[str, dict, list[d
     top_user = collections.Counter(r.user_id for r in data.ratings).most_common(1)[0][0]
     requests = []
     for query, _ in collections.Counter(movielens.normalize_query(t.tag) for t in data.tags).most_common(2):
-        context = {"domain": movielens.SEARCH_DOMAIN, "user_id": str(top_user), "query_id": query, "query_text": query}
+        context = {
+            "domain": movielens.SEARCH_DOMAIN,
+            "user_id": str(top_user),
+            "query_id": query,
+            "query_text": query,
+        }
         requests.append((f"search '{query}'", context, _candidates(data, [*tagged[query], *popular])))
     for domain in ("rec_drama", movielens.COLD_DOMAIN):
         in_domain = [m for m in popular if movielens.rec_domain(data.movies[m].genres) == domain]
@@ -79,12 +84,24 @@ def serve_and_score(export_base: pathlib.Path, name: str, data: movielens.MovieL
     from serving.client import ScoringClient, format_ranking
 
     port = _free_port()
-    command = [sys.executable, "-m", "tfsr.cli", "serve", "--model_name", name,
-               "--model_base_path", str(export_base / name), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "tfsr.cli",
+        "serve",
+        "--model_name",
+        name,
+        "--model_base_path",
+        str(export_base / name),
+        "--port",
+        str(port),
+    ]
     log.info("$ %s", shlex.join(["tfsr", *command[3:]]))
     server = subprocess.Popen(command)
     try:
-        with ScoringClient(f"127.0.0.1:{port}", name, deadline_s=10.0, max_retries=8, backoff_s=0.5) as client:
+        with ScoringClient(
+            f"127.0.0.1:{port}", name, deadline_s=10.0, max_retries=8, backoff_s=0.5
+        ) as client:
             deadline = time.monotonic() + 300
             while True:
                 try:
@@ -119,17 +136,64 @@ def main(argv: list[str] | None = None) -> int:
     work = pathlib.Path(args.workdir)
     samples, pretrain, coldstart = work / "samples", work / "runs" / "pretrain", work / "runs" / "coldstart"
     started = time.monotonic()
-    _tfsr("preprocess", "--movielens_dir", args.data, "--output_dir", str(samples),
-          "--text_encoder", args.text_encoder, "--overwrite")
-    _tfsr("train", "--samples_dir", str(samples), "--output_dir", str(pretrain), "--epochs", str(args.epochs),
-          "--fresh")
-    _tfsr("finetune", "--samples_dir", str(samples), "--pretrained", str(pretrain), "--output_dir",
-          str(coldstart), "--freeze", "L0", "L1", "--fresh")
-    _tfsr("evaluate", "--model", str(coldstart), "--samples_dir", str(samples), "--output_dir",
-          str(work / "report"))
-    _tfsr("export", "--model_dir", str(coldstart), "--samples_dir", str(samples), "--export_base",
-          args.export_base, "--name", args.name, "--text_encoder", args.text_encoder)
-    serve_and_score(pathlib.Path(args.export_base), args.name, movielens.read_movielens(args.data), args.top_k)
+    _tfsr(
+        "preprocess",
+        "--movielens_dir",
+        args.data,
+        "--output_dir",
+        str(samples),
+        "--text_encoder",
+        args.text_encoder,
+        "--overwrite",
+    )
+    _tfsr(
+        "train",
+        "--samples_dir",
+        str(samples),
+        "--output_dir",
+        str(pretrain),
+        "--epochs",
+        str(args.epochs),
+        "--fresh",
+    )
+    _tfsr(
+        "finetune",
+        "--samples_dir",
+        str(samples),
+        "--pretrained",
+        str(pretrain),
+        "--output_dir",
+        str(coldstart),
+        "--freeze",
+        "L0",
+        "L1",
+        "--fresh",
+    )
+    _tfsr(
+        "evaluate",
+        "--model",
+        str(coldstart),
+        "--samples_dir",
+        str(samples),
+        "--output_dir",
+        str(work / "report"),
+    )
+    _tfsr(
+        "export",
+        "--model_dir",
+        str(coldstart),
+        "--samples_dir",
+        str(samples),
+        "--export_base",
+        args.export_base,
+        "--name",
+        args.name,
+        "--text_encoder",
+        args.text_encoder,
+    )
+    serve_and_score(
+        pathlib.Path(args.export_base), args.name, movielens.read_movielens(args.data), args.top_k
+    )
     log.info("demo finished in %.0f s; report: %s", time.monotonic() - started, work / "report" / "report.md")
     return 0
 

@@ -31,10 +31,10 @@ import math
 import pathlib
 from collections.abc import Iterator
 
-import numpy as np
-
 from tfsr.datasets.logs import CSV_HEADER, FORMATS, format_log_line
 from tfsr.datasets.movielens import SEARCH_DOMAIN, rec_domain
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 

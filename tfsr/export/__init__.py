@@ -37,13 +37,10 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from tfsr import layout
+from tfsr.features import FeatureSpec
 
-# isort: split
-
-import tensorflow as tf  # noqa: E402
-
-from tfsr import layout  # noqa: E402
-from tfsr.features import FeatureSpec  # noqa: E402
+import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +54,15 @@ EXPORT_INFO_FILE = "tfsr_export.json"
 OUTPUTS = ("ctr", "gate_weights")
 
 __all__ = [
-    "CLASSIFY", "PREDICT_RAW", "SERVING_DEFAULT", "ServingModule", "TextEmbedder", "export_model",
-    "list_versions", "main", "read_text_embeddings",
+    "CLASSIFY",
+    "PREDICT_RAW",
+    "SERVING_DEFAULT",
+    "ServingModule",
+    "TextEmbedder",
+    "export_model",
+    "list_versions",
+    "main",
+    "read_text_embeddings",
 ]
 
 
@@ -71,8 +75,7 @@ def read_text_embeddings(path: str | os.PathLike, text_dim: int) -> tuple[list[b
     """
     import numpy as np
 
-    spec = {"text": tf.io.FixedLenFeature([], tf.string),
-            "embedding": tf.io.VarLenFeature(tf.float32)}
+    spec = {"text": tf.io.FixedLenFeature([], tf.string), "embedding": tf.io.VarLenFeature(tf.float32)}
     texts: list[bytes] = []
     rows: list = []
     seen: set[bytes] = set()
@@ -81,7 +84,9 @@ def read_text_embeddings(path: str | os.PathLike, text_dim: int) -> tuple[list[b
         parsed = tf.io.parse_example(batch, spec)
         emb = tf.sparse.to_dense(parsed["embedding"]).numpy()
         if emb.shape[1] != text_dim:
-            raise ValueError(f"{path}: embeddings have {emb.shape[1]} values, the feature spec's text_dim is {text_dim}")
+            raise ValueError(
+                f"{path}: embeddings have {emb.shape[1]} values, the feature spec's text_dim is {text_dim}"
+            )
         for text, row in zip(parsed["text"].numpy().tolist(), emb, strict=True):
             if text not in seen:
                 seen.add(text)
@@ -106,8 +111,15 @@ class TextEmbedder(tf.Module):
     encoder runs at most once per distinct unseen text, and not at all when every text is in the table.
     """
 
-    def __init__(self, text_dim: int, texts: Sequence[bytes] = (), matrix=None, encoder=None,
-                 empty_is_zero: bool = False, name: str | None = None):
+    def __init__(
+        self,
+        text_dim: int,
+        texts: Sequence[bytes] = (),
+        matrix=None,
+        encoder=None,
+        empty_is_zero: bool = False,
+        name: str | None = None,
+    ):
         super().__init__(name=name)
         self.text_dim = int(text_dim)
         self.empty_is_zero = bool(empty_is_zero)
@@ -115,7 +127,9 @@ class TextEmbedder(tf.Module):
         if texts:
             keys = tf.constant(list(texts), tf.string)
             self.table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(texts), dtype=tf.int64)), default_value=-1)
+                tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(texts), dtype=tf.int64)),
+                default_value=-1,
+            )
             self.matrix = tf.Variable(matrix, trainable=False, dtype=tf.float32, name="embeddings")
         else:
             self.table = None
@@ -163,8 +177,13 @@ class ServingModule(tf.Module):
       vocabulary_files: feature name -> vocabulary file, saved as assets.
     """
 
-    def __init__(self, model, spec: FeatureSpec, embedders: Mapping[str, TextEmbedder],
-                 vocabulary_files: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        model,
+        spec: FeatureSpec,
+        embedders: Mapping[str, TextEmbedder],
+        vocabulary_files: Mapping[str, str] | None = None,
+    ):
         super().__init__(name="tfsr_serving")
         missing = [f.name for f in spec.select(["derived"]) if f.name not in embedders]
         if missing:
@@ -177,10 +196,12 @@ class ServingModule(tf.Module):
         self._raw_specs = spec.serving_tensor_specs()
 
         self.serve_examples = tf.function(
-            self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+            self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name="examples")]
+        )
         self.predict_raw = tf.function(self._predict_raw, input_signature=[self._raw_specs])
         self.classify = tf.function(
-            self._classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+            self._classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")]
+        )
 
     # the pieces, usable eagerly too
     def model_features(self, raw: Mapping[str, tf.Tensor]) -> dict:
@@ -210,8 +231,9 @@ class ServingModule(tf.Module):
         for f in self._spec.raw_features:
             value = inputs[f.name]
             if f.varlen:
-                value = tf.RaggedTensor.from_tensor(value, padding="" if f.dtype == "string" else None,
-                                                    row_splits_dtype=tf.int64)
+                value = tf.RaggedTensor.from_tensor(
+                    value, padding="" if f.dtype == "string" else None, row_splits_dtype=tf.int64
+                )
             raw[f.name] = value
         return self.score_raw(raw)
 
@@ -258,15 +280,23 @@ def _default_warmup_records(spec: FeatureSpec, samples_dir) -> list[dict]:
     for i, domain in enumerate(spec.domains.names):
         search = spec.domains[domain].kind == "search"
         query = queries[i % len(queries)] if search else ""
-        record = {"domain": domain, "user_id": users[i % len(users)], "item_id": items[i % len(items)],
-                  "item_title": "", "item_genres": genres[:2], "item_decade": decades[0],
-                  "query_id": query, "query_text": query}
+        record = {
+            "domain": domain,
+            "user_id": users[i % len(users)],
+            "item_id": items[i % len(items)],
+            "item_title": "",
+            "item_genres": genres[:2],
+            "item_decade": decades[0],
+            "query_id": query,
+            "query_text": query,
+        }
         records.append({k: v for k, v in record.items() if k in spec})
     return records
 
 
-def _write_warmup(path: pathlib.Path, model_name: str, spec: FeatureSpec, records: Sequence[dict],
-                  candidates: int = 64) -> int:
+def _write_warmup(
+    path: pathlib.Path, model_name: str, spec: FeatureSpec, records: Sequence[dict], candidates: int = 64
+) -> int:
     """PredictionLog records for ``serving_default``: a single example, then one query x `candidates` items."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -275,10 +305,12 @@ def _write_warmup(path: pathlib.Path, model_name: str, spec: FeatureSpec, record
     with tf.io.TFRecordWriter(str(path)) as writer:
         for batch in batches:
             request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_DEFAULT))
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_DEFAULT)
+            )
             request.inputs["examples"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
             log_record = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
             writer.write(log_record.SerializeToString())
     return len(batches)
 
@@ -315,11 +347,15 @@ def build_serving_module(model, spec: FeatureSpec, text_encoder=None, samples_di
             if path.exists():
                 texts, matrix = read_text_embeddings(path, spec.text_dim)
             else:
-                log.warning("no precomputed embeddings for %s at %s: every text goes through the encoder",
-                            f.source, path)
+                log.warning(
+                    "no precomputed embeddings for %s at %s: every text goes through the encoder",
+                    f.source,
+                    path,
+                )
         empty_is_zero = spec[f.source].entity == "query"
-        embedders[f.name] = TextEmbedder(spec.text_dim, texts, matrix, text_encoder, empty_is_zero,
-                                         name=f"{f.name}_embedder")
+        embedders[f.name] = TextEmbedder(
+            spec.text_dim, texts, matrix, text_encoder, empty_is_zero, name=f"{f.name}_embedder"
+        )
     vocab_files = {}
     if samples_dir is not None:
         vocab_dir = pathlib.Path(samples_dir) / layout.VOCAB_DIR
@@ -328,9 +364,16 @@ def build_serving_module(model, spec: FeatureSpec, text_encoder=None, samples_di
     return ServingModule(model, spec, embedders, vocab_files)
 
 
-def export_model(model, spec: FeatureSpec, text_encoder, export_base: str | os.PathLike, model_name: str,
-                 version: int | None = None, samples_dir: str | os.PathLike | None = None,
-                 warmup_records: Iterable[Mapping] | None = None) -> pathlib.Path:
+def export_model(
+    model,
+    spec: FeatureSpec,
+    text_encoder,
+    export_base: str | os.PathLike,
+    model_name: str,
+    version: int | None = None,
+    samples_dir: str | os.PathLike | None = None,
+    warmup_records: Iterable[Mapping] | None = None,
+) -> pathlib.Path:
     """Exports `model` as ``<export_base>/<model_name>/<version>/`` for TF Serving and returns that path.
 
     Args:
@@ -361,7 +404,9 @@ def export_model(model, spec: FeatureSpec, text_encoder, export_base: str | os.P
         raise FileExistsError(f"{final} already exists; pick another version or leave version=None")
 
     module = build_serving_module(model, spec, text_encoder, samples_dir)
-    records = list(warmup_records) if warmup_records is not None else _default_warmup_records(spec, samples_dir)
+    records = (
+        list(warmup_records) if warmup_records is not None else _default_warmup_records(spec, samples_dir)
+    )
     tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     try:
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
@@ -375,8 +420,14 @@ def export_model(model, spec: FeatureSpec, text_encoder, export_base: str | os.P
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tfsr_version": tfsr.__version__,
             "tensorflow_version": tf.__version__,
-            "signatures": {SERVING_DEFAULT: PREDICT_METHOD, PREDICT_RAW: PREDICT_METHOD, CLASSIFY: CLASSIFY_METHOD},
-            "text_encoder": dict(getattr(text_encoder, "identity", {}) or {}) if text_encoder is not None else None,
+            "signatures": {
+                SERVING_DEFAULT: PREDICT_METHOD,
+                PREDICT_RAW: PREDICT_METHOD,
+                CLASSIFY: CLASSIFY_METHOD,
+            },
+            "text_encoder": dict(getattr(text_encoder, "identity", {}) or {})
+            if text_encoder is not None
+            else None,
             "text_tables": {name: e.table_size for name, e in module.embedders.items()},
             "samples_dir": str(samples_dir) if samples_dir is not None else None,
             "feature_spec": spec.to_json(),
@@ -404,14 +455,21 @@ def _load_encoder(kind: str, spec: FeatureSpec):
 def main(argv: list[str] | None = None) -> int:
     """``tfsr export``: a trained model directory -> ``<export_base>/<name>/<version>/``."""
     parser = argparse.ArgumentParser(prog="tfsr export", description=main.__doc__)
-    parser.add_argument("--model_dir", required=True,
-                        help="trained model (tfsr.models.save_model), or a `tfsr train/finetune` run directory")
+    parser.add_argument(
+        "--model_dir",
+        required=True,
+        help="trained model (tfsr.models.save_model), or a `tfsr train/finetune` run directory",
+    )
     parser.add_argument("--samples_dir", help="samples directory: text embedding tables, vocabularies, spec")
     parser.add_argument("--export_base", default="saved_models", help="TF Serving base directory")
     parser.add_argument("--name", default="tfsr", help="served model name")
     parser.add_argument("--version", type=int, default=None, help="integer version (default: next)")
-    parser.add_argument("--text_encoder", choices=["minilm", "tiny", "none"], default="minilm",
-                        help="encoder for texts missing from the precomputed tables (default: minilm)")
+    parser.add_argument(
+        "--text_encoder",
+        choices=["minilm", "tiny", "none"],
+        default="minilm",
+        help="encoder for texts missing from the precomputed tables (default: minilm)",
+    )
     args = parser.parse_args(argv)
 
     from tfsr.models import load_model  # the CLI wires stages; serving/ never imports models

@@ -14,13 +14,10 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from tfsr import layout
+from tfsr.features import FeatureSpec
 
-# isort: split
-
-import tensorflow as tf  # noqa: E402
-
-from tfsr import layout  # noqa: E402
-from tfsr.features import FeatureSpec  # noqa: E402
+import tensorflow as tf
 
 ID_FEATURES = ("user_id", "query_id", "item_id", "item_genres", "item_decade")
 
@@ -57,7 +54,9 @@ class HashingTextEncoder(tf.Module):
         tokens = tf.strings.split(tf.strings.lower(texts))
         ids = tf.strings.to_hash_bucket_fast(tokens, self.buckets)
         vectors = tf.gather(self.table, ids.flat_values)
-        summed = tf.math.unsorted_segment_sum(vectors, ids.value_rowids(), tf.shape(texts, out_type=tf.int64)[0])
+        summed = tf.math.unsorted_segment_sum(
+            vectors, ids.value_rowids(), tf.shape(texts, out_type=tf.int64)[0]
+        )
         return tf.math.l2_normalize(summed, axis=-1)
 
 
@@ -71,18 +70,24 @@ class ContractModel(tf.keras.Model):
       dim: embedding width.
     """
 
-    def __init__(self, spec: FeatureSpec, vocabularies: Mapping[str, str | Sequence[str]], dim: int = 8, **kwargs):
+    def __init__(
+        self, spec: FeatureSpec, vocabularies: Mapping[str, str | Sequence[str]], dim: int = 8, **kwargs
+    ):
         super().__init__(**kwargs)
         self.spec = spec
         self.dim = dim
         self.lookups = {}
         self.embeddings = {}
         for name in ID_FEATURES:
-            self.lookups[name] = tf.keras.layers.StringLookup(vocabulary=vocabularies[name], num_oov_indices=1,
-                                                              name=f"{name}_lookup")
+            self.lookups[name] = tf.keras.layers.StringLookup(
+                vocabulary=vocabularies[name], num_oov_indices=1, name=f"{name}_lookup"
+            )
             self.embeddings[name] = tf.keras.layers.Embedding(
-                self.lookups[name].vocabulary_size(), dim, name=f"{name}_embedding",
-                embeddings_initializer=tf.keras.initializers.RandomNormal(seed=len(name)))
+                self.lookups[name].vocabulary_size(),
+                dim,
+                name=f"{name}_embedding",
+                embeddings_initializer=tf.keras.initializers.RandomNormal(seed=len(name)),
+            )
         self.domain_lookup = tf.keras.layers.StringLookup(vocabulary=spec.domains.names, num_oov_indices=1)
         self.domain_embedding = tf.keras.layers.Embedding(len(spec.domains) + 1, dim)
         self.text_projections = {
@@ -117,10 +122,14 @@ def toy_spec(text_dim: int = 16) -> FeatureSpec:
     return FeatureSpec.default(text_dim=text_dim)
 
 
-def write_samples_dir(samples_dir: str | pathlib.Path, spec: FeatureSpec, encoder,
-                      vocabularies: Mapping[str, Sequence[str]] = TOY_VOCABULARIES,
-                      titles: Mapping[str, str] = TOY_TITLES,
-                      queries: Sequence[str] | None = None) -> pathlib.Path:
+def write_samples_dir(
+    samples_dir: str | pathlib.Path,
+    spec: FeatureSpec,
+    encoder,
+    vocabularies: Mapping[str, Sequence[str]] = TOY_VOCABULARIES,
+    titles: Mapping[str, str] = TOY_TITLES,
+    queries: Sequence[str] | None = None,
+) -> pathlib.Path:
     """Writes ``feature_spec.json``, ``vocab/*.txt`` and ``text_embeddings/*.tfrecord.gz`` like the Beam job."""
     samples_dir = pathlib.Path(samples_dir)
     for name, values in vocabularies.items():
@@ -138,10 +147,18 @@ def write_samples_dir(samples_dir: str | pathlib.Path, spec: FeatureSpec, encode
         vectors = encoder(tf.constant(texts, tf.string)).numpy() if texts else []
         with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
             for text, vector in zip(texts, vectors, strict=True):
-                example = tf.train.Example(features=tf.train.Features(feature={
-                    "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode("utf-8")])),
-                    "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=vector.tolist())),
-                }))
+                example = tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            "text": tf.train.Feature(
+                                bytes_list=tf.train.BytesList(value=[text.encode("utf-8")])
+                            ),
+                            "embedding": tf.train.Feature(
+                                float_list=tf.train.FloatList(value=vector.tolist())
+                            ),
+                        }
+                    )
+                )
                 writer.write(example.SerializeToString())
     return samples_dir
 
@@ -165,16 +182,18 @@ def toy_records(n: int, seed: int = 0, domain: str = "search_tags") -> list[dict
     for _ in range(n):
         item = rng.choice(items)
         query = rng.choice(queries) if domain.startswith("search") else ""
-        out.append({
-            "domain": domain,
-            "user_id": rng.choice(users),
-            "query_id": query,
-            "query_text": query,
-            "item_id": item,
-            "item_title": TOY_TITLES.get(item, "An unseen film about robots"),
-            "item_genres": rng.sample(TOY_VOCABULARIES["item_genres"], rng.randint(0, 3)),
-            "item_decade": rng.choice(TOY_VOCABULARIES["item_decade"]),
-        })
+        out.append(
+            {
+                "domain": domain,
+                "user_id": rng.choice(users),
+                "query_id": query,
+                "query_text": query,
+                "item_id": item,
+                "item_title": TOY_TITLES.get(item, "An unseen film about robots"),
+                "item_genres": rng.sample(TOY_VOCABULARIES["item_genres"], rng.randint(0, 3)),
+                "item_decade": rng.choice(TOY_VOCABULARIES["item_decade"]),
+            }
+        )
     return out
 
 
@@ -213,8 +232,11 @@ def tf_text_op_names() -> set[str]:
                     library = tf.load_op_library(os.path.join(dirpath, name))
                 except Exception:  # noqa: S112 - kernel-only libraries
                     continue
-                names |= {a for a in dir(library) if a[:1].isupper() and not hasattr(tf.raw_ops, a)
-                          and op_def_registry.get(a) is not None}
+                names |= {
+                    a
+                    for a in dir(library)
+                    if a[:1].isupper() and not hasattr(tf.raw_ops, a) and op_def_registry.get(a) is not None
+                }
     return names
 
 
@@ -234,5 +256,10 @@ def classify_graph_ops(export_dir: str | pathlib.Path) -> dict[str, set[str]]:
     ops -= functions  # calls of library functions, whose bodies are listed above
     text = tf_text_op_names()
     core = {op for op in ops if hasattr(tf.raw_ops, op)}
-    return {"all": ops, "core": core, "text": ops & text - core, "other": ops - core - text,
-            "forbidden": ops & FORBIDDEN_OPS}
+    return {
+        "all": ops,
+        "core": core,
+        "text": ops & text - core,
+        "other": ops - core - text,
+        "forbidden": ops & FORBIDDEN_OPS,
+    }

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from tfsr.layers.domain import DomainWeights, WeightBank, check_positive_int, grouped_dense, select_domain
+
+import tensorflow as tf
 
 
 @tf.keras.utils.register_keras_serializable(package="tfsr")

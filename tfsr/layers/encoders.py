@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import tensorflow as tf
-
 from tfsr.layers.domain import check_positive_int
+
+import tensorflow as tf
 
 
 class AspectEncoder(tf.keras.layers.Layer):

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import tensorflow as tf
-
 from tfsr.layers.domain import (
     DomainWeights,
     WeightBank,
@@ -28,6 +26,8 @@ from tfsr.layers.domain import (
     grouped_dense,
     select_domain,
 )
+
+import tensorflow as tf
 
 
 def _layer_dims(input_dim: int, units: Sequence[int]) -> list[tuple[int, int]]:

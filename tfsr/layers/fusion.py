@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
-
 from tfsr.layers.domain import DomainWeights, check_positive_int
+
+import tensorflow as tf
 
 GATING_STRATEGIES = ("domain", "cls", "mean")
 

@@ -19,9 +19,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-import tensorflow as tf
-import tensorflow_recommenders as tfrs
-
 from tfsr.features import Domain, DomainRegistry, Feature, FeatureSpec
 from tfsr.layers import (
     ALIGNMENTS,
@@ -37,6 +34,9 @@ from tfsr.layers import (
     TextEncoder,
 )
 from tfsr.models.config import ModelConfig
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 LEVELS = ("L0", "L1", "L2_shared")
 OUTPUT_KEYS = ("ctr", "logit", "gate_weights")

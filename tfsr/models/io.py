@@ -6,13 +6,13 @@ import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
-import tensorflow as tf
-
 from tfsr.data import dummy_batch
 from tfsr.features import FeatureSpec
 from tfsr.models.base import MultiDomainModel
 from tfsr.models.config import ModelConfig
 from tfsr.models.registry import model_class
+
+import tensorflow as tf
 
 CONFIG_FILE = "model_config.json"
 SPEC_FILE = "feature_spec.json"

@@ -15,11 +15,11 @@ Every baseline shares the L0 encoders, the inputs, the losses and the metrics, a
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from tfsr.layers import MLP, PLE, STAR, DomainAdaptiveLayer, MMoE, SharedTower
 from tfsr.models.base import MultiDomainModel
 from tfsr.models.registry import register_model
+
+import tensorflow as tf
 
 
 class _MMoEHeads:

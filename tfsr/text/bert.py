@@ -18,11 +18,9 @@ import math
 import pathlib
 from typing import Any
 
-import numpy as np
-
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
-# isort: split
+import numpy as np
 import tensorflow as tf
 
 _SUPPORTED_ACTIVATIONS = ("gelu",)

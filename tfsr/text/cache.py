@@ -14,14 +14,11 @@ import pathlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-import numpy as np
-
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-
-# isort: split
-import tensorflow as tf
-
 from tfsr.text.encoder import to_string_list
+
+import numpy as np
+import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ import logging
 import pathlib
 import sys
 
-import numpy as np
-
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from tfsr.text.cache import EmbeddingCache
 from tfsr.text.encoder import DEFAULT_MAX_LENGTH, TextEncoder, load_text_encoder
 from tfsr.text.export import export_text_encoder
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 

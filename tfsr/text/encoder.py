@@ -22,15 +22,12 @@ import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-
-# isort: split
-import tensorflow as tf
-
 from tfsr.text.bert import BertConfig, BertEncoder, random_hf_state_dict
 from tfsr.text.tokenizer import BertTextTokenizer, read_vocab
+
+import numpy as np
+import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 

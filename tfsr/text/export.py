@@ -20,15 +20,12 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from tfsr.text.encoder import _TEXTS_SPEC, TextEncoder, encode_sorted
 
-# isort: split
+import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the TF Text ops the SavedModel uses)
-
-from tfsr.text.encoder import _TEXTS_SPEC, TextEncoder, encode_sorted
 
 logger = logging.getLogger(__name__)
 

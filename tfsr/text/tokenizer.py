@@ -26,7 +26,6 @@ import pathlib
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
-# isort: split
 import tensorflow as tf
 import tensorflow_text as tf_text
 

@@ -19,12 +19,12 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import tensorflow as tf
-
-import tfsr  # (already imported as the parent package, which selects Keras 2 first)
+import tfsr  # noqa: F401  (already imported as the parent package, which selects Keras 2 first)
 from tfsr import evaluation, layout, report
 from tfsr.training.config import TrainConfig
 from tfsr.training.loop import Trainer, load_histories, set_seeds
+
+import tensorflow as tf
 
 log = logging.getLogger("tfsr.training")
 
