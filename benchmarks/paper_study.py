@@ -331,8 +331,8 @@ def diagnostics(study, results: dict) -> list[str]:
                 f"Gate weights of `{name}` deviate from mean pooling (1/#present aspects) by at most "
                 f"{max(devs):.4f}: "
                 + (
-                    "the new domain's gate vector is part of the frozen L1, so it stays at its zero "
-                    "initialisation (mean pooling)."
+                    "the new domain's own L1 rows train while the pretrained L1 stays frozen, yet on this "
+                    "small slice its gate stayed close to its zero initialisation (mean pooling)."
                     if name.startswith("cold:") and max(devs) < 0.02
                     else "the aspect gates barely moved from their zero initialisation in this budget, so the "
                     "gating ablation cannot show a difference."

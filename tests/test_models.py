@@ -3,7 +3,7 @@
 import json
 
 from tfsr import data
-from tfsr.features import Domain, FeatureSpec
+from tfsr.features import Domain, DomainRegistry, FeatureSpec
 from tfsr.layers import ASPECTS, ENTITIES
 from tfsr.models import (
     LEVELS,
@@ -269,10 +269,21 @@ def test_add_domain_then_fine_tune_with_lower_levels_frozen(tmp_path):
     cold["query_text_embedding"] = tf.zeros_like(cold["query_text_embedding"])
     model.freeze("L0", "L1")
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
-    frozen = _snapshot(model.level_layers("L0") + model.level_layers("L1"))
+    # The new domain's own L1 rows (gate vectors, adaptive map) stay trainable; every pretrained weight
+    # of L0 and L1 stays frozen, bit-identical.
+    new_rows = {v.ref() for v in model.new_domain_variables}
+    assert new_rows and new_rows <= {v.ref() for v in model.trainable_variables}
+    assert not new_rows & {v.ref() for v in model.non_trainable_variables}
+    snapshot = _snapshot(model.level_layers("L0") + model.level_layers("L1"))
+    frozen = {ref: value for ref, value in snapshot.items() if ref not in new_rows}
+    assert frozen and not set(frozen) & {v.ref() for v in model.trainable_variables}
     logs = _train_step(model, cold)
     assert "rec_children_auc" in logs
     assert all(np.array_equal(ref.deref().numpy(), value) for ref, value in frozen.items())
+    moved = {ref for ref in new_rows if not np.array_equal(ref.deref().numpy(), snapshot[ref])}
+    # The item gate and the adaptive map learn (the query gate gets no gradient: no query in a rec domain).
+    assert model.fusions["item"].domain_weights.families["gate"][-1].ref() in moved
+    assert model.domain_adapter.domain_weights.families["kernel"][-1].ref() in moved
     assert model(cold)["ctr"].shape == (32,)
 
     restored = load_model(save_model(model, tmp_path / "finetuned"))
@@ -286,3 +297,41 @@ def test_model_get_config_round_trip():
     clone = type(model).from_config(model.get_config())
     assert isinstance(clone, type(model)) and clone.config == model.config and clone.vocabularies == VOCABS
     assert isinstance(build_model(_config(), SPEC, VOCABS), SRFoundationModel)
+
+
+@pytest.mark.parametrize("model_type", ["single_domain", "srfoundation"])
+def test_build_model_for_domains_other_than_the_specs_first(model_type):
+    """`build_model` builds on a dummy batch of the model's own domains, not the spec's first search/rec."""
+    registry = DomainRegistry([Domain("rec_comedy", "rec", 0)])
+    model = build_model(_config(model_type, domains=registry.to_json()), SPEC, VOCABS)
+    assert model.domain_registry.names == ["rec_comedy"]
+    batch = dict(BATCH)
+    batch["domain"] = tf.fill([32], "rec_comedy")
+    outputs = model(batch)
+    assert outputs["ctr"].shape == (32,)
+    assert np.all(np.isfinite(outputs["ctr"]))
+
+
+def test_gate_options_reach_the_fusion_layers():
+    model = build_model(_config(gate_scale=2.0, gate_init_stddev=0.1, learn_gate_scale=False), SPEC, VOCABS)
+    for fusion in model.fusions.values():
+        assert (fusion.gate_scale, fusion.gate_init_stddev, fusion.learn_gate_scale) == (2.0, 0.1, False)
+    defaults = build_model(_config(), SPEC, VOCABS)
+    fusion = defaults.fusions["item"]
+    assert fusion.gate_scale == 1.0 and fusion.learn_gate_scale and fusion.gate_init_stddev == 0.0
+    assert "log_scale" in fusion.domain_weights.families
+    with pytest.raises(ValueError, match="gate_scale must be positive or None"):
+        _config(gate_scale=0.0)
+    with pytest.raises(ValueError, match="gate_init_stddev must be >= 0"):
+        _config(gate_init_stddev=-1.0)
+
+
+def test_a_model_saved_before_the_gate_options_loads_with_its_old_fixed_scale(tmp_path):
+    old = _config(gate_scale=None, learn_gate_scale=False)
+    path = save_model(build_model(old, SPEC, VOCABS), tmp_path / "old")
+    saved = json.loads((path / "model_config.json").read_text())
+    for key in ("gate_scale", "learn_gate_scale", "gate_init_stddev"):
+        del saved[key]
+    (path / "model_config.json").write_text(json.dumps(saved))
+    restored = load_model(path)
+    assert restored.config.gate_scale is None and not restored.config.learn_gate_scale

@@ -92,6 +92,8 @@ class MultiDomainModel(tfrs.models.Model):
         if unknown:
             raise ValueError(f"vocabularies for unknown features {sorted(unknown)}")
         self.domain_registry = self.config.registry
+        # Ids of the domains `add_domain` appended to this model object (no pretrained weights of theirs).
+        self.added_domain_ids: list[int] = []
         self.domain_table = self._make_domain_table()
         self.aspect_features = self._aspect_features()
         self.feature_encoders = self.build_aspect_encoders()
@@ -144,8 +146,14 @@ class MultiDomainModel(tfrs.models.Model):
 
     def build_fusion(self, entity: str) -> tf.keras.layers.Layer:
         """The L1 fusion of one entity: `(aspects [B,A,H], domain_ids, aspect_mask) -> ([B,H], [B,A])`."""
+        c = self.config
         return AspectGatingFusion(
-            self.config.gating, num_domains=len(self.domain_registry), name=f"{entity}_fusion"
+            c.gating,
+            num_domains=len(self.domain_registry),
+            gate_scale=c.gate_scale,
+            gate_init_stddev=c.gate_init_stddev,
+            learn_gate_scale=c.learn_gate_scale,
+            name=f"{entity}_fusion",
         )
 
     def build_domain_adapter(self) -> tf.keras.layers.Layer | None:
@@ -320,7 +328,15 @@ class MultiDomainModel(tfrs.models.Model):
 
     # ------------------------------------------------------------------ transfer
     def freeze(self, *levels: str) -> None:
-        """Makes the levels' weights non-trainable ("L0", "L1", "L2_shared"). Re-`compile()` afterwards."""
+        """Makes the levels' weights non-trainable ("L0", "L1", "L2_shared"). Re-`compile()` afterwards.
+
+        The per-domain rows (:class:`~tfsr.layers.DomainWeights` entries: gate vector, adaptive map, …) of
+        the domains added with :meth:`add_domain` stay trainable inside a frozen level: a new domain has no
+        pretrained weights there to keep, and freezing its fresh rows would pin its gate at mean pooling
+        and its adaptive map at the shared map. Every pretrained weight of the level stays frozen
+        (bit-identical through fine-tuning), as in the paper's freeze-L0+L1 split. See
+        :attr:`new_domain_variables`.
+        """
         self._set_trainable(levels, False)
 
     def unfreeze(self, *levels: str) -> None:
@@ -335,6 +351,34 @@ class MultiDomainModel(tfrs.models.Model):
             layer.trainable = trainable
         self._reset_compiled_functions()
 
+    @property
+    def new_domain_variables(self) -> list[tf.Variable]:
+        """The added domains' per-domain variables inside frozen layers, which stay trainable."""
+        if not self.added_domain_ids:
+            return []
+        variables = []
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, DomainWeights) and not layer.trainable:
+                for family in layer.families.values():
+                    variables.extend(family[k] for k in self.added_domain_ids if k < len(family))
+        return variables
+
+    @property
+    def trainable_weights(self) -> list[tf.Variable]:
+        weights = super().trainable_weights
+        if not self.trainable:
+            return weights
+        known = {v.ref() for v in weights}
+        return weights + [v for v in self.new_domain_variables if v.ref() not in known]
+
+    @property
+    def non_trainable_weights(self) -> list[tf.Variable]:
+        weights = super().non_trainable_weights
+        if not self.trainable:
+            return weights
+        new = {v.ref() for v in self.new_domain_variables}
+        return [v for v in weights if v.ref() not in new]
+
     def add_domain(
         self, domain: Domain, init_from: str | None = None, loss_weight: float | None = None
     ) -> Domain:
@@ -345,6 +389,11 @@ class MultiDomainModel(tfrs.models.Model):
         copied from domain `init_from`; the domain gets its own Ranking task. The domain takes the
         next id (`len(registry)`) whatever `domain.id` says. Re-`compile()` with a new optimizer
         afterwards (the old one does not know the new variables).
+
+        Fresh L1 rows start at the neutral point: the gate vector at zero (mean pooling, with
+        `gate_init_stddev=0`) and the adaptive map's domain residual at zero (the shared map). They stay
+        trainable when L1 is frozen (see :meth:`freeze`), so the new domain learns its own aspect weighting
+        and map from its data while every pretrained weight stays fixed.
 
         Returns:
           the domain as registered (with its new id).
@@ -357,6 +406,7 @@ class MultiDomainModel(tfrs.models.Model):
             if isinstance(layer, DomainWeights):
                 layer.add_domain(source)
         self.domain_registry = DomainRegistry([*self.domain_registry, added])
+        self.added_domain_ids.append(added.id)
         weights = dict(self.config.domain_loss_weights)
         if loss_weight is not None:
             weights[added.name] = float(loss_weight)

@@ -25,6 +25,12 @@ class ModelConfig:
       embedding_dim: H, the width of every aspect vector.
       gating: aspect fusion, "domain" | "cls" | "mean"; None = the model type's default ("domain" for
         srfoundation, "mean" for the baselines).
+      gate_scale: `s` of the gate logits `E_D[d] . E_a * s` (see `AspectGatingFusion`); None = `1/sqrt(H)`.
+        The default 1.0 is the paper's formula as written (no temperature).
+      learn_gate_scale: multiply `s` by a learned per-domain `exp(t_d)` (`t_d` starts at 0), so a gate
+        that finds a useful direction can sharpen quickly.
+      gate_init_stddev: standard deviation of the gate vectors' normal initialisation; 0 (the default)
+        starts every gate, and every added domain's, as exact mean pooling.
       use_text: encode the text aspect (False: the "no text" ablation).
       alignment: "js" | "mmd" | "none"; None = the model type's default ("js" for srfoundation,
         "none" for the baselines).
@@ -54,6 +60,9 @@ class ModelConfig:
     model_type: str = "srfoundation"
     embedding_dim: int = 32
     gating: str | None = None
+    gate_scale: float | None = 1.0
+    learn_gate_scale: bool = True
+    gate_init_stddev: float = 0.0
     use_text: bool = True
     alignment: str | None = None
     alignment_weight: float = 0.1
@@ -102,6 +111,10 @@ class ModelConfig:
         for name in ("temperature", "mmd_bandwidth", "learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.gate_scale is not None and not self.gate_scale > 0:
+            raise ValueError(f"gate_scale must be positive or None, got {self.gate_scale!r}")
+        if not self.gate_init_stddev >= 0:
+            raise ValueError(f"gate_init_stddev must be >= 0, got {self.gate_init_stddev!r}")
         if not self.alignment_weight >= 0:
             raise ValueError(f"alignment_weight must be >= 0, got {self.alignment_weight!r}")
         bad = {k: v for k, v in self.domain_loss_weights.items() if not v >= 0}

@@ -25,6 +25,10 @@ def build_model(
 ) -> MultiDomainModel:
     """Builds the `config.model_type` model and creates its variables (on a two-row dummy batch).
 
+    The dummy batch takes its domain names from the model's own registry (`config.domains`, else the
+    spec's), so a model that knows only some of the spec's domains (a single-domain model of
+    `rec_comedy`) builds too.
+
     Args:
       config: the model configuration.
       spec: the feature specification.
@@ -34,7 +38,7 @@ def build_model(
       a built, uncompiled `tfrs.models.Model` (a :class:`MultiDomainModel`).
     """
     model = model_class(config.model_type)(config, spec, vocabularies)
-    model(dummy_batch(spec))
+    model(dummy_batch(FeatureSpec(spec.features, model.domain_registry, spec.text_dim)))
     return model
 
 
@@ -58,7 +62,11 @@ def load_model(path: str | pathlib.Path) -> MultiDomainModel:
     path = pathlib.Path(path)
     if not (path / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{path} is not a saved tfsr model: {path / CONFIG_FILE} is missing")
-    config = ModelConfig.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    # Models saved before the gate options existed used a fixed 1/sqrt(H) scale: keep their behaviour.
+    saved.setdefault("gate_scale", None)
+    saved.setdefault("learn_gate_scale", False)
+    config = ModelConfig.from_json(saved)
     spec = FeatureSpec.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
     vocabularies = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
     model = build_model(config, spec, vocabularies)

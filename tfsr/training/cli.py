@@ -11,6 +11,11 @@ Each training command takes ``--config FILE`` (JSON, keys of :class:`tfsr.traini
 flags that override it, and ``--set key=value`` for any other key including the model's
 (``--set model.gating=mean``). Re-running a command on the same ``--output_dir`` resumes from its latest
 checkpoint (the step count continues); ``--fresh`` deletes the run directory's checkpoints first.
+
+Faults end the command with exit status 1 and one clear line on stderr (no traceback): a NaN/Inf input
+feature or loss (naming the step and the feature), a record that does not match the feature spec (naming
+the feature), missing files. The latest checkpoint is then the last good one. With ``TF_CONFIG`` naming
+several workers, ``train`` and ``finetune`` run under MultiWorkerMirroredStrategy (docs/TRAINING.md).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import logging
 import pathlib
 import shutil
+import sys
 
 from tfsr.training.config import FINETUNE_DEFAULTS, FREEZE_LEVELS, resolve
 
@@ -95,6 +101,18 @@ def _prepare(cfg, args) -> bool:
     return True
 
 
+def _run_stage(prog: str, fn, cfg):
+    """Runs a stage; a data or numeric fault becomes one line on stderr and exit status 1."""
+    from tfsr.training.loop import NonFiniteError
+
+    try:
+        return fn(cfg), 0
+    except (NonFiniteError, ValueError, FileNotFoundError) as err:
+        log.debug("%s failed", prog, exc_info=True)
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return None, 1
+
+
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tfsr train", description="Pretrain a model on the warm domains.")
     _common(parser)
@@ -110,7 +128,9 @@ def train_main(argv: list[str] | None = None) -> int:
         return 0
     from tfsr.training.workflows import run_train
 
-    result = run_train(cfg)
+    result, rc = _run_stage("tfsr train", run_train, cfg)
+    if rc:
+        return rc
     print(f"model saved to {result['model_path']} after {int(result['trainer'].step.numpy())} steps")
     return 0
 
@@ -139,7 +159,9 @@ def finetune_main(argv: list[str] | None = None) -> int:
         return 0
     from tfsr.training.workflows import run_finetune
 
-    result = run_finetune(cfg)
+    result, rc = _run_stage("tfsr finetune", run_finetune, cfg)
+    if rc:
+        return rc
     print(
         f"model saved to {result['model_path']} after {int(result['trainer'].step.numpy())} steps "
         f"(frozen: {', '.join(cfg.freeze) or 'nothing'})"

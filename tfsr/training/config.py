@@ -47,11 +47,15 @@ class TrainConfig:
       pretrained: (finetune) a saved model or a pretraining run directory (its ``model/`` is used).
       freeze: (finetune) model levels to freeze, from ``L0``, ``L1``, ``L2_shared``.
       init_from: (finetune) a pretrained domain whose per-domain weights (gate vector, adaptive map, expert
-        gate, tower) initialise the new domain's; None = fresh initialisation. Note that a frozen level
-        freezes the new domain's weights of that level too (e.g. its L1 gate vector and adaptive map).
+        gate, tower) initialise the new domain's; None = fresh initialisation (gate at mean pooling, adaptive
+        map at the shared map). A frozen level keeps the new domain's own rows in it trainable (it has no
+        pretrained ones); every pretrained weight of the level stays frozen.
       evaluate: evaluate on the evaluation split(s) after training and write the report.
       eval_batch_size: batch size of evaluation.
       verbose: show a Keras progress bar per epoch (otherwise a log line every ``log_every`` steps).
+      auto_shard: how the input is split between workers under ``TF_CONFIG`` (multi-worker):
+        ``data`` (default; every worker reads everything and keeps its share of each global batch),
+        ``file`` (disjoint files; needs at least as many files as workers), ``auto`` or ``off``.
     """
 
     samples_dir: str = ""
@@ -75,6 +79,7 @@ class TrainConfig:
     evaluate: bool = False
     eval_batch_size: int = 4096
     verbose: bool = False
+    auto_shard: str = "data"
 
     def validate(self) -> TrainConfig:
         if not self.samples_dir:
@@ -99,6 +104,8 @@ class TrainConfig:
         bad = [lvl for lvl in self.freeze if lvl not in FREEZE_LEVELS]
         if bad:
             raise ValueError(f"freeze levels must be among {FREEZE_LEVELS}, got {bad}")
+        if self.auto_shard not in ("data", "file", "auto", "off"):
+            raise ValueError(f"auto_shard must be data, file, auto or off, got {self.auto_shard!r}")
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a dict of ModelConfig fields, got {type(self.model).__name__}")
         return self

@@ -9,6 +9,16 @@ epoch is re-created with the same shuffling seed and the batches already seen in
 resumed run sees the same data as an uninterrupted one (up to the steps after the last checkpoint, which
 are trained again).
 
+Faults: a non-finite value (NaN / Inf) in a float input feature or in the loss stops the run with a
+:class:`NonFiniteError` naming the step (and the feature), and no checkpoint is written after it; a
+checkpoint is also refused when the weights themselves became non-finite. TFRecords that stop matching the
+feature spec mid-run raise :class:`TrainingDataError` naming the step and TensorFlow's message (which names
+the feature). Either way the latest checkpoint on disk is the last good one, and re-running resumes from it.
+
+Distributed: with a ``tf.distribute`` strategy (``tfsr.training.distributed``: MultiWorkerMirroredStrategy
+from ``TF_CONFIG``) the step runs under ``strategy.run`` with the loss scaled by ``1 / num_replicas``, the
+dataset is auto-sharded, and only the chief writes the run directory (the others save to temp dirs).
+
 Run directory::
 
     <run_dir>/checkpoints/         ckpt-<step>.{index,data-*}, checkpoint (CheckpointManager)
@@ -30,6 +40,8 @@ import pathlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from tfsr.training import distributed
 
 import numpy as np
 import tensorflow as tf
@@ -85,13 +97,49 @@ def _scalar(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _batch_size(batch) -> int:
-    features = batch[0] if isinstance(batch, tuple) else batch
+class NonFiniteError(RuntimeError):
+    """A NaN / Inf in an input feature, the loss or the weights; the run stopped without checkpointing it."""
+
+
+class TrainingDataError(ValueError):
+    """The training data could not be read or parsed mid-run (e.g. a record that does not match the spec)."""
+
+
+_NONFINITE = "_nonfinite/"
+_EXAMPLES = "_examples"
+
+
+def _features(batch):
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def _rows(features) -> tf.Tensor:
     for value in features.values():
         if isinstance(value, tf.RaggedTensor):
-            return int(value.nrows())
-        return int(tf.shape(value)[0])
-    return 0
+            return tf.cast(value.nrows(), tf.int64)
+        return tf.cast(tf.shape(value)[0], tf.int64)
+    return tf.constant(0, tf.int64)
+
+
+def _nonfinite_counts(features) -> dict[str, tf.Tensor]:
+    """{feature: number of NaN / Inf values} of every floating-point feature of a batch (in-graph)."""
+    counts = {}
+    for name, value in sorted(features.items()):
+        if not value.dtype.is_floating:
+            continue
+        values = value.flat_values if isinstance(value, tf.RaggedTensor) else value
+        counts[name] = tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(values)), tf.int64))
+    return counts
+
+
+def _allow_loss_reduction_under_strategy(model) -> None:
+    """Keras losses with the default (mean) reduction refuse to run under a strategy outside ``fit``; the
+    TFRS tasks' losses are per-replica means here, and :class:`Trainer` scales them by 1 / replicas itself
+    (what ``Model.compile`` does for its own losses)."""
+    for module in model.submodules:
+        loss = getattr(module, "_loss", None)
+        if isinstance(loss, tf.keras.losses.Loss):
+            loss._allow_sum_over_batch_size = True  # noqa: SLF001
 
 
 class Trainer:
@@ -108,6 +156,10 @@ class Trainer:
       checkpoint_every: steps between checkpoints; one is also written at every epoch end and at the end.
       keep_checkpoints: checkpoints kept on disk.
       verbose: a Keras progress bar per epoch instead of log lines.
+      strategy: a ``tf.distribute`` strategy (the model and the optimizer must have been created under its
+        scope); None = the current one (the default strategy outside any scope).
+      auto_shard: auto-shard policy of the input under a multi-worker strategy (``data`` | ``file`` |
+        ``auto`` | ``off``; :func:`tfsr.training.distributed.shard_options`).
     """
 
     def __init__(
@@ -121,6 +173,8 @@ class Trainer:
         checkpoint_every: int = 200,
         keep_checkpoints: int = 3,
         verbose: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
+        auto_shard: str = "data",
     ):
         if log_every <= 0 or checkpoint_every <= 0:
             raise ValueError(
@@ -135,6 +189,16 @@ class Trainer:
         self.log_every = int(log_every)
         self.checkpoint_every = int(checkpoint_every)
         self.verbose = verbose
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.distributed = self.strategy.num_replicas_in_sync > 1 or distributed.is_multi_worker(
+            self.strategy
+        )
+        self.multi_worker = distributed.is_multi_worker(self.strategy)
+        self.is_chief = not self.multi_worker or distributed.is_chief()
+        self.auto_shard = auto_shard
+        distributed.shard_options(auto_shard)  # validates the policy
+        self.checkpoint_dir = self.run_dir / CHECKPOINT_DIR  # restored from (the chief's)
+        self._checkpoint_write_dir = distributed.write_dir(self.checkpoint_dir, self.strategy)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
@@ -147,8 +211,8 @@ class Trainer:
         )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
-            str(self.run_dir / CHECKPOINT_DIR),
-            max_to_keep=keep_checkpoints,
+            str(self._checkpoint_write_dir),
+            max_to_keep=keep_checkpoints if self.is_chief else 1,
             step_counter=self.step,
         )
         self.history: list[dict] = []
@@ -156,21 +220,28 @@ class Trainer:
         self._built = False
         self._train_fn = None
         self._writer = None
-        model.compile(optimizer=optimizer)
+        if self.distributed:
+            _allow_loss_reduction_under_strategy(model)
+        with self.strategy.scope():
+            model.compile(optimizer=optimizer)
 
     # ------------------------------------------------------------------ building and restoring
     def build(self, batch) -> None:
         """Creates the model's and the optimizer's variables from one batch (needed before restoring)."""
         if self._built:
             return
-        features = batch[0] if isinstance(batch, tuple) else batch
-        self.model(features, training=False)
-        self.optimizer.build(self.model.trainable_variables)
+        with self.strategy.scope():
+            self.model(_features(batch), training=False)
+            self.optimizer.build(self.model.trainable_variables)
         self._built = True
+
+    def latest_checkpoint(self) -> str | None:
+        """The latest checkpoint of the run directory (the chief's, on every worker)."""
+        return tf.train.latest_checkpoint(str(self.checkpoint_dir))
 
     def restore(self) -> bool:
         """Restores the latest checkpoint of the run directory, if there is one. Returns whether it did."""
-        latest = self.manager.latest_checkpoint
+        latest = self.latest_checkpoint()
         if not latest:
             return False
         self.checkpoint.restore(latest).expect_partial()
@@ -192,15 +263,140 @@ class Trainer:
         return True
 
     def save(self) -> str:
+        """Writes a checkpoint (and the history), refusing to when the weights are not finite."""
+        bad = [
+            v.name for v in self.model.trainable_variables if not bool(tf.reduce_all(tf.math.is_finite(v)))
+        ]
+        if bad:
+            raise NonFiniteError(
+                f"{self.stage}: step {int(self.step.numpy())}: the weights became NaN/Inf ({', '.join(bad[:5])}"
+                f"{', ...' if len(bad) > 5 else ''}); stopping without writing a checkpoint. "
+                f"{self._last_good()} Lower the learning rate or set clipnorm."
+            )
         path = self.manager.save(checkpoint_number=self.step)
-        _write_json_atomic(self.run_dir / HISTORY_FILE, self.history)
+        if self.is_chief:
+            _write_json_atomic(self.run_dir / HISTORY_FILE, self.history)
+        else:
+            distributed.remove_temp(self._checkpoint_write_dir, self.strategy)
         return path
+
+    def _last_good(self) -> str:
+        latest = self.latest_checkpoint()
+        if not latest:
+            return "No checkpoint was written yet."
+        return f"The last good checkpoint is {latest}; re-running the command resumes from it."
+
+    def _write_history(self) -> None:
+        if self.is_chief:
+            _write_json_atomic(self.run_dir / HISTORY_FILE, self.history)
 
     # ------------------------------------------------------------------ training
     def _summary_writer(self):
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_DIR / self.stage))
+            if self.is_chief:
+                self._writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_DIR / self.stage))
+            else:
+                self._writer = tf.summary.create_noop_writer()
         return self._writer
+
+    def _make_train_fn(self, element_spec):
+        """One ``tf.function`` per run: the train step plus its input checks and example count.
+
+        It returns ``{metric: scalar, "_examples": rows, "_nonfinite/<feature>": count}``, reduced over the
+        replicas under a strategy (the metrics by mean, the counts by sum), so that every worker sees the
+        same values and stops at the same step.
+        """
+        model, strategy = self.model, self.strategy
+
+        if not self.distributed:
+
+            def step_fn(batch):
+                features = _features(batch)
+                outputs = dict(model.train_step(batch))
+                outputs[_EXAMPLES] = _rows(features)
+                for name, count in _nonfinite_counts(features).items():
+                    outputs[_NONFINITE + name] = count
+                return outputs
+
+            return tf.function(step_fn, input_signature=[element_spec])
+
+        replicas = float(strategy.num_replicas_in_sync)
+
+        def replica_fn(batch):
+            features = _features(batch)
+            with tf.GradientTape() as tape:
+                loss = model.compute_loss(batch, training=True)
+                regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in model.losses])
+                total_loss = loss + regularization_loss
+                scaled = total_loss / replicas  # gradients are summed over the replicas
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+            metrics = {metric.name: metric.result() for metric in model.metrics}
+            metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+            counts = {_NONFINITE + k: v for k, v in _nonfinite_counts(features).items()}
+            counts[_EXAMPLES] = _rows(features)
+            return metrics, counts
+
+        def step_fn(batch):
+            metrics, counts = strategy.run(replica_fn, args=(batch,))
+            mean, total = tf.distribute.ReduceOp.MEAN, tf.distribute.ReduceOp.SUM
+            outputs = {k: strategy.reduce(mean, v, axis=None) for k, v in metrics.items()}
+            outputs.update({k: strategy.reduce(total, v, axis=None) for k, v in counts.items()})
+            return outputs
+
+        return tf.function(step_fn, input_signature=[element_spec])
+
+    def _distribute(self, ds: tf.data.Dataset):
+        if not self.distributed:
+            return ds
+        return self.strategy.experimental_distribute_dataset(
+            ds.with_options(distributed.shard_options(self.auto_shard))
+        )
+
+    def _batches(self, ds, epoch: int):
+        """Iterates a dataset, turning read / parse errors into a :class:`TrainingDataError` naming the step."""
+        iterator = iter(ds)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+                raise TrainingDataError(
+                    f"{self.stage}: step {int(self.step.numpy()) + 1} (epoch {epoch + 1}): reading the training "
+                    f"data failed: {err.message.strip()}. Stopped without writing a checkpoint. "
+                    f"{self._last_good()}"
+                ) from None
+            yield batch
+
+    def _check_finite(self, outputs: Mapping[str, Any], epoch: int) -> None:
+        """Raises :class:`NonFiniteError` for a NaN / Inf in an input feature or in a loss of this step."""
+        step = int(self.step.numpy()) + 1  # the step that was just run
+        bad_inputs = {
+            k[len(_NONFINITE) :]: int(v)
+            for k, v in outputs.items()
+            if k.startswith(_NONFINITE) and int(v) > 0
+        }
+        if bad_inputs:
+            names = ", ".join(f"{name!r} ({n} values)" for name, n in bad_inputs.items())
+            raise NonFiniteError(
+                f"{self.stage}: step {step} (epoch {epoch + 1}): NaN/Inf in input feature {names}; "
+                f"stopping without writing a checkpoint. {self._last_good()} Fix or filter the records "
+                "(the feature's values must be finite)."
+            )
+        bad_losses = {}
+        for k, v in outputs.items():
+            if "loss" in k and not k.startswith("_"):
+                value = float(np.asarray(v).reshape(-1)[0]) if np.asarray(v).size else 0.0
+                if not math.isfinite(value):
+                    bad_losses[k] = value
+        if bad_losses:
+            shown = ", ".join(f"{k}={v}" for k, v in bad_losses.items())
+            raise NonFiniteError(
+                f"{self.stage}: step {step} (epoch {epoch + 1}): the loss is not finite ({shown}); "
+                f"stopping without writing a checkpoint. {self._last_good()} Lower the learning rate, "
+                "set clipnorm, or check the inputs."
+            )
 
     def _learning_rate(self) -> float | None:
         lr = getattr(self.optimizer, "learning_rate", None)
@@ -237,37 +433,42 @@ class Trainer:
                 raise ValueError(f"{self.stage}: the training dataset is empty")
         if resume:
             self.restore()
-        first_epoch_ds = dataset_fn(int(self.epoch.numpy()))
+        start_epoch = int(self.epoch.numpy())
+        first_epoch_ds = dataset_fn(start_epoch)
+        skip_first = int(self.step_in_epoch.numpy())
+        if skip_first:
+            first_epoch_ds = first_epoch_ds.skip(skip_first)
+        first_epoch_ds = self._distribute(first_epoch_ds)
         if self._train_fn is None:
             # one trace for every batch, the last (smaller) one included: the batch dimension is None
-            self._train_fn = tf.function(self.model.train_step, input_signature=[first_epoch_ds.element_spec])
+            self._train_fn = self._make_train_fn(first_epoch_ds.element_spec)
         writer = self._summary_writer()
         last_saved = int(self.step.numpy())
+        saved_once = False
         steps_per_epoch: int | None = None
         interval: dict[str, list[float]] = {}
         interval_examples = 0
         interval_start = time.perf_counter()
-        start_epoch = int(self.epoch.numpy())
         try:
             for epoch in range(start_epoch, epochs):
                 if max_steps is not None and int(self.step.numpy()) >= max_steps:
                     break
-                ds = first_epoch_ds if epoch == start_epoch else dataset_fn(epoch)
-                skip = int(self.step_in_epoch.numpy()) if epoch == start_epoch else 0
+                ds = first_epoch_ds if epoch == start_epoch else self._distribute(dataset_fn(epoch))
+                skip = skip_first if epoch == start_epoch else 0
                 if skip:
-                    ds = ds.skip(skip)
                     log.info("%s: epoch %d: skipping %d batches already trained", self.stage, epoch + 1, skip)
                 self.epoch.assign(epoch)
                 bar = tf.keras.utils.Progbar(steps_per_epoch, unit_name="step") if self.verbose else None
                 seen = skip
-                for batch in ds:
+                for batch in self._batches(ds, epoch):
                     outputs = self._train_fn(batch)
+                    self._check_finite(outputs, epoch)
                     self.step.assign_add(1)
                     self.step_in_epoch.assign_add(1)
                     seen += 1
                     step = int(self.step.numpy())
-                    interval_examples += _batch_size(batch)
-                    values = {k: _scalar(v) for k, v in outputs.items()}
+                    interval_examples += int(outputs.pop(_EXAMPLES))
+                    values = {k: _scalar(v) for k, v in outputs.items() if not k.startswith("_")}
                     for k, v in values.items():
                         if v is not None:
                             interval.setdefault(k, []).append(v)
@@ -278,7 +479,7 @@ class Trainer:
                         interval, interval_examples, interval_start = {}, 0, time.perf_counter()
                     if step - last_saved >= self.checkpoint_every:
                         self.save()
-                        last_saved = step
+                        last_saved, saved_once = step, True
                     if max_steps is not None and step >= max_steps:
                         break
                 else:  # the epoch ran to its end
@@ -292,7 +493,7 @@ class Trainer:
                         )
                         interval, interval_examples, interval_start = {}, 0, time.perf_counter()
                     self.save()
-                    last_saved = int(self.step.numpy())
+                    last_saved, saved_once = int(self.step.numpy()), True
                     continue
                 break  # max_steps reached inside the epoch
         except KeyboardInterrupt:
@@ -308,10 +509,11 @@ class Trainer:
                 interval_start,
                 writer,
             )
-        if int(self.step.numpy()) != last_saved or self.manager.latest_checkpoint is None:
+        # the same decision on every worker (saving may be collective): no manager state of a temp dir
+        if int(self.step.numpy()) != last_saved or (self.restored_from is None and not saved_once):
             self.save()
         else:
-            _write_json_atomic(self.run_dir / HISTORY_FILE, self.history)
+            self._write_history()
         writer.flush()
         return self.history
 

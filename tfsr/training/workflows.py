@@ -21,6 +21,7 @@ from typing import Any
 
 import tfsr  # noqa: F401  (already imported as the parent package, which selects Keras 2 first)
 from tfsr import evaluation, layout, report
+from tfsr.training import distributed
 from tfsr.training.config import TrainConfig
 from tfsr.training.loop import Trainer, load_histories, set_seeds
 
@@ -103,11 +104,16 @@ def _optimizer(cfg: TrainConfig, model_config: dict | None):
     return tf.keras.optimizers.Adam(**kwargs)
 
 
-def _fit(model, cfg: TrainConfig, spec, stage: str, domains: Sequence[str], model_config: dict | None):
+def _fit(
+    model, cfg: TrainConfig, spec, stage: str, domains: Sequence[str], model_config: dict | None, strategy=None
+):
     out = pathlib.Path(cfg.output_dir)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        optimizer = _optimizer(cfg, model_config)
     trainer = Trainer(
         model,
-        _optimizer(cfg, model_config),
+        optimizer,
         out,
         stage=stage,
         seed=cfg.seed,
@@ -115,6 +121,8 @@ def _fit(model, cfg: TrainConfig, spec, stage: str, domains: Sequence[str], mode
         checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints,
         verbose=cfg.verbose,
+        strategy=strategy,
+        auto_shard=cfg.auto_shard,
     )
 
     def dataset_fn(epoch: int):
@@ -135,30 +143,18 @@ def _fit(model, cfg: TrainConfig, spec, stage: str, domains: Sequence[str], mode
     return trainer, history
 
 
-def _save(model, cfg: TrainConfig) -> pathlib.Path:
+def _save(model, cfg: TrainConfig, strategy=None) -> pathlib.Path:
+    """Saves the final model; under a multi-worker strategy every worker saves (it may be collective) but
+    only the chief to ``<output_dir>/model``, the others to a temp dir they delete."""
     from tfsr.models import save_model
 
     path = pathlib.Path(cfg.output_dir) / MODEL_DIR
-    save_model(model, str(path))
-    log.info("saved the model to %s", path)
+    target = distributed.write_dir(path, strategy)
+    save_model(model, str(target))
+    distributed.remove_temp(target, strategy)
+    if target == path:
+        log.info("saved the model to %s", path)
     return path
-
-
-def spec_for_registry(spec, registry):
-    """The spec a model of `registry` is built with.
-
-    ``build_model`` creates the variables on ``tfsr.data.dummy_batch(spec)``, whose rows take the spec's first
-    search and first rec domain; a model that knows neither (a single-domain model of ``rec_comedy``) would
-    reject them. Such a model gets the spec with its own registry as the domain list; any other model keeps
-    the samples' spec unchanged.
-    """
-    from tfsr.features import FeatureSpec
-
-    search = next((d.name for d in spec.domains if d.kind == "search"), spec.domains.names[0])
-    rec = next((d.name for d in spec.domains if d.kind == "rec"), spec.domains.names[0])
-    if search in registry and rec in registry:
-        return spec
-    return FeatureSpec(spec.features, registry, spec.text_dim)
 
 
 # --------------------------------------------------------------------------- stages
@@ -167,20 +163,21 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     from tfsr.models import ModelConfig, build_model
 
     cfg.validate()
+    strategy = distributed.strategy_from_env()  # first: collective ops are configured at startup
     set_seeds(cfg.seed)
     spec = layout.read_feature_spec(cfg.samples_dir)
     domains = cfg.domains or [d.name for d in spec.domains.warm()]
     model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
     if model_config.domains is None:
         model_config = model_config.with_registry(training_registry(spec, domains))
-    model = build_model(
-        model_config, spec_for_registry(spec, model_config.registry), load_vocabularies(cfg.samples_dir)
-    )
+    with strategy.scope():
+        model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
     cfg.model = model.config.to_json()
-    cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
-    trainer, history = _fit(model, cfg, spec, "train", domains, cfg.model)
-    result = {"model": model, "model_path": _save(model, cfg), "trainer": trainer, "history": history}
-    if cfg.evaluate:
+    if distributed.is_chief():
+        cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
+    trainer, history = _fit(model, cfg, spec, "train", domains, cfg.model, strategy)
+    result = {"model": model, "model_path": _save(model, cfg, strategy), "trainer": trainer, "history": history}
+    if cfg.evaluate and distributed.is_chief():
         result["report"] = run_evaluate(
             model,
             cfg.samples_dir,
@@ -218,17 +215,20 @@ def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
     cfg.validate()
     if not cfg.pretrained:
         raise ValueError("finetune needs --pretrained (a saved model or a pretraining run directory)")
+    strategy = distributed.strategy_from_env()
     set_seeds(cfg.seed)
     spec = layout.read_feature_spec(cfg.samples_dir)
     domains = cfg.domains or [d.name for d in spec.domains.cold()]
     if not domains:
         raise ValueError("the feature spec has no cold-start domain; pass --domains")
-    model = prepare_finetune_model(cfg.pretrained, spec, domains, cfg.freeze, cfg.init_from)
+    with strategy.scope():
+        model = prepare_finetune_model(cfg.pretrained, spec, domains, cfg.freeze, cfg.init_from)
     cfg.model = model.config.to_json()
-    cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
-    trainer, history = _fit(model, cfg, spec, "finetune", domains, None)
-    result = {"model": model, "model_path": _save(model, cfg), "trainer": trainer, "history": history}
-    if cfg.evaluate:
+    if distributed.is_chief():
+        cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
+    trainer, history = _fit(model, cfg, spec, "finetune", domains, None, strategy)
+    result = {"model": model, "model_path": _save(model, cfg, strategy), "trainer": trainer, "history": history}
+    if cfg.evaluate and distributed.is_chief():
         result["report"] = run_evaluate(
             model,
             cfg.samples_dir,

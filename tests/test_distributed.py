@@ -1,0 +1,106 @@
+"""Multi-worker training: two `tfsr train` processes on 127.0.0.1 under MultiWorkerMirroredStrategy
+(TF_CONFIG) complete, the chief alone writes the run directory, and the loss matches a single-worker run
+of the same global batch within tolerance."""
+
+import json
+import socket
+import subprocess
+import time
+
+from tfsr.training import distributed
+from tfsr.training.loop import read_history
+
+import numpy as np
+import pytest
+from training_samples import checkpoint_steps, subprocess_env, tfsr_command, train_args, write_samples_dir
+
+FLAGS = ["--batch_size", 64, "--epochs", 1, "--log_every", 1, "--checkpoint_every", 4]
+
+
+def _free_ports(n):
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_tf_config_parsing(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distributed.num_workers() == 1 and distributed.is_chief()
+    assert distributed.strategy_from_env().num_replicas_in_sync == 1  # the default strategy
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert distributed.num_workers() == 2 and not distributed.is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert distributed.is_chief()
+    with_chief = {"chief": ["127.0.0.1:3"], **cluster}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
+    assert distributed.num_workers() == 3 and not distributed.is_chief()
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        distributed.tf_config()
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_match_single_worker_loss(tmp_path):
+    samples, _ = write_samples_dir(tmp_path / "samples", rows=600)
+    single_run, multi_run = tmp_path / "single", tmp_path / "multi"
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    started = time.perf_counter()
+    procs = {
+        "single": subprocess.Popen(
+            tfsr_command("train", *train_args(samples, single_run, *FLAGS)),
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    }
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs[f"worker{index}"] = subprocess.Popen(
+            tfsr_command("train", *train_args(samples, multi_run, *FLAGS)),
+            env=subprocess_env(TF_CONFIG=tf_config),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            outputs[name] = proc.communicate(timeout=150)[0]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    wall = time.perf_counter() - started
+    for name, proc in procs.items():
+        assert proc.returncode == 0, f"{name} failed:\n{outputs[name][-4000:]}"
+    assert "MultiWorkerMirroredStrategy: 2 workers" in outputs["worker1"]
+
+    single = read_history(single_run)
+    multi = read_history(multi_run)  # written by the chief (worker 0) only
+    # DATA auto-sharding splits every global batch of 64 between the workers: the same number of steps
+    assert [h["step"] for h in multi] == [h["step"] for h in single] and len(single) >= 6
+    assert sum(h["examples_per_sec"] > 0 for h in multi) == len(multi)
+    loss_single = np.array([h["loss"] for h in single])
+    loss_multi = np.array([h["loss"] for h in multi])
+    rel = np.abs(loss_multi - loss_single) / loss_single
+    print(
+        f"\n2 workers vs 1 worker, global batch 64, {len(single)} steps, {wall:.1f} s wall (3 processes):\n"
+        f"  loss 1 worker : {np.round(loss_single, 4).tolist()}\n"
+        f"  loss 2 workers: {np.round(loss_multi, 4).tolist()}\n"
+        f"  mean loss {loss_single.mean():.4f} vs {loss_multi.mean():.4f}; max relative diff per step {rel.max():.4f}"
+    )
+    assert abs(loss_multi.mean() - loss_single.mean()) / loss_single.mean() < 0.02
+    assert rel.max() < 0.05
+
+    # the chief alone wrote the run directory; the other worker's temp dirs are gone
+    assert (multi_run / "model" / "model_config.json").exists() and (multi_run / "config.json").exists()
+    assert checkpoint_steps(multi_run) == checkpoint_steps(single_run)
+    assert not list(multi_run.glob("workertemp_*")) and not list(multi_run.glob("*/workertemp_*"))

@@ -1,0 +1,79 @@
+"""Small model-ready samples directories for the training fault and distributed tests (no Beam)."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+from tfsr import data, layout
+from tfsr.features import FeatureSpec
+
+import tensorflow as tf
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# a tiny model: the tests exercise the loop, not the model's quality
+MODEL_FLAGS = [
+    "--set",
+    "model.embedding_dim=8",
+    "--set",
+    "model.adaptive_units=16",
+    "--set",
+    "model.expert_units=[16]",
+    "--set",
+    "model.tower_units=[8]",
+    "--set",
+    "model.num_hash_bins=1000",
+]
+
+
+def write_samples_dir(root: pathlib.Path, rows: int = 600, text_dim: int = 4, shards: int = 2, seed: int = 0):
+    """feature_spec.json + pretrain_train/part-*.tfrecord.gz of synthetic records. Returns (root, spec)."""
+    spec = FeatureSpec.default(text_dim=text_dim)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / layout.FEATURE_SPEC).write_text(spec.dumps(), encoding="utf-8")
+    data.write_synthetic_samples(root / layout.PRETRAIN_TRAIN, spec, rows, seed=seed, num_shards=shards)
+    return root, spec
+
+
+def write_records(path: pathlib.Path, examples) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path), tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        for example in examples:
+            writer.write(example.SerializeToString())
+
+
+def train_args(samples, run, *extra) -> list[str]:
+    return ["--samples_dir", str(samples), "--output_dir", str(run), *MODEL_FLAGS, *map(str, extra)]
+
+
+def tfsr_command(*args) -> list[str]:
+    """`tfsr <args>` as a subprocess command line (the venv's python, quiet TF logs via the env)."""
+    return [sys.executable, "-m", "tfsr.cli", *map(str, args)]
+
+
+def subprocess_env(**extra) -> dict:
+    import os
+
+    env = dict(os.environ)
+    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), **extra)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def run_tfsr(*args, timeout=120, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        tfsr_command(*args), env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def checkpoint_steps(run: pathlib.Path) -> list[int]:
+    return sorted(int(p.name[len("ckpt-") : -len(".index")]) for p in (run / "checkpoints").glob("ckpt-*.index"))
+
+
+def checkpoint_values(prefix: str) -> dict:
+    """{variable key: numpy value} of a checkpoint (model and optimizer), read without building a model."""
+    reader = tf.train.load_checkpoint(prefix)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "/.ATTRIBUTES/" in k}
