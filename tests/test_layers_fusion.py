@@ -132,9 +132,9 @@ def _informative_aspect_data(rng, n, means, readout, sigma):
 
 
 def test_domain_gates_learn_the_informative_aspect_per_domain():
-    """With the model's default gate options (s = 1, learned per-domain temperature, zero init) a short
-    Adam run at lr 1e-3 moves each domain's gate towards its informative aspect; at the old default
-    (s = 1/sqrt(H), fixed) it stays at mean pooling."""
+    """With the model's default gate options (s = 1, learned per-domain temperature, zero init) 300 Adam
+    steps at lr 1e-3 move each domain's gate towards its informative aspect (to ~0.4-0.5 over 4 seeds
+    tried); at the old default (s = 1/sqrt(H), fixed) it stays within ~0.02 of mean pooling."""
     width, sigma = 32, 0.05  # aspect vectors about as large as fresh embeddings (uniform +-0.05)
 
     def train(**options):
@@ -144,10 +144,14 @@ def test_domain_gates_learn_the_informative_aspect_per_domain():
         readout = rng.normal(size=width).astype(np.float32)
         readout /= np.linalg.norm(readout)
         fusion = AspectGatingFusion("domain", num_domains=2, **options)
-        head = tf.keras.layers.Dense(1)
+        # The (trainable) head starts out reading the informative direction, so what is measured is how
+        # fast the gates follow; a random head adds a seed-dependent delay before the gates get a signal.
+        head = tf.keras.layers.Dense(
+            1, kernel_initializer=tf.keras.initializers.Constant(readout[:, None] * 3 / sigma)
+        )
         optimizer = tf.keras.optimizers.Adam(1e-3)
 
-        @tf.function
+        @tf.function(autograph=False)
         def step(aspects, ids, labels):
             with tf.GradientTape() as tape:
                 fused, _ = fusion(aspects, domain_ids=ids)
@@ -156,7 +160,7 @@ def test_domain_gates_learn_the_informative_aspect_per_domain():
             variables = fusion.trainable_variables + head.trainable_variables
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
 
-        for _ in range(400):
+        for _ in range(300):
             step(*_informative_aspect_data(rng, 128, means, readout, sigma))
         aspects, ids, _ = _informative_aspect_data(rng, 2000, means, readout, sigma)
         _, weights = fusion(aspects, domain_ids=ids)

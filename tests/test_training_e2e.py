@@ -145,9 +145,12 @@ def test_finetune_keeps_frozen_levels_and_evaluate_writes_report(samples, pretra
     result = workflows.run_finetune(cfg)
     after = result["model"]
     assert int(result["trainer"].step.numpy()) > 0
+    # Every pretrained L0/L1 weight is frozen; the new domain's own L1 rows (gates, adaptive map) train.
+    new_rows = {id(w) for w in after.new_domain_variables}
+    assert new_rows
     frozen_ids = {
         id(w) for level in ("L0", "L1") for layer in after.level_layers(level) for w in layer.weights
-    }
+    } - new_rows
     assert len(before.variables) == len(after.variables)
     n_frozen = n_changed = 0
     for b, a in zip(before.variables, after.variables, strict=True):

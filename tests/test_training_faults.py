@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from tfsr import data, layout
+from tfsr import layout
 from tfsr.training import cli
 from tfsr.training.loop import NonFiniteError, Trainer, read_history
 
@@ -123,7 +123,9 @@ def test_nan_embedding_in_tfrecord_stops_naming_step_and_feature(samples, tmp_pa
     rc = cli.train_main(train_args(bad, run, "--batch_size", 32, "--epochs", 2, "--checkpoint_every", 3))
     err = capsys.readouterr().err
     assert rc == 1
-    assert "tfsr train: error: train: step " in err and "NaN/Inf in input feature 'item_title_embedding'" in err
+    assert (
+        "tfsr train: error: train: step " in err and "NaN/Inf in input feature 'item_title_embedding'" in err
+    )
     failed_step = int(err.split("train: step ")[1].split()[0])
     saved = checkpoint_steps(run)
     assert saved and max(saved) < failed_step, (saved, failed_step)  # nothing written at or after the NaN

@@ -65,12 +65,19 @@ def subprocess_env(**extra) -> dict:
 
 def run_tfsr(*args, timeout=120, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
-        tfsr_command(*args), env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout, cwd=REPO
+        tfsr_command(*args),
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
 def checkpoint_steps(run: pathlib.Path) -> list[int]:
-    return sorted(int(p.name[len("ckpt-") : -len(".index")]) for p in (run / "checkpoints").glob("ckpt-*.index"))
+    return sorted(
+        int(p.name[len("ckpt-") : -len(".index")]) for p in (run / "checkpoints").glob("ckpt-*.index")
+    )
 
 
 def checkpoint_values(prefix: str) -> dict:

@@ -105,7 +105,13 @@ def _optimizer(cfg: TrainConfig, model_config: dict | None):
 
 
 def _fit(
-    model, cfg: TrainConfig, spec, stage: str, domains: Sequence[str], model_config: dict | None, strategy=None
+    model,
+    cfg: TrainConfig,
+    spec,
+    stage: str,
+    domains: Sequence[str],
+    model_config: dict | None,
+    strategy=None,
 ):
     out = pathlib.Path(cfg.output_dir)
     strategy = strategy or tf.distribute.get_strategy()
@@ -176,7 +182,12 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     if distributed.is_chief():
         cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, "train", domains, cfg.model, strategy)
-    result = {"model": model, "model_path": _save(model, cfg, strategy), "trainer": trainer, "history": history}
+    result = {
+        "model": model,
+        "model_path": _save(model, cfg, strategy),
+        "trainer": trainer,
+        "history": history,
+    }
     if cfg.evaluate and distributed.is_chief():
         result["report"] = run_evaluate(
             model,
@@ -227,7 +238,12 @@ def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
     if distributed.is_chief():
         cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, "finetune", domains, None, strategy)
-    result = {"model": model, "model_path": _save(model, cfg, strategy), "trainer": trainer, "history": history}
+    result = {
+        "model": model,
+        "model_path": _save(model, cfg, strategy),
+        "trainer": trainer,
+        "history": history,
+    }
     if cfg.evaluate and distributed.is_chief():
         result["report"] = run_evaluate(
             model,
