@@ -269,8 +269,8 @@ def test_add_domain_then_fine_tune_with_lower_levels_frozen(tmp_path):
     cold["query_text_embedding"] = tf.zeros_like(cold["query_text_embedding"])
     model.freeze("L0", "L1")
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
-    # The new domain's own L1 rows (gate vectors, adaptive map) stay trainable; every pretrained weight
-    # of L0 and L1 stays frozen, bit-identical.
+    # The new domain's own gate rows stay trainable; every pretrained weight of L0 and L1 (and the new
+    # domain's adaptive-map correction) stays frozen, bit-identical.
     new_rows = {v.ref() for v in model.new_domain_variables}
     assert new_rows and new_rows <= {v.ref() for v in model.trainable_variables}
     assert not new_rows & {v.ref() for v in model.non_trainable_variables}
@@ -281,9 +281,17 @@ def test_add_domain_then_fine_tune_with_lower_levels_frozen(tmp_path):
     assert "rec_children_auc" in logs
     assert all(np.array_equal(ref.deref().numpy(), value) for ref, value in frozen.items())
     moved = {ref for ref in new_rows if not np.array_equal(ref.deref().numpy(), snapshot[ref])}
-    # The item gate and the adaptive map learn (the query gate gets no gradient: no query in a rec domain).
+    # The item gate learns (the query gate gets no gradient: no query in a rec domain).
     assert model.fusions["item"].domain_weights.families["gate"][-1].ref() in moved
-    assert model.domain_adapter.domain_weights.families["kernel"][-1].ref() in moved
+    assert new_rows == {
+        v.ref()
+        for f in model.fusions.values()
+        for family in f.domain_weights.families.values()
+        for v in family[-1:]
+    }
+    assert model.domain_adapter.domain_weights.families["kernel"][-1].ref() in frozen
+    model.unfreeze("L0", "L1")
+    assert not model.new_domain_variables
     assert model(cold)["ctr"].shape == (32,)
 
     restored = load_model(save_model(model, tmp_path / "finetuned"))

@@ -330,12 +330,11 @@ class MultiDomainModel(tfrs.models.Model):
     def freeze(self, *levels: str) -> None:
         """Makes the levels' weights non-trainable ("L0", "L1", "L2_shared"). Re-`compile()` afterwards.
 
-        The per-domain rows (:class:`~tfsr.layers.DomainWeights` entries: gate vector, adaptive map, …) of
-        the domains added with :meth:`add_domain` stay trainable inside a frozen level: a new domain has no
-        pretrained weights there to keep, and freezing its fresh rows would pin its gate at mean pooling
-        and its adaptive map at the shared map. Every pretrained weight of the level stays frozen
-        (bit-identical through fine-tuning), as in the paper's freeze-L0+L1 split. See
-        :attr:`new_domain_variables`.
+        The aspect-gate rows of the domains added with :meth:`add_domain` stay trainable inside a frozen
+        L1: a new domain has no pretrained gate to keep, and freezing its fresh gate would pin it at mean
+        pooling. Every pretrained weight of the level stays frozen (bit-identical through fine-tuning), as
+        in the paper's freeze-L0+L1 split; the new domain's adaptive-map correction stays at its start (the
+        shared pretrained map). See :meth:`new_domain_trainable_layers` and :attr:`new_domain_variables`.
         """
         self._set_trainable(levels, False)
 
@@ -351,16 +350,29 @@ class MultiDomainModel(tfrs.models.Model):
             layer.trainable = trainable
         self._reset_compiled_functions()
 
+    def new_domain_trainable_layers(self) -> list[tf.keras.layers.Layer]:
+        """The layers whose rows for added domains stay trainable when their level is frozen.
+
+        Default: the L1 fusion layers, i.e. the new domain's aspect gates (and gate temperatures). The
+        Domain Adaptive layer's per-domain correction of an added domain stays frozen at its start (zero:
+        the new domain uses the pretrained shared map, or `init_from`'s map): on the paper study's
+        1,000-row cold-start slice, training that ~6k-parameter correction too cost ~0.02 AUC (3 seeds),
+        while training the gates alone did not (docs/TRAINING.md, paper study). Override to choose others.
+        """
+        return list(self.fusions.values())
+
     @property
     def new_domain_variables(self) -> list[tf.Variable]:
-        """The added domains' per-domain variables inside frozen layers, which stay trainable."""
+        """The added domains' rows inside frozen `new_domain_trainable_layers()`; they stay trainable."""
         if not self.added_domain_ids:
             return []
-        variables = []
-        for layer in self._flatten_layers(include_self=False):
-            if isinstance(layer, DomainWeights) and not layer.trainable:
-                for family in layer.families.values():
-                    variables.extend(family[k] for k in self.added_domain_ids if k < len(family))
+        variables, seen = [], set()
+        for parent in self.new_domain_trainable_layers():
+            for layer in parent._flatten_layers(include_self=True):
+                if isinstance(layer, DomainWeights) and not layer.trainable and id(layer) not in seen:
+                    seen.add(id(layer))
+                    for family in layer.families.values():
+                        variables.extend(family[k] for k in self.added_domain_ids if k < len(family))
         return variables
 
     @property
@@ -391,9 +403,9 @@ class MultiDomainModel(tfrs.models.Model):
         afterwards (the old one does not know the new variables).
 
         Fresh L1 rows start at the neutral point: the gate vector at zero (mean pooling, with
-        `gate_init_stddev=0`) and the adaptive map's domain residual at zero (the shared map). They stay
-        trainable when L1 is frozen (see :meth:`freeze`), so the new domain learns its own aspect weighting
-        and map from its data while every pretrained weight stays fixed.
+        `gate_init_stddev=0`) and the adaptive map's domain residual at zero (the shared map). The gate
+        rows stay trainable when L1 is frozen (see :meth:`freeze`), so the new domain learns its own aspect
+        weighting from its data while every pretrained weight stays fixed.
 
         Returns:
           the domain as registered (with its new id).

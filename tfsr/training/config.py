@@ -48,8 +48,8 @@ class TrainConfig:
       freeze: (finetune) model levels to freeze, from ``L0``, ``L1``, ``L2_shared``.
       init_from: (finetune) a pretrained domain whose per-domain weights (gate vector, adaptive map, expert
         gate, tower) initialise the new domain's; None = fresh initialisation (gate at mean pooling, adaptive
-        map at the shared map). A frozen level keeps the new domain's own rows in it trainable (it has no
-        pretrained ones); every pretrained weight of the level stays frozen.
+        map at the shared map). A frozen L1 keeps the new domain's own aspect-gate rows trainable (it has no
+        pretrained ones); every pretrained weight stays frozen.
       evaluate: evaluate on the evaluation split(s) after training and write the report.
       eval_batch_size: batch size of evaluation.
       verbose: show a Keras progress bar per epoch (otherwise a log line every ``log_every`` steps).
