@@ -164,24 +164,16 @@ def _save(model, cfg: TrainConfig, strategy=None) -> pathlib.Path:
 
 
 # --------------------------------------------------------------------------- stages
-def run_train(cfg: TrainConfig) -> dict[str, Any]:
-    """Pretrains on the warm domains. Returns {"model", "model_path", "trainer", "history", "report"?}."""
-    from tfsr.models import ModelConfig, build_model
+def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy) -> dict[str, Any]:
+    """Fits one stage, saves the model, and (chief only) writes the config and the optional report.
 
-    cfg.validate()
-    strategy = distributed.strategy_from_env()  # first: collective ops are configured at startup
-    set_seeds(cfg.seed)
-    spec = layout.read_feature_spec(cfg.samples_dir)
-    domains = cfg.domains or [d.name for d in spec.domains.warm()]
-    model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
-    if model_config.domains is None:
-        model_config = model_config.with_registry(training_registry(spec, domains))
-    with strategy.scope():
-        model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
+    Pretraining falls back to the model config's learning rate; fine-tuning has its own default.
+    """
     cfg.model = model.config.to_json()
+    model_config = cfg.model if stage == "train" else None
     if distributed.is_chief():
         cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
-    trainer, history = _fit(model, cfg, spec, "train", domains, cfg.model, strategy)
+    trainer, history = _fit(model, cfg, spec, stage, domains, model_config, strategy)
     result = {
         "model": model,
         "model_path": _save(model, cfg, strategy),
@@ -197,6 +189,23 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             run_dir=cfg.output_dir,
         )
     return result
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Pretrains on the warm domains. Returns {"model", "model_path", "trainer", "history", "report"?}."""
+    from tfsr.models import ModelConfig, build_model
+
+    cfg.validate()
+    strategy = distributed.strategy_from_env()  # first: collective ops are configured at startup
+    set_seeds(cfg.seed)
+    spec = layout.read_feature_spec(cfg.samples_dir)
+    domains = cfg.domains or [d.name for d in spec.domains.warm()]
+    model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
+    if model_config.domains is None:
+        model_config = model_config.with_registry(training_registry(spec, domains))
+    with strategy.scope():
+        model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
+    return _run_stage(model, cfg, spec, "train", domains, strategy)
 
 
 def prepare_finetune_model(
@@ -234,25 +243,7 @@ def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError("the feature spec has no cold-start domain; pass --domains")
     with strategy.scope():
         model = prepare_finetune_model(cfg.pretrained, spec, domains, cfg.freeze, cfg.init_from)
-    cfg.model = model.config.to_json()
-    if distributed.is_chief():
-        cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
-    trainer, history = _fit(model, cfg, spec, "finetune", domains, None, strategy)
-    result = {
-        "model": model,
-        "model_path": _save(model, cfg, strategy),
-        "trainer": trainer,
-        "history": history,
-    }
-    if cfg.evaluate and distributed.is_chief():
-        result["report"] = run_evaluate(
-            model,
-            cfg.samples_dir,
-            pathlib.Path(cfg.output_dir) / REPORT_DIR,
-            batch_size=cfg.eval_batch_size,
-            run_dir=cfg.output_dir,
-        )
-    return result
+    return _run_stage(model, cfg, spec, "finetune", domains, strategy)
 
 
 def default_eval_splits(model, spec) -> list[str]:
