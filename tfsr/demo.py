@@ -115,7 +115,7 @@ def serve_and_score(export_base: pathlib.Path, name: str, data: movielens.MovieL
                 rows = client.rank(context, candidates, top_k=top_k)
                 titles = {c["item_id"]: c["item_title"] for c in candidates}
                 print(f"\n== {title}: top {top_k} of {len(candidates)} candidates (one gRPC Predict call)")
-                print(format_ranking([{**r, "item_id": titles[r["item_id"]][:24]} for r in rows]))
+                print(format_ranking([{**r, "title": titles[r["item_id"]][:24]} for r in rows], key="title"))
     finally:
         server.terminate()
         server.wait(timeout=60)
