@@ -1,0 +1,123 @@
+"""Scale benchmark: synthetic logs → `tfsr preprocess` → one epoch of `tfsr train`, at several sizes.
+
+For each size it runs every stage as its own `tfsr` process and records wall time, rows/s and that
+process's peak RSS, so one can see how time and memory grow with the data (issue 8, part 5). Training
+streams from the TFRecords, so its memory should stay flat as the data grows; the local Beam runner
+keeps intermediate collections in memory, so its peak grows with the input.
+
+    python benchmarks/bench_scale.py --rows 500000 1000000 --out benchmarks/results/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_stage(args: list[str]) -> dict:
+    """Runs `tfsr ARGS` in a child process: wall seconds and the child's own peak RSS (MiB)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfsr.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    stderr = proc.stderr.read().decode("utf-8", "replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"tfsr {args[0]} failed:\n{stderr[-3000:]}")
+    return {"wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def train_samples(samples_dir: pathlib.Path) -> int:
+    """Rows of pretrain_train: what one training epoch reads."""
+    manifest = json.loads((samples_dir / "manifest.json").read_text())
+    return sum(v["samples"] for v in manifest["counts"]["pretrain_train"].values())
+
+
+def measure(rows: int, workdir: pathlib.Path, seed: int) -> dict:
+    logs, samples, run = workdir / "logs", workdir / "samples", workdir / "run"
+    result = {"rows": rows}
+    result["synth"] = run_stage(["synth", "--rows", str(rows), "--out", str(logs), "--seed", str(seed)])
+    result["preprocess"] = run_stage(
+        ["preprocess", "--logs", str(logs / "*"), "--output_dir", str(samples), "--text_encoder", "tiny"]
+    )
+    result["train_samples"] = train_samples(samples)
+    result["train_1_epoch"] = run_stage(
+        [
+            "train",
+            "--samples_dir",
+            str(samples),
+            "--output_dir",
+            str(run),
+            "--epochs",
+            "1",
+            "--batch_size",
+            "1024",
+            "--log_every",
+            "200",
+        ]
+    )
+    for stage, n in (("synth", rows), ("preprocess", rows), ("train_1_epoch", result["train_samples"])):
+        result[stage]["rows_per_s"] = round(n / result[stage]["wall_s"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[500_000, 1_000_000])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/scale.json")
+    args = parser.parse_args(argv)
+
+    results = []
+    for rows in args.rows:
+        workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"tfsr_scale_{rows}_"))
+        try:
+            results.append(measure(rows, workdir, args.seed))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        r = results[-1]
+        print(
+            f"{rows:>10,} rows: synth {r['synth']['wall_s']} s, preprocess {r['preprocess']['wall_s']} s "
+            f"({r['preprocess']['peak_rss_mib']} MiB), train {r['train_1_epoch']['wall_s']} s "
+            f"({r['train_1_epoch']['peak_rss_mib']} MiB)",
+            flush=True,
+        )
+
+    print("\n| rows | stage | wall s | rows/s | peak RSS MiB |\n|---|---|---|---|---|")
+    for r in results:
+        for stage in ("synth", "preprocess", "train_1_epoch"):
+            s = r[stage]
+            print(
+                f"| {r['rows']:,} | {stage} | {s['wall_s']} | {s['rows_per_s']:,} | {s['peak_rss_mib']:,} |"
+            )
+    report = {
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "results": results,
+    }
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
