@@ -8,7 +8,6 @@ code (OK via OOV for odd-but-valid strings, INVALID_ARGUMENT for malformed examp
 import json
 import pathlib
 
-import tfsr.export as export
 from beam_jobs import batch_score as bsc
 from beam_jobs import build_samples as bs
 from serving import client as client_lib
@@ -34,11 +33,9 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("corpus")
     encoder = tiny_text_encoder(seed=0, dim=TEXT_DIM)
-    spec = T.toy_spec(TEXT_DIM)
-    samples = T.write_samples_dir(root / "samples", spec, encoder)
-    path = export.export_model(T.build_contract_model(spec, samples), spec, encoder, root / "saved", "toy")
+    toy = T.export_toy_model(root, TEXT_DIM, encoder=encoder, export_base="saved", with_text_tables=False)
     encoder_dir = export_text_encoder(encoder, root / "encoder")
-    return {"root": root, "spec": spec, "path": path, "encoder_dir": str(encoder_dir)}
+    return {"root": root, "spec": toy.spec, "path": toy.path, "encoder_dir": str(encoder_dir)}
 
 
 def _dead(out: pathlib.Path) -> dict[tuple[str, int], str]:

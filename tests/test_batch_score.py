@@ -5,7 +5,6 @@ import json
 import pathlib
 
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
-import tfsr.export as export
 from beam_jobs import batch_score as bsc
 from beam_jobs.build_samples import LineRef
 from tfsr.datasets import RowError
@@ -29,14 +28,11 @@ KEYS = ("domain", "user_id", "item_id", "timestamp", "label")
 def model(tmp_path_factory):
     """A small exported SavedModel (ContractModel + hashing text encoder) and its feature spec."""
     root = tmp_path_factory.mktemp("batch_score")
-    spec = T.toy_spec(TEXT_DIM)
-    encoder = T.HashingTextEncoder(TEXT_DIM)
-    samples = T.write_samples_dir(root / "samples", spec, encoder)
-    path = export.export_model(T.build_contract_model(spec, samples), spec, encoder, root / "saved", "toy")
+    toy = T.export_toy_model(root, TEXT_DIM, export_base="saved", with_text_tables=False)
     return {
-        "spec": spec,
-        "path": path,
-        "signature": tf.saved_model.load(str(path)).signatures["serving_default"],
+        "spec": toy.spec,
+        "path": toy.path,
+        "signature": tf.saved_model.load(str(toy.path)).signatures["serving_default"],
     }
 
 

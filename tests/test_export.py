@@ -17,19 +17,15 @@ TEXT_DIM = 16
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    spec = T.toy_spec(TEXT_DIM)
-    encoder = T.HashingTextEncoder(TEXT_DIM)
-    samples = T.write_samples_dir(root / "samples", spec, encoder)
-    model = T.build_contract_model(spec, samples)
-    path = export.export_model(model, spec, encoder, root / "saved_models", "toy", samples_dir=samples)
+    toy = T.export_toy_model(root, TEXT_DIM)
     return {
         "root": root,
-        "spec": spec,
-        "encoder": encoder,
-        "samples": samples,
-        "model": model,
-        "path": path,
-        "loaded": tf.saved_model.load(str(path)),
+        "spec": toy.spec,
+        "encoder": toy.encoder,
+        "samples": toy.samples_dir,
+        "model": toy.model,
+        "path": toy.path,
+        "loaded": tf.saved_model.load(str(toy.path)),
     }
 
 

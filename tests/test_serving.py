@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 
-import tfsr.export as export
 from serving import client as client_lib
 from serving import server as server_lib
 from tfsr.export import testing as T
@@ -30,11 +29,8 @@ State = get_model_status_pb2.ModelVersionStatus.State
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    spec = T.toy_spec(TEXT_DIM)
-    encoder = T.HashingTextEncoder(TEXT_DIM)
-    samples = T.write_samples_dir(root / "samples", spec, encoder)
-    model = T.build_contract_model(spec, samples)
-    path = export.export_model(model, spec, encoder, root / "saved_models", "toy", samples_dir=samples)
+    toy = T.export_toy_model(root, TEXT_DIM)
+    spec, encoder, samples, model, path = toy.spec, toy.encoder, toy.samples_dir, toy.model, toy.path
     server = server_lib.ModelServer(
         [server_lib.ModelConfig("toy", str(path.parent))],
         port=0,

@@ -10,21 +10,9 @@ from tfsr.training.loop import read_history
 
 import numpy as np
 import pytest
+from training_samples import MODEL_FLAGS
 
 pytestmark = pytest.mark.slow  # Beam preprocessing of a MovieLens slice + three short trainings (~1-2 min)
-
-MODEL_FLAGS = [
-    "--set",
-    "model.embedding_dim=8",
-    "--set",
-    "model.adaptive_units=16",
-    "--set",
-    "model.expert_units=[16]",
-    "--set",
-    "model.tower_units=[8]",
-    "--set",
-    "model.num_hash_bins=1000",
-]
 
 
 def _slice_movielens(

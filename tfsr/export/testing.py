@@ -10,11 +10,13 @@ samples-directory layout (``tfsr.layout``) so the exporter finds what it finds i
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Mapping, Sequence
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from tfsr import layout
+from tfsr.export import export_model
 from tfsr.features import FeatureSpec
 
 import tensorflow as tf
@@ -168,6 +170,48 @@ def build_contract_model(spec: FeatureSpec, samples_dir: str | pathlib.Path, dim
     vocab = {name: str(layout.vocab_path(samples_dir, name)) for name in ID_FEATURES}
     model = ContractModel(spec, vocab, dim=dim)
     return model
+
+
+@dataclasses.dataclass
+class ToyExport:
+    """What :func:`export_toy_model` made: the spec, encoder, samples dir, model and the version dir."""
+
+    spec: FeatureSpec
+    encoder: tf.Module
+    samples_dir: pathlib.Path
+    model: ContractModel
+    path: pathlib.Path
+
+
+def export_toy_model(
+    root: str | pathlib.Path,
+    text_dim: int = 16,
+    encoder: tf.Module | None = None,
+    model_name: str = "toy",
+    export_base: str = "saved_models",
+    with_text_tables: bool = True,
+) -> ToyExport:
+    """Writes a toy samples dir under `root` and exports a :class:`ContractModel` from it.
+
+    Args:
+      encoder: the text encoder (default a :class:`HashingTextEncoder` of width `text_dim`).
+      with_text_tables: pass the samples dir to the exporter, so texts resolve through the precomputed
+        tables; False makes every text go through the in-graph encoder fallback.
+    """
+    root = pathlib.Path(root)
+    spec = toy_spec(text_dim)
+    encoder = encoder if encoder is not None else HashingTextEncoder(text_dim)
+    samples = write_samples_dir(root / "samples", spec, encoder)
+    model = build_contract_model(spec, samples)
+    path = export_model(
+        model,
+        spec,
+        encoder,
+        root / export_base,
+        model_name,
+        samples_dir=samples if with_text_tables else None,
+    )
+    return ToyExport(spec, encoder, samples, model, path)
 
 
 def toy_records(n: int, seed: int = 0, domain: str = "search_tags") -> list[dict]:
