@@ -687,8 +687,19 @@ def _write_empty_splits(stats: dict, output_dir: str) -> None:
             FileSystems.create(f"{output_dir}/{split}/part-00000-of-00001{layout.TFRECORD_SUFFIX}").close()
 
 
-def _count(pcoll, label: str, key_fn: Callable[[Any], tuple[str, ...]]):
-    return pcoll | label >> beam.Map(lambda element: (key_fn(element), 1))
+def _count(pcolls, label: str, key_fn: Callable[[Any], tuple[str, ...]]):
+    """(ledger key, count) pairs of one or more PCollections.
+
+    Counting happens before the ledger's Flatten so the combine is lifted into the producing stage: only
+    per-key partial sums cross stage boundaries, never one element per row (the local runner buffers
+    whatever crosses a boundary in memory).
+    """
+    pcolls = pcolls if isinstance(pcolls, list) else [pcolls]
+    counts = [
+        pc | f"{label}_Key{i}" >> beam.Map(key_fn) | f"{label}_{i}" >> beam.combiners.Count.PerElement()
+        for i, pc in enumerate(pcolls)
+    ]
+    return counts | label >> beam.Flatten()
 
 
 # ------------------------------------------------------------------------------------ the pipeline
@@ -718,8 +729,7 @@ def build_pipeline(
             _count(b.filtered, f"CountFiltered_{b.source}", lambda f: ("filtered", f[0].source, f[1])),
             _count(b.used, f"CountUsed_{b.source}", lambda row, s=b.source: ("used", s)),
         ]
-        read = b.read | f"AllLines_{b.source}" >> beam.Flatten()
-        ledger.append(_count(read, f"CountRead_{b.source}", lambda _, s=b.source: ("read", s)))
+        ledger.append(_count(b.read, f"CountRead_{b.source}", lambda _, s=b.source: ("read", s)))
 
     records = samples | "AllSamples" >> beam.Flatten()
     ledger.append(_count(records, "CountSamplesBuilt", lambda _: ("samples_built",)))

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from tfsr import layout
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -58,6 +60,8 @@ def measure(rows: int, workdir: pathlib.Path, seed: int) -> dict:
         ["preprocess", "--logs", str(logs / "*"), "--output_dir", str(samples), "--text_encoder", "tiny"]
     )
     result["train_samples"] = train_samples(samples)
+    result["preprocess"]["input_shards"] = len(list(logs.iterdir()))
+    result["preprocess"]["output_shards"] = len(list(samples.glob(f"*/*{layout.TFRECORD_SUFFIX}")))
     result["train_1_epoch"] = run_stage(
         [
             "train",
@@ -76,6 +80,28 @@ def measure(rows: int, workdir: pathlib.Path, seed: int) -> dict:
     for stage, n in (("synth", rows), ("preprocess", rows), ("train_1_epoch", result["train_samples"])):
         result[stage]["rows_per_s"] = round(n / result[stage]["wall_s"])
     return result
+
+
+def _slope(small: dict, large: dict, stage: str, key: str, scale: float, per: int) -> float:
+    return round((large[stage][key] - small[stage][key]) * scale / per, 3)
+
+
+def marginal_costs(results: list[dict]) -> list[dict]:
+    """Per extra row between consecutive sizes: the slope of time and peak memory (fixed costs cancel)."""
+    costs = []
+    for small, large in zip(results, results[1:], strict=False):
+        rows, train = large["rows"] - small["rows"], large["train_samples"] - small["train_samples"]
+        costs.append(
+            {
+                "from_rows": small["rows"],
+                "to_rows": large["rows"],
+                "preprocess_us_per_row": _slope(small, large, "preprocess", "wall_s", 1e6, rows),
+                "preprocess_kib_per_row": _slope(small, large, "preprocess", "peak_rss_mib", 1024, rows),
+                "train_us_per_row": _slope(small, large, "train_1_epoch", "wall_s", 1e6, train),
+                "train_kib_per_row": _slope(small, large, "train_1_epoch", "peak_rss_mib", 1024, train),
+            }
+        )
+    return costs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,11 +133,19 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {r['rows']:,} | {stage} | {s['wall_s']} | {s['rows_per_s']:,} | {s['peak_rss_mib']:,} |"
             )
+    growth = marginal_costs(results)
+    for g in growth:
+        print(
+            f"{g['from_rows']:,} -> {g['to_rows']:,} rows: preprocess {g['preprocess_us_per_row']} us and "
+            f"{g['preprocess_kib_per_row']} KiB per extra row; training {g['train_us_per_row']} us and "
+            f"{g['train_kib_per_row']} KiB per extra row"
+        )
     report = {
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "results": results,
+        "marginal_costs": growth,
     }
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
