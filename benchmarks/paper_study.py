@@ -158,91 +158,66 @@ class Study:
         log.info("[%s] %s: %s (%.0f s, %d steps)", group, name, aucs, seconds, steps)
         return row
 
+    def _train_and_record(self, name: str, group: str, run, cfg, eval_split: str, domains, extra: dict):
+        """Times `run(cfg)`, evaluates the trained model on `eval_split` and records the run."""
+        t0 = time.perf_counter()
+        result = run(cfg)
+        seconds = time.perf_counter() - t0
+        rep = self._evaluate(result["model"], [eval_split], domains=domains)
+        steps = int(result["trainer"].step.numpy())
+        row = self._record(name, group, rep, seconds, steps, {**extra, "history": result["history"]})
+        return row, result
+
     def pretrain(self, name: str, group: str, model_overrides: dict, seed: int = 0, domains=None, keep=False):
         from tfsr.training import workflows
 
-        model = dict(self.base_model)
-        model.update(model_overrides)
-        cfg = self._cfg(name, model=model, seed=seed, domains=domains)
-        t0 = time.perf_counter()
-        result = workflows.run_train(cfg)
-        train_s = time.perf_counter() - t0
-        rep = self._evaluate(result["model"], ["pretrain_eval"], domains=domains or self.warm)
-        row = self._record(
+        cfg = self._cfg(name, model={**self.base_model, **model_overrides}, seed=seed, domains=domains)
+        row, result = self._train_and_record(
             name,
             group,
-            rep,
-            train_s,
-            int(result["trainer"].step.numpy()),
-            {"model": cfg.model, "seed": seed, "history": result["history"]},
+            workflows.run_train,
+            cfg,
+            "pretrain_eval",
+            domains or self.warm,
+            {"model": cfg.model, "seed": seed},
         )
         if keep:
             self.pretrained[name] = result["model_path"]
         return row
 
-    def finetune(self, name: str, group: str, pretrained: str, freeze: list[str], seed: int = 0):
-        from tfsr.training import workflows
-
-        cfg = self._cfg(
+    def _coldstart_cfg(self, name: str, seed: int, **kw):
+        """Fine-tuning budget on the cold-start slice, shared by fine-tuning and its single-domain baseline."""
+        return self._cfg(
             name,
             split="coldstart_finetune",
-            pretrained=str(pretrained),
-            freeze=list(freeze),
             batch_size=self.budget.ft_batch_size,
             epochs=self.budget.ft_epochs,
             max_steps=None,
             learning_rate=1e-3,
             seed=seed,
             log_every=10,
+            **kw,
         )
-        t0 = time.perf_counter()
-        result = workflows.run_finetune(cfg)
-        secs = time.perf_counter() - t0
-        rep = self._evaluate(result["model"], ["coldstart_eval"], domains=self.cold)
-        return self._record(
-            name,
-            group,
-            rep,
-            secs,
-            int(result["trainer"].step.numpy()),
-            {
-                "freeze": list(freeze),
-                "seed": seed,
-                "pretrained": str(pretrained),
-                "history": result["history"],
-            },
-        )
+
+    def finetune(self, name: str, group: str, pretrained: str, freeze: list[str], seed: int = 0):
+        from tfsr.training import workflows
+
+        cfg = self._coldstart_cfg(name, seed, pretrained=str(pretrained), freeze=list(freeze))
+        extra = {"freeze": list(freeze), "seed": seed, "pretrained": str(pretrained)}
+        return self._train_and_record(
+            name, group, workflows.run_finetune, cfg, "coldstart_eval", self.cold, extra
+        )[0]
 
     def cold_single_domain(self, name: str, seed: int = 0):
         """A single-domain model trained on the cold-start slice alone (same batch size / epochs as fine-tuning)."""
         from tfsr.training import workflows
 
-        model = dict(self.base_model)
-        model.update({"model_type": "single_domain"})
-        cfg = self._cfg(
-            name,
-            model=model,
-            split="coldstart_finetune",
-            domains=list(self.cold),
-            batch_size=self.budget.ft_batch_size,
-            epochs=self.budget.ft_epochs,
-            max_steps=None,
-            learning_rate=1e-3,
-            seed=seed,
-            log_every=10,
-        )
-        t0 = time.perf_counter()
-        result = workflows.run_train(cfg)
-        secs = time.perf_counter() - t0
-        rep = self._evaluate(result["model"], ["coldstart_eval"], domains=self.cold)
-        return self._record(
-            name,
-            "cold_start",
-            rep,
-            secs,
-            int(result["trainer"].step.numpy()),
-            {"seed": seed, "model": cfg.model, "history": result["history"]},
-        )
+        model = {**self.base_model, "model_type": "single_domain"}
+        cfg = self._coldstart_cfg(name, seed, model=model, domains=list(self.cold))
+        extra = {"seed": seed, "model": cfg.model}
+        return self._train_and_record(
+            name, "cold_start", workflows.run_train, cfg, "coldstart_eval", self.cold, extra
+        )[0]
 
 
 # --------------------------------------------------------------------------- no-training baselines

@@ -286,6 +286,31 @@ class ScoringClient:
             for s in response.model_version_status
         ]
 
+    def wait_until_available(self, timeout_s: float = 300.0, poll_s: float = 1.0, alive=None) -> int:
+        """Blocks until a version of the model is AVAILABLE (a server still starting up); returns it.
+
+        `alive`, if given, is called between polls (e.g. a server process's liveness): waiting stops as
+        soon as it returns False.
+
+        Raises:
+          TimeoutError: nothing AVAILABLE within `timeout_s`, or `alive()` turned False; the message
+            carries the last status or error seen.
+        """
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while True:
+            try:
+                statuses = self.status()
+                available = [s["version"] for s in statuses if s["state"] == "AVAILABLE"]
+                if available:
+                    return max(available)
+                last = f"status {statuses}"
+            except grpc.RpcError as err:  # not listening yet, or the model is not loaded yet
+                last = f"{err.code().name}: {err.details()}"
+            if (alive is not None and not alive()) or time.monotonic() > deadline:
+                raise TimeoutError(f"model {self.model_name!r} at {self.target} not available: {last}")
+            time.sleep(poll_s)
+
 
 # --------------------------------------------------------------------------- CLI
 def format_ranking(rows: Sequence[dict], key: str = "item_id") -> str:

@@ -12,7 +12,15 @@ from tfsr.training.loop import read_history
 
 import numpy as np
 import pytest
-from training_samples import checkpoint_steps, subprocess_env, tfsr_command, train_args, write_samples_dir
+from training_samples import (
+    MODEL_FLAGS,
+    checkpoint_steps,
+    run_tfsr,
+    subprocess_env,
+    tfsr_command,
+    train_args,
+    write_samples_dir,
+)
 
 FLAGS = ["--batch_size", 64, "--epochs", 1, "--log_every", 1, "--checkpoint_every", 4]
 
@@ -48,15 +56,12 @@ def test_tf_config_parsing(monkeypatch):
         distributed.tf_config()
 
 
-@pytest.mark.slow
-def test_two_workers_on_loopback_match_single_worker_loss(tmp_path):
-    samples, _ = write_samples_dir(tmp_path / "samples", rows=600)
-    single_run, multi_run = tmp_path / "single", tmp_path / "multi"
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> tuple[dict, float, float]:
+    """Runs `tfsr STAGE` single-worker, then as 2 workers on loopback; returns outputs and wall seconds."""
     # the single-worker reference first: three processes at once starve the workers' collectives on 2 cores
     started = time.perf_counter()
     single_proc = subprocess.run(
-        tfsr_command("train", *train_args(samples, single_run, *FLAGS)),
+        tfsr_command(stage, *args, "--output_dir", single_run),
         env=subprocess_env(),
         capture_output=True,
         text=True,
@@ -64,11 +69,12 @@ def test_two_workers_on_loopback_match_single_worker_loss(tmp_path):
     )
     assert single_proc.returncode == 0, single_proc.stderr[-4000:]
     single_s = time.perf_counter() - started
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = {}
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs[f"worker{index}"] = subprocess.Popen(
-            tfsr_command("train", *train_args(samples, multi_run, *FLAGS)),
+            tfsr_command(stage, *args, "--output_dir", multi_run),
             env=subprocess_env(TF_CONFIG=tf_config),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -86,26 +92,64 @@ def test_two_workers_on_loopback_match_single_worker_loss(tmp_path):
     for name, proc in procs.items():
         assert proc.returncode == 0, f"{name} failed:\n{outputs[name][-4000:]}"
     assert "MultiWorkerMirroredStrategy: 2 workers" in outputs["worker1"]
+    return outputs, single_s, multi_s
 
+
+def _assert_same_losses(single_run, multi_run, min_steps: int) -> None:
     single = read_history(single_run)
     multi = read_history(multi_run)  # written by the chief (worker 0) only
-    # DATA auto-sharding splits every global batch of 64 between the workers: the same number of steps
-    assert [h["step"] for h in multi] == [h["step"] for h in single] and len(single) >= 6
+    # DATA auto-sharding splits every global batch between the workers: the same number of steps
+    assert [h["step"] for h in multi] == [h["step"] for h in single] and len(single) >= min_steps
     assert sum(h["examples_per_sec"] > 0 for h in multi) == len(multi)
     loss_single = np.array([h["loss"] for h in single])
     loss_multi = np.array([h["loss"] for h in multi])
     rel = np.abs(loss_multi - loss_single) / loss_single
     print(
-        f"\n2 workers vs 1 worker, global batch 64, {len(single)} steps; 1 worker {single_s:.1f} s, "
-        f"2 workers {multi_s:.1f} s (wall, process start included):\n"
+        f"\n2 workers vs 1 worker, {len(single)} steps:\n"
         f"  loss 1 worker : {np.round(loss_single, 4).tolist()}\n"
         f"  loss 2 workers: {np.round(loss_multi, 4).tolist()}\n"
         f"  mean loss {loss_single.mean():.4f} vs {loss_multi.mean():.4f}; max relative diff per step {rel.max():.4f}"
     )
     assert abs(loss_multi.mean() - loss_single.mean()) / loss_single.mean() < 0.02
     assert rel.max() < 0.05
-
     # the chief alone wrote the run directory; the other worker's temp dirs are gone
     assert (multi_run / "model" / "model_config.json").exists() and (multi_run / "config.json").exists()
     assert checkpoint_steps(multi_run) == checkpoint_steps(single_run)
     assert not list(multi_run.glob("workertemp_*")) and not list(multi_run.glob("*/workertemp_*"))
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_match_single_worker_loss(tmp_path):
+    samples, _ = write_samples_dir(tmp_path / "samples", rows=600)
+    args = ["--samples_dir", samples, *MODEL_FLAGS, *FLAGS]  # --output_dir is given per run
+    _, single_s, multi_s = _single_then_two_workers("train", args, tmp_path / "single", tmp_path / "multi")
+    print(
+        f"\ntrain, global batch 64: 1 worker {single_s:.1f} s, 2 workers {multi_s:.1f} s (process start included)"
+    )
+    _assert_same_losses(tmp_path / "single", tmp_path / "multi", min_steps=6)
+
+
+@pytest.mark.slow
+def test_two_workers_finetune_from_a_pretrained_model_match_single_worker(tmp_path):
+    samples, _ = write_samples_dir(tmp_path / "samples", rows=600)
+    pretrained = tmp_path / "pretrained"
+    proc = run_tfsr("train", *train_args(samples, pretrained, "--batch_size", 64, "--max_steps", 3))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    args = [
+        "--samples_dir",
+        samples,
+        "--pretrained",
+        pretrained,
+        "--split",
+        "pretrain_train",
+        "--domains",
+        "rec_children",
+        "--freeze",
+        "L0",
+        "L1",
+        *FLAGS,
+        "--epochs",  # ~100 rec_children rows: 3 epochs of global batch 64
+        3,
+    ]
+    _single_then_two_workers("finetune", args, tmp_path / "single", tmp_path / "multi")
+    _assert_same_losses(tmp_path / "single", tmp_path / "multi", min_steps=4)

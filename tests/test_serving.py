@@ -123,6 +123,20 @@ def test_score_candidates_classify_metadata_status(env):
     print(client_lib.format_ranking(client.rank(context, candidates, top_k=3)))
 
 
+def test_wait_until_available_returns_the_served_version(env):
+    assert env["client"].wait_until_available(timeout_s=5) == 1
+
+
+def test_wait_until_available_times_out_naming_the_last_error(env):
+    with client_lib.ScoringClient(env["server"].target, "no_such_model", deadline_s=2.0) as client:
+        with pytest.raises(TimeoutError, match="'no_such_model'.*NOT_FOUND"):
+            client.wait_until_available(timeout_s=0.3, poll_s=0.1)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="not available"):  # the server process died: no waiting
+            client.wait_until_available(timeout_s=60, alive=lambda: False)
+        assert time.monotonic() - started < 5
+
+
 def test_classify_on_a_predict_signature_is_failed_precondition(env):
     with pytest.raises(grpc.RpcError) as info:
         env["client"].classify(T.toy_records(1), signature_name="serving_default")

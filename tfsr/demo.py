@@ -102,15 +102,10 @@ def serve_and_score(export_base: pathlib.Path, name: str, data: movielens.MovieL
         with ScoringClient(
             f"127.0.0.1:{port}", name, deadline_s=10.0, max_retries=8, backoff_s=0.5
         ) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if any(s["state"] == "AVAILABLE" for s in client.status()):
-                        break
-                except Exception as err:  # the server is still starting
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"model server did not come up: {err}") from err
-                time.sleep(1.0)
+            try:
+                client.wait_until_available(timeout_s=300, alive=lambda: server.poll() is None)
+            except TimeoutError as err:
+                raise SystemExit(f"model server did not come up: {err}") from err
             for title, context, candidates in demo_requests(data):
                 rows = client.rank(context, candidates, top_k=top_k)
                 titles = {c["item_id"]: c["item_title"] for c in candidates}
