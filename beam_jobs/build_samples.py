@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
+from beam_jobs.sample_coder import SampleRecord, SplitRecord
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim
 from tfsr import layout
 from tfsr.datasets import logs as logfmt
@@ -53,6 +54,7 @@ from tfsr.features import (
 )
 
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -319,9 +321,11 @@ class SplitWarm(beam.PTransform):
         if self.mode == "per_user":
             return (
                 records
-                | "KeyByUser" >> beam.Map(lambda r: (r["user_id"], r))
+                | "KeyByUser"
+                >> beam.Map(lambda r: (r["user_id"], r)).with_output_types(typehints.Tuple[str, SampleRecord])
                 | "GroupByUser" >> beam.GroupByKey()
-                | "SplitEachUserByTime" >> beam.FlatMap(_per_user_split, self.eval_fraction)
+                | "SplitEachUserByTime"
+                >> beam.FlatMap(_per_user_split, self.eval_fraction).with_output_types(SplitRecord)
             )
         cutoff = (
             records
@@ -332,7 +336,7 @@ class SplitWarm(beam.PTransform):
         return records | "SplitByGlobalTime" >> beam.Map(
             lambda r, c: (ml.split_of(r["timestamp"], c, layout.PRETRAIN_EVAL, layout.PRETRAIN_TRAIN), r),
             beam.pvalue.AsSingleton(cutoff),
-        )
+        ).with_output_types(SplitRecord)
 
 
 def _cold_split(record: dict, eval_cutoff: int | None, window_start: int | None):
@@ -370,7 +374,7 @@ class SplitCold(beam.PTransform):
         )
         return records | "SplitColdByTime" >> beam.FlatMap(
             _cold_split, beam.pvalue.AsSingleton(cutoff), beam.pvalue.AsSingleton(window_start)
-        ).with_outputs(FILTERED, main="rows")
+        ).with_output_types(SplitRecord).with_outputs(FILTERED, main="rows")
 
 
 def _mark_cold_items(element, max_train_count: int) -> Iterator[tuple[str, dict]]:
@@ -404,7 +408,7 @@ class MarkColdItems(beam.PTransform):
 
         eval_rows = split_records | "EvalRowsByItem" >> beam.FlatMap(
             lambda sr: [(sr[1]["item_id"], sr)] if sr[0] in EVAL_SPLITS else []
-        )
+        ).with_output_types(typehints.Tuple[str, SplitRecord])
         train_rows = split_records | "TrainRows" >> beam.Filter(lambda sr: sr[0] not in EVAL_SPLITS)
         marked = (
             {
@@ -413,7 +417,8 @@ class MarkColdItems(beam.PTransform):
                 "finetune": item_counts(layout.COLDSTART_FINETUNE, "finetune"),
             }
             | "JoinTrainCounts" >> beam.CoGroupByKey()
-            | "SetIsColdItem" >> beam.FlatMap(_mark_cold_items, self.max_train_count)
+            | "SetIsColdItem"
+            >> beam.FlatMap(_mark_cold_items, self.max_train_count).with_output_types(SplitRecord)
         )
         return (train_rows, marked) | "AllSplitRows" >> beam.Flatten()
 
@@ -721,7 +726,10 @@ def build_pipeline(
     ledger, dead_letters, samples = [], [], []
     for b in branches:
         if b.source != "movies":  # movies are reference data: used as item metadata, not samples
-            samples.append(b.used | f"Samples_{b.source}" >> beam.FlatMap(lambda row: row[1]))
+            samples.append(
+                b.used
+                | f"Samples_{b.source}" >> beam.FlatMap(lambda row: row[1]).with_output_types(SampleRecord)
+            )
         dead = b.dead | f"Dead_{b.source}" >> beam.Flatten()
         dead_letters.append(dead)
         ledger += [
@@ -734,9 +742,9 @@ def build_pipeline(
     records = samples | "AllSamples" >> beam.Flatten()
     ledger.append(_count(records, "CountSamplesBuilt", lambda _: ("samples_built",)))
     cold_names = {d.name for d in spec.domains.cold()}
-    warm, cold = records | "WarmOrColdDomain" >> beam.Partition(
-        lambda r, n: int(r["domain"] in cold_names), 2
-    )
+    # two Filters rather than a Partition: Partition's outputs lose the SampleRecord type (and its coder)
+    warm = records | "WarmDomains" >> beam.Filter(lambda r: r["domain"] not in cold_names)
+    cold = records | "ColdStartDomains" >> beam.Filter(lambda r: r["domain"] in cold_names)
     warm_split = warm | "PretrainSplits" >> SplitWarm(args.split_mode, args.eval_fraction)
     cold_split = cold | "ColdStartSplits" >> SplitCold(
         args.coldstart_eval_fraction, args.coldstart_finetune_rows
