@@ -47,6 +47,7 @@ from tfsr.datasets import logs as logfmt
 from tfsr.datasets import movielens as ml
 from tfsr.features import (
     MOVIELENS_DOMAINS,
+    RECORD_ROLES,
     SCHEMA_VERSION,
     DomainRegistry,
     FeatureSpec,
@@ -207,7 +208,7 @@ def _branch(source: str, lines, used, dead: list) -> _Branch:
 def _validate_records(records: list[dict], spec: FeatureSpec) -> list[dict]:
     """FeatureSpec validation of a row's samples (raw, label and meta features), completed with defaults."""
     try:
-        return [spec.validate(r, roles=("raw", "label", "meta")) for r in records]
+        return [spec.validate(r, roles=RECORD_ROLES) for r in records]
     except FeatureValidationError as err:
         raise ml.RowError(f"invalid_{err.field}", err.problem) from None
 
@@ -589,7 +590,7 @@ class _ToExampleFn(beam.DoFn):
 
     def process(self, element, **tables):
         split, record = element
-        example = self.spec.to_example(record, roles=("raw", "label", "meta"))
+        example = self.spec.to_example(record, roles=RECORD_ROLES)
         for source, derived in TEXT_FEATURES.items():
             text = record[source]
             example.features.feature[derived].MergeFromString(tables[source][text] if text else self.zeros)

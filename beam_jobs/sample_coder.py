@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfsr.features import default_features
+from tfsr.features import RECORD_ROLES, default_features
 
 import apache_beam as beam
 from apache_beam import typehints
 
-RECORD_ROLES = ("raw", "label", "meta")
 DEFAULT_FIELDS = tuple(f.name for f in default_features() if f.role in RECORD_ROLES)
 
 _VALUES, _DICT = 0, 1

@@ -32,6 +32,8 @@ from typing import Any
 ENTITIES = ("user", "query", "item", "context")
 ASPECTS = ("id", "text", "sparse")
 ROLES = ("raw", "derived", "label", "meta")
+# a sample record before its derived text embeddings are joined in (parsed logs, Beam samples)
+RECORD_ROLES = ("raw", "label", "meta")
 DTYPES = ("string", "int64", "float32")
 DOMAIN_KINDS = ("search", "rec")
 

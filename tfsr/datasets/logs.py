@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tfsr.datasets.movielens import MAX_TEXT_CHARS, RowError, decode_line, normalize_query, split_csv_line
-from tfsr.features import FeatureSpec, FeatureValidationError
+from tfsr.features import RECORD_ROLES, FeatureSpec, FeatureValidationError
 
 COLUMNS = (
     "domain",
@@ -108,9 +108,7 @@ def parse_log_line(
         if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
             raise RowError(f"{name}_too_long", f"{name} has {len(value)} characters (max {MAX_TEXT_CHARS})")
     try:
-        roles = (
-            ("raw", "label", "meta") if require_label or record.get("label") is not None else ("raw", "meta")
-        )
+        roles = RECORD_ROLES if require_label or record.get("label") is not None else ("raw", "meta")
         values = spec.validate(record, roles=roles)
     except FeatureValidationError as err:
         raise RowError(f"invalid_{err.field}", err.problem) from None
