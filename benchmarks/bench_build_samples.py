@@ -13,49 +13,32 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 
 from tfsr.datasets import synthetic
 
+from bench_scale import run_stage
 from bench_synthetic import RESULTS, machine
 
 
 def run_case(name: str, preprocess_args: list[str], rows: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        command = [
-            sys.executable,
-            "-m",
-            "tfsr.cli",
-            "preprocess",
-            *preprocess_args,
-            "--output_dir",
-            f"{out}/samples",
-            *extra,
-        ]
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        stderr = process.stderr.read().decode(errors="replace")
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{name} failed:\n{stderr[-3000:]}")
+        args = ["preprocess", *preprocess_args, "--output_dir", f"{out}/samples", *extra]
+        measured = run_stage(args)
         manifest = json.loads(pathlib.Path(f"{out}/samples/manifest.json").read_text())
     written = manifest["reconciliation"]["samples"]["written"]
     return {
         "case": name,
         "input_rows": rows,
         "samples_written": written,
-        "seconds": round(seconds, 1),
-        "input_rows_per_s": round(rows / seconds),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "seconds": measured["wall_s"],
+        "input_rows_per_s": round(rows / measured["wall_s"]),
+        "peak_rss_mib": measured["peak_rss_mib"],
         "text_encoder": manifest["text_encoder"].get("name"),
-        "command": shlex.join(command[2:]),
+        "command": shlex.join(["tfsr", *args]),
     }
 
 

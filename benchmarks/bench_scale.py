@@ -23,6 +23,7 @@ import tempfile
 import time
 
 from tfsr import layout
+from tfsr.cli import subprocess_command
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,8 +33,7 @@ def run_stage(args: list[str]) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfsr.cli", *args],
-        cwd=REPO,
+        subprocess_command(*args),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -35,6 +35,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from serving.client import ScoringClient
 from tfsr import layout
+from tfsr.cli import subprocess_command
 from tfsr.export import testing as T
 
 import grpc
@@ -137,20 +138,17 @@ def drive(call, requests, clients: int, duration: float) -> dict:
 def start_server(base_path, name: str, threads: int) -> tuple[subprocess.Popen, str]:
     repo = pathlib.Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tfsr.cli",
+        subprocess_command(
             "serve",
             "--model_name",
             name,
             "--model_base_path",
-            str(base_path),
+            base_path,
             "--port",
-            "0",
+            0,
             "--num_threads",
-            str(threads),
-        ],
+            threads,
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

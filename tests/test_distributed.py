@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 
+from tfsr.cli import subprocess_command
 from tfsr.training import distributed
 from tfsr.training.loop import read_history
 
@@ -17,7 +18,6 @@ from training_samples import (
     checkpoint_steps,
     run_tfsr,
     subprocess_env,
-    tfsr_command,
     train_args,
     write_samples_dir,
 )
@@ -61,7 +61,7 @@ def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> t
     # the single-worker reference first: three processes at once starve the workers' collectives on 2 cores
     started = time.perf_counter()
     single_proc = subprocess.run(
-        tfsr_command(stage, *args, "--output_dir", single_run),
+        subprocess_command(stage, *args, "--output_dir", single_run),
         env=subprocess_env(),
         capture_output=True,
         text=True,
@@ -74,7 +74,7 @@ def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> t
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs[f"worker{index}"] = subprocess.Popen(
-            tfsr_command(stage, *args, "--output_dir", multi_run),
+            subprocess_command(stage, *args, "--output_dir", multi_run),
             env=subprocess_env(TF_CONFIG=tf_config),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -13,6 +12,7 @@ import urllib.request
 
 from serving import client as client_lib
 from serving import server as server_lib
+from tfsr.cli import subprocess_command
 from tfsr.export import testing as T
 
 import grpc
@@ -388,18 +388,9 @@ def test_client_cli_against_server(env, capsys):
 @pytest.mark.slow
 def test_tfsr_serve_subprocess_and_graceful_sigterm(env):
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tfsr.cli",
-            "serve",
-            "--model_name",
-            "toy",
-            "--model_base_path",
-            str(env["path"].parent),
-            "--port",
-            "0",
-        ],
+        subprocess_command(
+            "serve", "--model_name", "toy", "--model_base_path", env["path"].parent, "--port", 0
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 from tfsr import layout
+from tfsr.cli import subprocess_command
 from tfsr.training import cli
 from tfsr.training.loop import NonFiniteError, Trainer, read_history
 
@@ -19,7 +20,6 @@ from training_samples import (
     checkpoint_steps,
     checkpoint_values,
     subprocess_env,
-    tfsr_command,
     train_args,
     write_records,
     write_samples_dir,
@@ -58,14 +58,14 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(samples, tmp_pa
     (after checkpoints), then re-run on its run directory; both end at the same step with the same weights."""
     flags = ["--batch_size", 32, "--epochs", 3, "--log_every", 1, "--checkpoint_every", 4]
     full = subprocess.Popen(
-        tfsr_command("train", *train_args(samples, tmp_path / "full", *flags)),
+        subprocess_command("train", *train_args(samples, tmp_path / "full", *flags)),
         env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     killed_run = tmp_path / "killed"
     victim = subprocess.Popen(
-        tfsr_command("train", *train_args(samples, killed_run, *flags)),
+        subprocess_command("train", *train_args(samples, killed_run, *flags)),
         env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -85,7 +85,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(samples, tmp_pa
 
     started = time.perf_counter()
     resumed = subprocess.run(
-        tfsr_command("train", *train_args(samples, killed_run, *flags)),
+        subprocess_command("train", *train_args(samples, killed_run, *flags)),
         env=subprocess_env(),
         capture_output=True,
         text=True,

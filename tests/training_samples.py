@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
-import sys
 
 from tfsr import data, layout
+from tfsr.cli import subprocess_command
 from tfsr.features import FeatureSpec
 
 import tensorflow as tf
@@ -48,11 +48,6 @@ def train_args(samples, run, *extra) -> list[str]:
     return ["--samples_dir", str(samples), "--output_dir", str(run), *MODEL_FLAGS, *map(str, extra)]
 
 
-def tfsr_command(*args) -> list[str]:
-    """`tfsr <args>` as a subprocess command line (the venv's python, quiet TF logs via the env)."""
-    return [sys.executable, "-m", "tfsr.cli", *map(str, args)]
-
-
 def subprocess_env(**extra) -> dict:
     import os
 
@@ -65,7 +60,7 @@ def subprocess_env(**extra) -> dict:
 
 def run_tfsr(*args, timeout=120, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
-        tfsr_command(*args),
+        subprocess_command(*args),
         env=subprocess_env(**env),
         capture_output=True,
         text=True,

@@ -47,6 +47,11 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def subprocess_command(*args: object) -> list[str]:
+    """The argv that runs `tfsr ARGS` in a child process with this interpreter (no console script needed)."""
+    return [sys.executable, "-m", "tfsr.cli", *map(str, args)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tfsr` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)

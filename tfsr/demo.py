@@ -84,20 +84,9 @@ def serve_and_score(export_base: pathlib.Path, name: str, data: movielens.MovieL
     from serving.client import ScoringClient, format_ranking
 
     port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "tfsr.cli",
-        "serve",
-        "--model_name",
-        name,
-        "--model_base_path",
-        str(export_base / name),
-        "--port",
-        str(port),
-    ]
-    log.info("$ %s", shlex.join(["tfsr", *command[3:]]))
-    server = subprocess.Popen(command)
+    args = ["serve", "--model_name", name, "--model_base_path", export_base / name, "--port", port]
+    log.info("$ tfsr %s", shlex.join(map(str, args)))
+    server = subprocess.Popen(cli.subprocess_command(*args))
     try:
         with ScoringClient(
             f"127.0.0.1:{port}", name, deadline_s=10.0, max_retries=8, backoff_s=0.5
