@@ -56,8 +56,8 @@ def test_tf_config_parsing(monkeypatch):
         distributed.tf_config()
 
 
-def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> tuple[dict, float, float]:
-    """Runs `tfsr STAGE` single-worker, then as 2 workers on loopback; returns outputs and wall seconds."""
+def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> tuple[float, float]:
+    """Runs `tfsr STAGE` single-worker, then as 2 workers on loopback; returns both wall times (s)."""
     # the single-worker reference first: three processes at once starve the workers' collectives on 2 cores
     started = time.perf_counter()
     single_proc = subprocess.run(
@@ -92,7 +92,7 @@ def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> t
     for name, proc in procs.items():
         assert proc.returncode == 0, f"{name} failed:\n{outputs[name][-4000:]}"
     assert "MultiWorkerMirroredStrategy: 2 workers" in outputs["worker1"]
-    return outputs, single_s, multi_s
+    return single_s, multi_s
 
 
 def _assert_same_losses(single_run, multi_run, min_steps: int) -> None:
@@ -122,7 +122,7 @@ def _assert_same_losses(single_run, multi_run, min_steps: int) -> None:
 def test_two_workers_on_loopback_match_single_worker_loss(tmp_path):
     samples, _ = write_samples_dir(tmp_path / "samples", rows=600)
     args = ["--samples_dir", samples, *MODEL_FLAGS, *FLAGS]  # --output_dir is given per run
-    _, single_s, multi_s = _single_then_two_workers("train", args, tmp_path / "single", tmp_path / "multi")
+    single_s, multi_s = _single_then_two_workers("train", args, tmp_path / "single", tmp_path / "multi")
     print(
         f"\ntrain, global batch 64: 1 worker {single_s:.1f} s, 2 workers {multi_s:.1f} s (process start included)"
     )
