@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 FilesArg = str | os.PathLike | Sequence[str] | tuple[str | os.PathLike, str]
+MAX_OPEN_SHARDS = 64  # files read at once by make_dataset's interleave (each holds a gzip read buffer)
 
 
 def _resolve_files(files: FilesArg) -> list[str]:
@@ -78,7 +79,10 @@ def make_dataset(
         :data:`tfsr.layout.SPLITS`.
       spec: the feature specification the files were written with.
       batch_size: rows per batch.
-      shuffle: shuffle files and rows (deterministically under `seed`).
+      shuffle: shuffle the file order and, through a `shuffle_buffer`-row buffer, the rows
+        (deterministically under `seed`). Rows are interleaved one at a time across files either way;
+        the samples that `tfsr preprocess` writes are already in random order within and across
+        shards, whatever the order of the logs, so the buffer only adds per-epoch variation.
       seed: the seed of every random choice in the pipeline.
       domains: keep only these domains (names); None keeps all.
       domain_weights: per-domain sampling weights (names -> weight > 0); rows are drawn from one
@@ -121,9 +125,12 @@ def make_dataset(
     file_ds = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle:
         file_ds = file_ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    # One row from each open shard in turn (block_length 1) over up to MAX_OPEN_SHARDS shards: with
+    # build_samples' shards (each in random key order) consecutive rows come from different shards.
     records = file_ds.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=min(len(paths), 8),
+        cycle_length=min(len(paths), MAX_OPEN_SHARDS),
+        block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -201,6 +208,7 @@ def synthetic_records(
     num_queries: int = 20,
     latent_dim: int = 4,
     draw_seed: int | None = None,
+    aspect_signal: Mapping[str, str] | None = None,
 ) -> Iterator[dict]:
     """Model-ready python records (the default feature schema) whose labels carry real signal.
 
@@ -209,6 +217,17 @@ def synthetic_records(
     `p = sigmoid(2 u.v + shift_d)`, search domains with `p = sigmoid(2 q.v + u.v)`. Genres and the
     decade follow the item's factors. `seed` fixes the world (factors), `draw_seed` (default: `seed`)
     the rows drawn from it, so a test split is the same world with other rows.
+
+    `aspect_signal` plants domain-dependent aspect informativeness, the situation Domain-Gating is
+    for (Gong et al. 2023, §3.3; DESIGN.md §4 L1): `domain name -> "id" | "text" | "sparse"` names, for
+    every domain of `spec`, the one aspect of the item and the query that carries their factors there.
+    The other aspects are per-row noise: ids fresh (never repeated, so uninformative), text embeddings
+    those of a random factor (distributed like real ones), genres and decade random. With "sparse"
+    (rec domains only) the item's factor is the mean of its genres' centres. Clicks follow
+    `sigmoid(2 (u + w).v + shift_d)` in rec domains and `sigmoid(2 q.v + (u + w).v)` in search ones,
+    where `w` is a taste every user shares, so the informative aspect alone predicts clicks (which
+    `tests/test_synthetic.py` checks in numpy). The user entity has only an id aspect: user ids stay
+    informative everywhere. None (the default) gives the original records, draw for draw.
     """
     rng = np.random.default_rng(seed)
     text_dim = spec.text_dim
@@ -220,12 +239,39 @@ def synthetic_records(
     decades = ["1970s", "1980s", "1990s", "2000s"]
     domains = list(spec.domains)
     shifts = rng.normal(scale=0.5, size=len(domains))
+    if aspect_signal is not None:
+        _check_aspect_signal(spec, aspect_signal)
+        shared_taste = rng.normal(size=latent_dim) / np.sqrt(latent_dim) * 1.5
+        genre_centres = rng.normal(size=(len(genres), latent_dim)) / np.sqrt(latent_dim) * 1.5
     if draw_seed is not None:
         rng = np.random.default_rng([seed, draw_seed])
 
     def embed(factor):
         vector = factor @ text_map + rng.normal(scale=0.05, size=text_dim)
         return (vector / np.linalg.norm(vector)).astype(np.float32).tolist()
+
+    def item_genre_ids(item):
+        return np.argsort(-item)[:2] % len(genres)
+
+    def plant(record, domain, u, i, q):
+        """Keeps the factors in the domain's aspect only (the others become noise); returns the logit."""
+        aspect = aspect_signal[domain.name]
+        item = genre_centres[item_genre_ids(items[i])].mean(axis=0) if aspect == "sparse" else items[i]
+        entities = [("item_id", "item_title_embedding")]
+        if q is not None:
+            entities.append(("query_id", "query_text_embedding"))
+        for id_name, text_name in entities:
+            if aspect != "id":
+                record[id_name] = f"{id_name[0]}-fresh-{rng.integers(2**62)}"
+            if aspect != "text":
+                record[text_name] = embed(rng.normal(size=latent_dim))
+        if aspect != "sparse":
+            record["item_genres"] = [genres[j] for j in rng.choice(len(genres), size=2, replace=False)]
+            record["item_decade"] = decades[int(rng.integers(len(decades)))]
+        taste = users[u] + shared_taste
+        if q is not None:
+            return 2.0 * queries[q] @ item + taste @ item
+        return 2.0 * taste @ item + shifts[domain.id]
 
     for _ in range(num_rows):
         domain = domains[rng.integers(len(domains))]
@@ -237,10 +283,11 @@ def synthetic_records(
             "item_id": f"i{i}",
             "item_title": f"title {i}",
             "item_title_embedding": embed(item),
-            "item_genres": [genres[j] for j in np.argsort(-item)[:2] % len(genres)],
+            "item_genres": [genres[j] for j in item_genre_ids(item)],
             "item_decade": decades[int(np.argmax(item)) % len(decades)],
             "timestamp": int(rng.integers(1_000_000)),
         }
+        q = None
         if domain.kind == "search":
             q = int(rng.integers(num_queries))
             record.update(query_id=f"q{q}", query_text=f"query {q}", query_text_embedding=embed(queries[q]))
@@ -248,8 +295,25 @@ def synthetic_records(
         else:
             record.update(query_text_embedding=[0.0] * text_dim)
             logit = 2.0 * users[u] @ item + shifts[domain.id]
+        if aspect_signal is not None:
+            logit = plant(record, domain, u, i, q)
         record["label"] = int(rng.random() < 1.0 / (1.0 + np.exp(-logit)))
         yield record
+
+
+def _check_aspect_signal(spec: FeatureSpec, aspect_signal: Mapping[str, str]) -> None:
+    """`aspect_signal` names every domain of `spec` once, with an aspect; "sparse" only for rec domains."""
+    if set(aspect_signal) != set(spec.domains.names):
+        raise ValueError(
+            f"aspect_signal must name exactly the domains {spec.domains.names}, got {sorted(aspect_signal)}"
+        )
+    for name, aspect in aspect_signal.items():
+        if aspect not in ("id", "text", "sparse"):
+            raise ValueError(f"aspect_signal[{name!r}] must be 'id', 'text' or 'sparse', got {aspect!r}")
+        if aspect == "sparse" and spec.domains[name].kind == "search":
+            raise ValueError(
+                f"aspect_signal[{name!r}] = 'sparse' is for rec domains: a query has no sparse aspect"
+            )
 
 
 def write_synthetic_samples(
