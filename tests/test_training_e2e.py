@@ -181,3 +181,35 @@ def test_finetune_keeps_frozen_levels_and_evaluate_writes_report(samples, pretra
     for name in ("report.md", "auc_by_domain.png", "gate_weights.png", "training_curves.png"):
         assert (out / name).stat().st_size > 0
     assert "## Cold-start domain" in (out / "report.md").read_text()
+
+
+def test_default_finetune_leaves_warm_domain_predictions_unchanged(samples, pretrained, tmp_path):
+    """Adding and fine-tuning the cold-start domain with the default freeze (every pretrained weight) changes
+    no warm-domain prediction; the new domain's own rows and calibration do change."""
+    from tfsr import layout
+    from tfsr.models import load_model
+    from tfsr.training.config import FINETUNE_DEFAULTS, resolve
+
+    spec = layout.read_feature_spec(samples)
+    warm = [d.name for d in spec.domains.warm()]
+    base = load_model(pretrained / "model")
+    before = workflows.predict_splits(base, samples, spec, [layout.PRETRAIN_EVAL], domains=warm)
+    cfg = resolve(
+        {**FINETUNE_DEFAULTS, "batch_size": 32, "epochs": 3, "log_every": 2},
+        None,
+        {"samples_dir": str(samples), "output_dir": str(tmp_path / "ft"), "pretrained": str(pretrained)},
+    )
+    assert cfg.freeze == ["L0", "L1", "L2_shared"]
+    result = workflows.run_finetune(cfg)
+    tuned = load_model(tmp_path / "ft" / "model")
+    after = workflows.predict_splits(tuned, samples, spec, [layout.PRETRAIN_EVAL], domains=warm)
+    np.testing.assert_array_equal(before["domain"], after["domain"])
+    assert np.max(np.abs(before["ctr"] - after["ctr"])) <= 1e-6
+    assert int(result["trainer"].step.numpy()) > 0
+    cold_id = tuned.domain_registry["rec_children"].id
+    if getattr(layout, "COLDSTART_VALID", None) in layout.SPLITS:  # calibrated on its validation slice
+        assert "rec_children" in result["calibration"] and tuned.calibration.domain(cold_id) != (1.0, 0.0)
+    for d in warm:
+        assert tuned.calibration.domain(tuned.domain_registry[d].id) == base.calibration.domain(
+            base.domain_registry[d].id
+        )

@@ -3,7 +3,7 @@
 import json
 
 from tfsr.training import config as tc
-from tfsr.training.loop import Trainer, read_history
+from tfsr.training.loop import Trainer, Validation, read_history
 
 import numpy as np
 import pytest
@@ -92,3 +92,50 @@ def test_verbose_progress_bar(tmp_path, capsys):
     trainer.fit(_dataset, epochs=1)
     assert int(trainer.step.numpy()) == 6
     assert "loss" in capsys.readouterr().out
+
+
+def _scripted_validation(trainer, values, **kw):
+    """A Validation whose epoch scores are `values` in turn; records the weights each epoch ended with."""
+    seen = []
+
+    def evaluate():
+        seen.append(trainer.model.dense.kernel.numpy().copy())
+        return {"val_auc": values[len(seen) - 1], "val_loss": 1.0}
+
+    return Validation(evaluate, **kw), seen
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_epoch(tmp_path):
+    trainer = _trainer(tmp_path)
+    validation, seen = _scripted_validation(trainer, [0.60, 0.70, 0.65, 0.64, 0.9], patience=2)
+    trainer.fit(_dataset, epochs=5, validation=validation)
+    assert len(seen) == 4  # epochs 3 and 4 did not beat epoch 2: stopped before epoch 5
+    assert int(trainer.step.numpy()) == 24
+    np.testing.assert_array_equal(trainer.model.dense.kernel.numpy(), seen[1])  # epoch 2's weights
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["epoch"] == 2 and best["value"] == 0.70 and best["stopped_early"]
+    val_points = [h for h in read_history(tmp_path) if "val_auc" in h]
+    assert [h["epoch"] for h in val_points] == [1, 2, 3, 4]
+
+    # a resumed run of a stopped run trains no further, and still ends on the best weights
+    again = _trainer(tmp_path)
+    validation, seen_again = _scripted_validation(again, [0.99] * 5, patience=2)
+    again.fit(_dataset, epochs=5, validation=validation)
+    assert seen_again == [] and int(again.step.numpy()) == 24
+    np.testing.assert_array_equal(again.model.dense.kernel.numpy(), seen[1])
+
+
+def test_loss_monitors_minimise_and_patience_none_runs_every_epoch(tmp_path):
+    trainer = _trainer(tmp_path)
+    losses = iter([0.5, 0.4, 0.45, 0.6])
+    kernels = []
+
+    def evaluate():
+        kernels.append(trainer.model.dense.kernel.numpy().copy())
+        return {"val_loss": next(losses)}
+
+    trainer.fit(_dataset, epochs=4, validation=Validation(evaluate, monitor="val_loss", patience=None))
+    assert len(kernels) == 4
+    np.testing.assert_array_equal(trainer.model.dense.kernel.numpy(), kernels[1])
+    with pytest.raises(ValueError, match="patience must be a positive int or None, got 0"):
+        Validation(evaluate, patience=0)

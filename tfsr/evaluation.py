@@ -276,7 +276,7 @@ def evaluate_arrays(
 def predict_dataset(model, dataset, max_batches: int | None = None) -> dict[str, np.ndarray]:
     """Runs ``model(features, training=False)`` over a finite dataset; returns concatenated arrays.
 
-    Collected: ``ctr``, ``label``, ``domain``, ``user_id``, ``is_cold_item`` (when present), ``gate_weights``
+    Collected: ``ctr``, ``logit`` (when the model outputs it), ``label``, ``domain``, ``user_id``, ``is_cold_item`` (when present), ``gate_weights``
     (when the model outputs them) and ``item_id``.
     """
     import tensorflow as tf
@@ -306,6 +306,8 @@ def predict_dataset(model, dataset, max_batches: int | None = None) -> dict[str,
         if not isinstance(outputs, Mapping):
             outputs = {"ctr": outputs}
         chunks.setdefault("ctr", []).append(np.asarray(outputs["ctr"]).reshape(-1))
+        if "logit" in outputs:
+            chunks.setdefault("logit", []).append(np.asarray(outputs["logit"]).reshape(-1))
         if "gate_weights" in outputs and outputs["gate_weights"] is not None:
             chunks.setdefault("gate_weights", []).append(np.asarray(outputs["gate_weights"]))
         for key in keep:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 FREEZE_LEVELS = ("L0", "L1", "L2_shared")
+MONITORS = ("val_auc", "val_loss")
 
 
 @dataclasses.dataclass
@@ -45,11 +46,23 @@ class TrainConfig:
       checkpoint_every: steps between checkpoints (a checkpoint is also written at every epoch end).
       keep_checkpoints: how many checkpoints CheckpointManager keeps.
       pretrained: (finetune) a saved model or a pretraining run directory (its ``model/`` is used).
-      freeze: (finetune) model levels to freeze, from ``L0``, ``L1``, ``L2_shared``.
+      freeze: (finetune) model levels to freeze, from ``L0``, ``L1``, ``L2_shared``; default all three: every
+        pretrained weight is frozen and the new domain trains only its own rows (aspect gates, expert gate,
+        tower, calibration), so fine-tuning leaves the warm domains' predictions exactly as they were.
+        Leaving a level trainable lets the new domain's data move weights the warm domains share (logged).
       init_from: (finetune) a pretrained domain whose per-domain weights (gate vector, adaptive map, expert
         gate, tower) initialise the new domain's; None = fresh initialisation (gate at mean pooling, adaptive
         map at the shared map). A frozen L1 keeps the new domain's own aspect-gate rows trainable (it has no
         pretrained ones); every pretrained weight stays frozen.
+      validation_split: the split scored at every epoch end for early stopping and best-epoch restore, carved
+        from the training period (``pretrain_valid``; ``coldstart_valid`` for fine-tuning; never an
+        evaluation split); None or "" = no validation (the last epoch is kept, no calibration).
+      monitor: the validation metric: ``val_auc`` (mean of the per-domain AUCs, higher is better) or
+        ``val_loss`` (mean of the per-domain log losses, lower is better).
+      patience: epochs without improvement of ``monitor`` before training stops; None = run every epoch and
+        still restore the best one.
+      calibrate: after training, fit each trained domain's Platt scaling on the validation slice
+        (``DomainCalibration``: rankings unchanged, CTRs calibrated); other domains keep theirs.
       evaluate: evaluate on the evaluation split(s) after training and write the report.
       eval_batch_size: batch size of evaluation.
       verbose: show a Keras progress bar per epoch (otherwise a log line every ``log_every`` steps).
@@ -74,8 +87,12 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     pretrained: str | None = None
-    freeze: list = dataclasses.field(default_factory=lambda: ["L0", "L1"])
+    freeze: list = dataclasses.field(default_factory=lambda: list(FREEZE_LEVELS))
     init_from: str | None = None
+    validation_split: str | None = "pretrain_valid"
+    monitor: str = "val_auc"
+    patience: int | None = 2
+    calibrate: bool = True
     evaluate: bool = False
     eval_batch_size: int = 4096
     verbose: bool = False
@@ -101,6 +118,14 @@ class TrainConfig:
             raise ValueError(f"max_steps must be a positive integer or null, got {self.max_steps!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
+        if self.patience is not None and (
+            not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience <= 0
+        ):
+            raise ValueError(f"patience must be a positive integer or null, got {self.patience!r}")
+        if self.validation_split and self.validation_split == self.split:
+            raise ValueError(f"validation_split must differ from the training split {self.split!r}")
         bad = [lvl for lvl in self.freeze if lvl not in FREEZE_LEVELS]
         if bad:
             raise ValueError(f"freeze levels must be among {FREEZE_LEVELS}, got {bad}")
@@ -129,6 +154,8 @@ class TrainConfig:
 
 FINETUNE_DEFAULTS = {
     "split": "coldstart_finetune",
+    "validation_split": "coldstart_valid",
+    "patience": 5,
     "batch_size": 64,
     "epochs": 20,
     "log_every": 10,

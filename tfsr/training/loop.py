@@ -15,6 +15,12 @@ checkpoint is also refused when the weights themselves became non-finite. TFReco
 feature spec mid-run raise :class:`TrainingDataError` naming the step and TensorFlow's message (which names
 the feature). Either way the latest checkpoint on disk is the last good one, and re-running resumes from it.
 
+Model selection: given a :class:`Validation` (a callable scoring the model on a validation slice carved
+from the training period, never the evaluation split), the trainer scores the model at every epoch end,
+keeps the best epoch's weights under ``<run_dir>/best/``, stops after ``patience`` epochs without improvement
+and restores the best weights at the end (early stopping with best-epoch restore; the state survives a
+kill and resume through ``best.json``).
+
 Distributed: with a ``tf.distribute`` strategy (``tfsr.training.distributed``: MultiWorkerMirroredStrategy
 from ``TF_CONFIG``) the step runs under ``strategy.run`` with the loss scaled by ``1 / num_replicas``, the
 dataset is auto-sharded, and only the chief writes the run directory (the others save to temp dirs).
@@ -24,6 +30,7 @@ Run directory::
     <run_dir>/checkpoints/         ckpt-<step>.{index,data-*}, checkpoint (CheckpointManager)
     <run_dir>/tensorboard/<stage>/ scalars: loss, total_loss, regularization_loss, learning_rate, examples/s
     <run_dir>/history.json         [{"step", "epoch", "loss", ..., "examples_per_sec", "wall_s"}, ...]
+    <run_dir>/best/, best.json     the best epoch's weights and {"epoch", "step", "value", "metrics", ...}
 
 Example:
   >>> trainer = Trainer(model, tf.keras.optimizers.Adam(1e-3), "runs/pretrain", seed=0)
@@ -32,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -51,6 +59,8 @@ log = logging.getLogger("tfsr.training")
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 HISTORY_FILE = "history.json"
+BEST_DIR = "best"
+BEST_FILE = "best.json"
 
 
 def set_seeds(seed: int) -> None:
@@ -95,6 +105,36 @@ def _scalar(value) -> float | None:
         return None
     v = float(arr.reshape(()))
     return v if math.isfinite(v) else None
+
+
+@dataclasses.dataclass
+class Validation:
+    """Early stopping and best-epoch restore on a validation slice.
+
+    Args:
+      evaluate: ``() -> {metric: value}``, the model scored on the validation slice (it must contain
+        `monitor`); called at every epoch end.
+      monitor: the metric compared between epochs; higher is better unless its name ends in ``loss``.
+      patience: epochs without improvement before training stops; None = never stop early (the best
+        epoch is still restored).
+      restore_best: load the best epoch's weights into the model when training ends.
+    """
+
+    evaluate: Callable[[], Mapping[str, float]]
+    monitor: str = "val_auc"
+    patience: int | None = 2
+    restore_best: bool = True
+
+    def __post_init__(self):
+        if self.patience is not None and (
+            not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience <= 0
+        ):
+            raise ValueError(f"patience must be a positive int or None, got {self.patience!r}")
+
+    def better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value < best if self.monitor.endswith("loss") else value > best
 
 
 class NonFiniteError(RuntimeError):
@@ -216,6 +256,7 @@ class Trainer:
             step_counter=self.step,
         )
         self.history: list[dict] = []
+        self.best: dict[str, Any] = {}
         self.restored_from: str | None = None
         self._built = False
         self._train_fn = None
@@ -246,6 +287,8 @@ class Trainer:
             return False
         self.checkpoint.restore(latest).expect_partial()
         self.restored_from = latest
+        best_path = self.run_dir / BEST_FILE
+        self.best = json.loads(best_path.read_text(encoding="utf-8")) if best_path.exists() else {}
         step = int(self.step.numpy())
         self.history = [
             h
@@ -412,8 +455,10 @@ class Trainer:
         epochs: int,
         max_steps: int | None = None,
         resume: bool = True,
+        validation: Validation | None = None,
     ) -> list[dict]:
-        """Trains until `epochs` epochs are done or the global step reaches `max_steps`.
+        """Trains until `epochs` epochs are done, the global step reaches `max_steps`, or `validation` stops
+        it early (then, with ``restore_best``, the model holds the best epoch's weights).
 
         Args:
           dataset_fn: ``epoch -> finite tf.data.Dataset`` of that epoch's batches. It must be deterministic
@@ -421,6 +466,7 @@ class Trainer:
           epochs: total number of epochs of the run (a resumed run counts the epochs already done).
           max_steps: optional cap on the global step.
           resume: restore the latest checkpoint of the run directory first.
+          validation: optional early stopping and best-epoch restore (:class:`Validation`).
 
         Returns:
           the history (one dict per logged interval).
@@ -449,6 +495,9 @@ class Trainer:
         interval: dict[str, list[float]] = {}
         interval_examples = 0
         interval_start = time.perf_counter()
+        if validation is not None and self.best.get("stopped_early"):
+            log.info("%s: this run already stopped early at epoch %d", self.stage, int(self.epoch.numpy()))
+            epochs = start_epoch
         try:
             for epoch in range(start_epoch, epochs):
                 if max_steps is not None and int(self.step.numpy()) >= max_steps:
@@ -492,8 +541,11 @@ class Trainer:
                             int(self.step.numpy()), epoch, interval, interval_examples, interval_start, writer
                         )
                         interval, interval_examples, interval_start = {}, 0, time.perf_counter()
+                    stop = validation is not None and self._validate(validation, epoch, writer)
                     self.save()
                     last_saved, saved_once = int(self.step.numpy()), True
+                    if stop:
+                        break
                     continue
                 break  # max_steps reached inside the epoch
         except KeyboardInterrupt:
@@ -515,7 +567,64 @@ class Trainer:
         else:
             self._write_history()
         writer.flush()
+        if validation is not None and validation.restore_best:
+            self.restore_best()
         return self.history
+
+    def _validate(self, validation: Validation, epoch: int, writer) -> bool:
+        """Scores the epoch just finished; keeps it when it is the best so far. Returns whether to stop."""
+        metrics = {k: float(v) for k, v in validation.evaluate().items()}
+        if validation.monitor not in metrics:
+            raise ValueError(
+                f"validation returned {sorted(metrics)}, not the monitored {validation.monitor!r}"
+            )
+        value, step = metrics[validation.monitor], int(self.step.numpy())
+        self.history.append({"stage": self.stage, "step": step, "epoch": epoch + 1, **metrics})
+        with writer.as_default(step=step):
+            for k, v in metrics.items():
+                write_scalar(k, v, step)
+        if validation.better(value, self.best.get("value")):
+            self.best = {
+                "stage": self.stage,
+                "monitor": validation.monitor,
+                "epoch": epoch + 1,
+                "step": step,
+                "value": value,
+                "metrics": metrics,
+            }
+            target = distributed.write_dir(self.run_dir / BEST_DIR, self.strategy)
+            tf.train.Checkpoint(model=self.model).write(str(target / "weights"))
+            distributed.remove_temp(target, self.strategy)
+        since_best = epoch + 1 - int(self.best["epoch"])
+        stop = validation.patience is not None and since_best >= validation.patience
+        log.info(
+            "%s: epoch %d: %s %.4f (best %.4f at epoch %d)%s",
+            self.stage,
+            epoch + 1,
+            validation.monitor,
+            value,
+            self.best["value"],
+            self.best["epoch"],
+            f"; no improvement for {since_best} epochs: stopping early" if stop else "",
+        )
+        self.best["stopped_early"] = stop
+        if self.is_chief:
+            _write_json_atomic(self.run_dir / BEST_FILE, self.best)
+        return stop
+
+    def restore_best(self) -> bool:
+        """Loads the best validated epoch's weights into the model; returns whether there were any."""
+        if not self.best:
+            return False
+        tf.train.Checkpoint(model=self.model).read(str(self.run_dir / BEST_DIR / "weights")).expect_partial()
+        log.info(
+            "%s: restored the best epoch (%d, %s %.4f)",
+            self.stage,
+            self.best["epoch"],
+            self.best["monitor"],
+            self.best["value"],
+        )
+        return True
 
     def _log_point(self, step, epoch, interval, examples, started, writer) -> None:
         elapsed = max(time.perf_counter() - started, 1e-9)

@@ -4,8 +4,13 @@ study call).
 * :func:`run_train` — build the model from ``config.model`` (a ``tfsr.models.ModelConfig`` dict), train it on
   the warm domains of ``pretrain_train``, save it to ``<output_dir>/model``.
 * :func:`run_finetune` — load a pretrained model, ``add_domain`` the cold-start domain, ``freeze`` the chosen
-  levels (default L0 + L1, the paper's best split), train on ``coldstart_finetune`` with the stage's own
+  levels (default every pretrained weight: L0 + L1, the paper's best split, and the shared experts, so the
+  warm domains' predictions stay exactly as they were), train on ``coldstart_finetune`` with the stage's own
   batch size and epochs, save it.
+
+Both training stages select the model on a validation slice carved from the training period
+(``pretrain_valid`` / ``coldstart_valid``): early stopping, best-epoch restore, then per-domain Platt
+calibration of the trained domains (:func:`validation_metrics`, :func:`calibrate`).
 * :func:`run_evaluate` — predict the evaluation splits, compute :mod:`tfsr.evaluation`'s metrics, and write
   :mod:`tfsr.report`'s JSON + markdown + plots.
 """
@@ -13,6 +18,7 @@ study call).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import pathlib
 import time
@@ -23,8 +29,9 @@ import tfsr  # noqa: F401  (already imported as the parent package, which select
 from tfsr import evaluation, layout, report
 from tfsr.training import distributed
 from tfsr.training.config import TrainConfig
-from tfsr.training.loop import Trainer, load_histories, set_seeds
+from tfsr.training.loop import Trainer, Validation, load_histories, set_seeds
 
+import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger("tfsr.training")
@@ -143,10 +150,106 @@ def _fit(
             domain_weights=cfg.domain_weights,
         )
 
+    validation = None
+    if has_split(cfg.samples_dir, cfg.validation_split):
+        validation = Validation(
+            lambda: validation_metrics(model, cfg.samples_dir, spec, cfg.validation_split, domains),
+            monitor=cfg.monitor,
+            patience=cfg.patience,
+        )
+    elif cfg.validation_split:
+        log.warning(
+            "%s: no %r split in %s: no early stopping, best-epoch restore or calibration (the last epoch is "
+            "kept)",
+            stage,
+            cfg.validation_split,
+            cfg.samples_dir,
+        )
     started = time.perf_counter()
-    history = trainer.fit(dataset_fn, epochs=cfg.epochs, max_steps=cfg.max_steps)
+    history = trainer.fit(dataset_fn, epochs=cfg.epochs, max_steps=cfg.max_steps, validation=validation)
     log.info("%s: %d steps in %.1f s", stage, int(trainer.step.numpy()), time.perf_counter() - started)
     return trainer, history
+
+
+def has_split(samples_dir, split: str | None) -> bool:
+    """Whether a samples directory has rows in `split` (by its manifest's counts, else by its files)."""
+    if not split or not list(pathlib.Path(samples_dir, split).glob(f"part-*{layout.TFRECORD_SUFFIX}")):
+        return False
+    try:
+        per_domain = layout.read_manifest(samples_dir).get("counts", {}).get(split)
+    except FileNotFoundError:
+        per_domain = None
+    if per_domain is None:
+        return True
+    return sum(entry.get("samples", 0) for entry in per_domain.values()) > 0
+
+
+def validation_metrics(model, samples_dir, spec, split: str, domains: Sequence[str]) -> dict[str, float]:
+    """The model on a validation split: per-domain AUC and log loss and their means over the domains.
+
+    ``val_auc`` averages the domains with both classes in the slice, ``val_loss`` every domain; each domain
+    counts once whatever its size, so a small domain is not drowned by a large one.
+    """
+
+    preds = predict_splits(model, samples_dir, spec, [split], domains=domains)
+    aucs, losses, metrics = [], [], {}
+    for name in domains:
+        mask = preds["domain"].astype(str) == name
+        labels = preds["label"][mask]
+        if labels.size == 0:
+            continue
+        losses.append(metrics.setdefault(f"val_{name}_loss", evaluation.log_loss(labels, preds["ctr"][mask])))
+        if 0 < labels.sum() < labels.size:
+            aucs.append(metrics.setdefault(f"val_{name}_auc", evaluation.auc(labels, preds["ctr"][mask])))
+    if not losses:
+        raise ValueError(f"the validation split {split!r} has no rows of the domains {list(domains)}")
+    metrics["val_loss"] = float(np.mean(losses))
+    metrics["val_auc"] = float(np.mean(aucs)) if aucs else 0.5
+    return metrics
+
+
+def calibrate(model, samples_dir, spec, split: str, domains: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Fits each domain's Platt scaling on a validation split (``DomainCalibration``); returns
+    ``{domain: {"scale", "shift", "rows", "logloss_before", "logloss_after"}}``.
+
+    The calibration map is strictly increasing (AUC and GAUC do not change); domains not named keep
+    their calibration, so fine-tuning a new domain leaves the warm domains' CTRs as they were.
+    """
+    from tfsr.layers.calibration import fit_platt
+
+    layer = getattr(model, "calibration", None)
+    if layer is None:
+        return {}
+    preds = predict_splits(model, samples_dir, spec, [split], domains=domains)
+    out = {}
+    for name in domains:
+        mask = preds["domain"].astype(str) == name
+        if not mask.any():
+            continue
+        domain_id = model.domain_registry[name].id
+        old_scale, old_shift = layer.domain(domain_id)
+        raw = (preds["logit"][mask] - old_shift) / old_scale  # undo the current calibration
+        scale, shift = fit_platt(raw, preds["label"][mask])
+        layer.set_domain(domain_id, scale, shift)
+        after = 1.0 / (1.0 + np.exp(-(scale * raw + shift)))
+        out[name] = {
+            "scale": scale,
+            "shift": shift,
+            "rows": int(mask.sum()),
+            "logloss_before": evaluation.log_loss(preds["label"][mask], preds["ctr"][mask]),
+            "logloss_after": evaluation.log_loss(preds["label"][mask], after),
+        }
+        log.info(
+            "calibrated %s on %d %s rows: scale %.3f shift %.3f, log loss %.4f -> %.4f",
+            name,
+            out[name]["rows"],
+            split,
+            scale,
+            shift,
+            out[name]["logloss_before"],
+            out[name]["logloss_after"],
+        )
+    return out
 
 
 def _save(model, cfg: TrainConfig, strategy=None) -> pathlib.Path:
@@ -174,11 +277,21 @@ def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy) -> 
     if distributed.is_chief():
         cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, stage, domains, model_config, strategy)
+    calibration = (
+        calibrate(model, cfg.samples_dir, spec, cfg.validation_split, domains)
+        if cfg.calibrate and has_split(cfg.samples_dir, cfg.validation_split)
+        else {}
+    )
+    if distributed.is_chief() and (trainer.best or calibration):
+        selection = {"best": trainer.best, "calibration": calibration}
+        (pathlib.Path(cfg.output_dir) / "selection.json").write_text(json.dumps(selection, indent=1) + "\n")
     result = {
         "model": model,
         "model_path": _save(model, cfg, strategy),
         "trainer": trainer,
         "history": history,
+        "best": trainer.best,
+        "calibration": calibration,
     }
     if cfg.evaluate and distributed.is_chief():
         result["report"] = run_evaluate(
@@ -227,6 +340,15 @@ def prepare_finetune_model(
     freeze = list(freeze)
     if freeze:
         model.freeze(*freeze)
+    shared = [
+        level for level in ("L0", "L1", "L2_shared") if level not in freeze and model.level_layers(level)
+    ]
+    if shared:
+        log.warning(
+            "fine-tuning with %s trainable: the new domain's data will change weights that the pretrained "
+            "domains share, so their predictions will change too (freeze L0 L1 L2_shared to keep them)",
+            "+".join(shared),
+        )
     return model
 
 
@@ -265,7 +387,6 @@ def predict_splits(
     max_batches: int | None = None,
 ) -> dict:
     """Predictions over several splits, concatenated (only the model's own domains by default)."""
-    import numpy as np
 
     domains = list(domains) if domains else model_domains(model, spec)
     parts = []
