@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
 ENTITIES = ("user", "query", "item", "context")
@@ -39,6 +40,11 @@ DOMAIN_KINDS = ("search", "rec")
 
 SCHEMA_VERSION = 1
 DEFAULT_TEXT_DIM = 384
+# Characters an id or sparse value may not hold: the C0/C1 controls (NUL, tab, \n, \r, \v, form feed, the
+# file/group/record separators, DEL, U+0085) and the Unicode line/paragraph separators. Such values end up
+# in newline-joined vocabulary files (one value a line, read back with str.splitlines), which they would
+# split or corrupt (issue 17); texts (query_text, item_title) may hold them, they are never vocabulary.
+FORBIDDEN_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class FeatureValidationError(ValueError):
@@ -530,7 +536,7 @@ def _check_scalar(f: Feature, value: Any) -> Any:
                 ) from None
         if not isinstance(value, str):
             raise FeatureValidationError(
-                f.name, f"expected a string, got {type(value).__name__} {value!r:.40}"
+                f.name, f"expected a string, got {type(value).__name__} {_short_repr(value)}"
             )
         try:  # e.g. a lone surrogate from a JSON "\ud800" escape is a str but has no UTF-8 encoding
             value.encode("utf-8")
@@ -538,30 +544,44 @@ def _check_scalar(f: Feature, value: Any) -> Any:
             raise FeatureValidationError(
                 f.name, f"string is not encodable as UTF-8 ({err.reason} at {err.start})"
             ) from None
+        if f.aspect in ("id", "sparse"):
+            bad = FORBIDDEN_ID_CHARS.search(value)
+            if bad:
+                raise FeatureValidationError(
+                    f.name,
+                    f"control character or line break U+{ord(bad.group()):04X} at {bad.start()} "
+                    "(ids and sparse values are vocabulary lines)",
+                )
         return value
     if f.dtype == "int64":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (isinstance(value, float) and not value.is_integer())
-        ):
+        # exact: an int (1.0, True, "1" are not), so every input format accepts the same spellings
+        if isinstance(value, bool) or not isinstance(value, int):
             raise FeatureValidationError(
-                f.name, f"expected an integer, got {type(value).__name__} {value!r:.40}"
+                f.name, f"expected an integer, got {type(value).__name__} {_short_repr(value)}"
             )
-        value = int(value)
         if not -(2**63) <= value < 2**63:
-            raise FeatureValidationError(f.name, f"integer {value} does not fit in int64")
+            raise FeatureValidationError(f.name, f"integer {_short_repr(value)} does not fit in int64")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FeatureValidationError(f.name, f"expected a number, got {type(value).__name__} {value!r:.40}")
+        raise FeatureValidationError(
+            f.name, f"expected a number, got {type(value).__name__} {_short_repr(value)}"
+        )
     if not math.isfinite(value):
         raise FeatureValidationError(f.name, f"expected a finite number, got {value}")
     return float(value)
 
 
+def _short_repr(value: Any, limit: int = 40) -> str:
+    """At most `limit` characters of repr(value); never fails (repr of a 5,000-digit int raises)."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"<integer of {value.bit_length()} bits>"
+    return repr(value)[:limit]
+
+
 def _check_value(f: Feature, value: Any) -> Any:
     if f.varlen or f.shape:
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence | Iterable):
+        # a list (tuple, array) only: a JSON object or a set would pass as its keys, in no fixed order
+        if isinstance(value, str | bytes | Mapping | Set) or not isinstance(value, Sequence | Iterable):
             raise FeatureValidationError(f.name, f"expected a list of {f.dtype}, got {type(value).__name__}")
         values = [_check_scalar(f, v) for v in value]
         if f.shape and len(values) != f.size:

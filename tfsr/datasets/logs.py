@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +48,8 @@ CSV_HEADER = ",".join(COLUMNS)
 FORMATS = ("jsonl", "csv")
 _INT_COLUMNS = ("label", "timestamp")
 _TEXT_COLUMNS = ("query_text", "item_title")
+MAX_INT_DIGITS = 20  # int64 has at most 19 digits; longer literals are rejected unconverted
+_CSV_INT = re.compile(f"-?[0-9]{{1,{MAX_INT_DIGITS}}}")
 
 
 def log_format(path: str) -> str:
@@ -59,10 +62,24 @@ def log_format(path: str) -> str:
     raise ValueError(f"cannot tell the log format of {path!r}: name it *.jsonl or *.csv (optionally .gz)")
 
 
+def _json_int(digits: str) -> int:
+    """json.loads' integer hook: an integer literal longer than any int64 is refused before conversion.
+
+    Python refuses to convert integer strings of over 4,300 digits (a ValueError that is no
+    JSONDecodeError) and converting long ones costs quadratic time, so a hostile row could crash or stall
+    the job.
+    """
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise RowError(
+            "number_too_long", f"an integer of {len(digits)} characters (max {MAX_INT_DIGITS} digits)"
+        )
+    return int(digits)
+
+
 def _from_jsonl(raw: bytes | str) -> dict[str, Any]:
     line = decode_line(raw)
     try:
-        record = json.loads(line)
+        record = json.loads(line, parse_int=_json_int)
     except json.JSONDecodeError as err:
         raise RowError("malformed_json", f"{err.msg} at column {err.colno}") from None
     except RecursionError:
@@ -81,10 +98,11 @@ def _from_csv(raw: bytes | str) -> dict[str, Any]:
         if record[name] == "":
             del record[name]  # absent: parse_log_line's validation requires or defaults it
             continue
-        try:
-            record[name] = int(record[name])
-        except ValueError:
-            raise RowError(f"invalid_{name}", f"{name} {record[name][:40]!r} is not an integer") from None
+        # the spellings JSON accepts for an integer: ASCII digits, an optional '-' (no spaces, '+', '1.0',
+        # fullwidth digits or '_', all of which Python's int() would take)
+        if not _CSV_INT.fullmatch(record[name]):
+            raise RowError(f"invalid_{name}", f"{name} {record[name][:40]!r} is not an integer")
+        record[name] = int(record[name])
     record["item_genres"] = [g for g in record["item_genres"].split("|") if g]
     return record
 
