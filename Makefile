@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data/ml-latest-small
+# MovieLens ml-latest-small for `make demo`: DATA=DIR when given; else ../shared/data/ml-latest-small when it
+# exists; else tfsr's own lookup ($$TFSR_DATA_HOME or ~/.cache/tfsr, then the official download).
+DATA ?= $(wildcard ../shared/data/ml-latest-small)
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
@@ -20,7 +22,7 @@ $(STAMP): setup.py pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m tfsr.demo --data $(DATA)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m tfsr.demo $(if $(DATA),--data $(DATA))
 
 test: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -47,6 +47,7 @@ from typing import Any
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 from beam_jobs.build_samples import LOCAL_RUNNER, RAW_SNIPPET_CHARS, LineRef, dead_letter
 from beam_jobs.saved_model_handler import SIGNATURE, SavedModelSignatureHandler
+from tfsr.cli import UsageError
 from tfsr.datasets import logs as logfmt
 from tfsr.datasets.movielens import RowError
 from tfsr.features import FeatureSpec, FeatureValidationError
@@ -475,21 +476,21 @@ def _check_args(args: argparse.Namespace, spec: FeatureSpec) -> list[str]:
     key_fields = [k.strip() for k in args.key_fields.split(",") if k.strip()]
     unknown = [k for k in key_fields if k not in spec or spec[k].role == "derived"]
     if not key_fields or unknown:
-        raise SystemExit(f"--key_fields: unknown or derived features {unknown or key_fields!r}")
+        raise UsageError(f"--key_fields: unknown or derived features {unknown or key_fields!r}")
     if not 0 < args.min_batch_size <= args.max_batch_size:
-        raise SystemExit("need 0 < --min_batch_size <= --max_batch_size")
+        raise UsageError("need 0 < --min_batch_size <= --max_batch_size")
     paths = [m.path for r in FileSystems.match([args.input]) for m in r.metadata_list]
     if not paths:
-        raise SystemExit(f"--input {args.input!r} matches no file")
+        raise UsageError(f"--input {args.input!r} matches no file")
     for path in paths:
         try:
             input_format(path, args.input_format)
         except ValueError as err:
-            raise SystemExit(f"{err} (or pass --input_format)") from None
+            raise UsageError(f"{err} (or pass --input_format)") from None
     out = args.output_dir.rstrip("/")
     if FileSystems.exists(f"{out}/{SUMMARY}") or FileSystems.match([f"{out}/scores-*"])[0].metadata_list:
         if not args.overwrite:
-            raise SystemExit(f"{args.output_dir} already holds scores; pass --overwrite to replace them")
+            raise UsageError(f"{args.output_dir} already holds scores; pass --overwrite to replace them")
         FileSystems.delete([out])
     return key_fields
 
@@ -498,12 +499,15 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
     """Runs batch scoring; returns 0 when rows read = scored + dead-lettered + filtered, else 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, pipeline_args = _parser().parse_known_args(argv)
-    version_dir, version = resolve_saved_model(args.saved_model)
+    try:
+        version_dir, version = resolve_saved_model(args.saved_model)
+        if not args.feature_spec:
+            spec = read_export_spec(version_dir)
+    except FileNotFoundError as err:  # no SavedModel, or one `tfsr export` did not write
+        raise UsageError(f"--saved_model {args.saved_model}: not a tfsr export ({err})") from None
     if args.feature_spec:
         with FileSystems.open(args.feature_spec) as handle:
             spec = FeatureSpec.loads(handle.read().decode("utf-8"))
-    else:
-        spec = read_export_spec(version_dir)
     key_fields = _check_args(args, spec)
     options = PipelineOptions(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session

@@ -43,6 +43,7 @@ import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 from beam_jobs.sample_coder import SampleRecord, SplitRecord
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim
 from tfsr import layout
+from tfsr.cli import UsageError
 from tfsr.datasets import logs as logfmt
 from tfsr.datasets import movielens as ml
 from tfsr.features import (
@@ -869,25 +870,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     if not 0.0 < args.eval_fraction < 1.0 or not 0.0 < args.coldstart_eval_fraction < 1.0:
-        raise SystemExit("--eval_fraction and --coldstart_eval_fraction must be in (0, 1)")
+        raise UsageError("--eval_fraction and --coldstart_eval_fraction must be in (0, 1)")
     for name in ("coldstart_finetune_rows", "min_frequency"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.logs:
         paths = [m.path for r in FileSystems.match([args.logs]) for m in r.metadata_list]
         if not paths:
-            raise SystemExit(f"--logs {args.logs!r} matches no file")
+            raise UsageError(f"--logs {args.logs!r} matches no file")
         for path in paths:
             try:
                 logfmt.log_format(path)
             except ValueError as err:
-                raise SystemExit(str(err)) from None
+                raise UsageError(str(err)) from None
     out = args.output_dir.rstrip("/")
     # Stale shards of an earlier (possibly failed) run would be globbed with the new ones. Only a
     # directory that looks like samples is ever deleted.
     if any(FileSystems.exists(f"{out}/{name}") for name in (layout.MANIFEST, *layout.SPLITS)):
         if not args.overwrite:
-            raise SystemExit(f"{args.output_dir} already holds samples; pass --overwrite to replace them")
+            raise UsageError(f"{args.output_dir} already holds samples; pass --overwrite to replace them")
         FileSystems.delete([out])
 
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from tfsr.cli import UsageError
 
 import grpc
 import tensorflow as tf
@@ -351,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.request:
                 with open(args.request, encoding="utf-8") as f:
                     payload = json.load(f)
+                if not isinstance(payload, dict) or not {"context", "candidates"} <= payload.keys():
+                    raise UsageError(
+                        f'--request {args.request}: expected {{"context": ..., "candidates": [...]}}'
+                    )
                 context, candidates = payload["context"], payload["candidates"]
             else:
                 if not args.domain or not args.items:

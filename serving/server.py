@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from concurrent import futures
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from tfsr.cli import UsageError
 
 import grpc
 import numpy as np
@@ -987,7 +988,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.tensorflow_inter_op_parallelism:
         tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     if args.model_config_file:
-        configs = read_model_config(args.model_config_file)
+        try:
+            configs = read_model_config(args.model_config_file)
+        except (text_format.ParseError, ValueError) as err:
+            raise UsageError(f"--model_config_file {args.model_config_file}: {err}") from None
     elif args.model_base_path:
         configs = [ModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
     else:

@@ -22,6 +22,7 @@ import time
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from tfsr import cli
 from tfsr.datasets import movielens
+from tfsr.datasets.locate import find_movielens
 
 log = logging.getLogger("tfsr.demo")
 
@@ -107,7 +108,10 @@ def serve_and_score(export_base: pathlib.Path, name: str, data: movielens.MovieL
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfsr.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="ml-latest-small directory")
+    parser.add_argument(
+        "--data",
+        help="ml-latest-small directory (default: $TFSR_DATA_HOME or ~/.cache/tfsr, else the official download)",
+    )
     parser.add_argument("--workdir", default="artifacts/demo", help="where samples, runs and reports go")
     parser.add_argument("--export_base", default="saved_models", help="TF Serving base directory")
     parser.add_argument("--name", default="tfsr_demo", help="served model name")
@@ -116,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_k", type=int, default=5)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = find_movielens(args.data, "--data")
+    log.info("MovieLens ml-latest-small: %s", data)
 
     work = pathlib.Path(args.workdir)
     samples, pretrain, coldstart = work / "samples", work / "runs" / "pretrain", work / "runs" / "coldstart"
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     _tfsr(
         "preprocess",
         "--movielens_dir",
-        args.data,
+        str(data),
         "--output_dir",
         str(samples),
         "--text_encoder",
@@ -175,12 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         "--text_encoder",
         args.text_encoder,
     )
-    serve_and_score(
-        pathlib.Path(args.export_base), args.name, movielens.read_movielens(args.data), args.top_k
-    )
+    serve_and_score(pathlib.Path(args.export_base), args.name, movielens.read_movielens(data), args.top_k)
     log.info("demo finished in %.0f s; report: %s", time.monotonic() - started, work / "report" / "report.md")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_command("python -m tfsr.demo", main, sys.argv[1:], verbose=False))

@@ -466,29 +466,47 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("TFSR_DATA_HOME", pathlib.Path.home() / ".cache" / "tfsr"))
 
 
-def _sha256(path: pathlib.Path) -> str:
+def _sha256(handle) -> str:
+    """SHA-256 of a binary stream, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
-def ensure_movielens(directory: str | os.PathLike | None = None, download: bool = True) -> pathlib.Path:
-    """An ml-latest-small directory, downloading the official archive into the cache when needed.
+def _how_to_get(folder: pathlib.Path) -> str:
+    """What a user does when no MovieLens data can be had: the end of every "not found" message."""
+    return (
+        f"put movies.csv, ratings.csv and tags.csv of ml-latest-small in {folder} (with TFSR_DATA_HOME=DIR: "
+        "in DIR/ml-latest-small), or pass their directory (make demo DATA=DIR; tfsr preprocess "
+        "--movielens_dir DIR)"
+    )
+
+
+def ensure_movielens(
+    directory: str | os.PathLike | None = None, download: bool = True, url: str = MOVIELENS_URL
+) -> pathlib.Path:
+    """An ml-latest-small directory: the one given, else the cache, else the official archive downloaded there.
 
     Args:
-      directory: an existing folder to use as is (its files must be present).
-      download: when no directory is given and the cache is empty, fetch the official archive from
-        :data:`MOVIELENS_URL`, check it against the MD5 GroupLens publishes beside it and the CSVs
-        against :data:`MOVIELENS_FILE_SHA256`.
+      directory: an existing folder to use as is (its files must be present); never replaced by another.
+      download: when no directory is given and the cache (:func:`default_cache_dir`) lacks the files,
+        fetch the archive from `url`, check it against the MD5 published beside it (``url + ".md5"``)
+        and its CSVs against :data:`MOVIELENS_FILE_SHA256`. Only checked files enter the cache.
+      url: the archive (the official :data:`MOVIELENS_URL`; tests pass a ``file://`` copy).
 
     Raises:
-      FileNotFoundError: the directory lacks a required file, or nothing is cached and download=False.
+      FileNotFoundError: the directory does not exist or lacks a required file, or nothing is cached and
+        download=False.
       RuntimeError: the download failed (offline?) or a checksum does not match.
+      When no directory was given, the message ends with what to do (:func:`_how_to_get`).
     """
     if directory is not None:
         folder = pathlib.Path(directory)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder}: no such directory (ml-latest-small: movies.csv, ratings.csv, tags.csv)"
+            )
         missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder} is not an ml-latest-small directory: missing {missing}")
@@ -497,29 +515,36 @@ def ensure_movielens(directory: str | os.PathLike | None = None, download: bool 
     if all((folder / name).is_file() for name in REQUIRED_FILES):
         return folder
     if not download:
-        raise FileNotFoundError(f"MovieLens is not cached at {folder}; pass a directory or allow download")
+        raise FileNotFoundError(f"MovieLens is not cached at {folder}; {_how_to_get(folder)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     archive = folder.parent / "ml-latest-small.zip"
-    logger.info("downloading %s to %s", MOVIELENS_URL, archive)
+    logger.info("downloading %s to %s", url, archive)
     try:
-        urllib.request.urlretrieve(MOVIELENS_URL, archive)
-        with urllib.request.urlopen(MOVIELENS_MD5_URL, timeout=30) as response:
+        urllib.request.urlretrieve(url, archive)
+        with urllib.request.urlopen(url + ".md5", timeout=30) as response:
             expected_md5 = response.read().decode("ascii").split()[0].lower()
     except (urllib.error.URLError, OSError) as err:
         raise RuntimeError(
-            f"could not download {MOVIELENS_URL} ({err}). If this machine is offline, download the archive "
-            f"elsewhere, unzip it and pass its ml-latest-small directory explicitly."
+            f"could not download {url} ({err}); if this machine is offline, {_how_to_get(folder)}"
         ) from err
     actual_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     if actual_md5 != expected_md5:
-        raise RuntimeError(f"{archive}: MD5 {actual_md5} does not match the published {expected_md5}")
+        raise RuntimeError(
+            f"{archive}: MD5 {actual_md5} does not match the published {expected_md5}; {_how_to_get(folder)}"
+        )
+    members = {name: f"ml-latest-small/{name}" for name in MOVIELENS_FILE_SHA256}
     with zipfile.ZipFile(archive) as zipped:
-        zipped.extractall(folder.parent)
-    for name, expected in MOVIELENS_FILE_SHA256.items():
-        actual = _sha256(folder / name)
-        if actual != expected:
-            raise RuntimeError(
-                f"{folder / name}: SHA-256 {actual} differs from the release tfsr was tested "
-                f"with ({expected}); GroupLens may have published a new version"
-            )
+        absent = sorted(set(members.values()) - set(zipped.namelist()))
+        if absent:
+            raise RuntimeError(f"{archive} lacks {absent}; {_how_to_get(folder)}")
+        for name, expected in MOVIELENS_FILE_SHA256.items():  # check every file before extracting any
+            with zipped.open(members[name]) as handle:
+                actual = _sha256(handle)
+            if actual != expected:
+                raise RuntimeError(
+                    f"{url}: {name} has SHA-256 {actual}, not that of the release tfsr was tested with "
+                    f"({expected}); GroupLens may have published a new version. {_how_to_get(folder)}"
+                )
+        for member in members.values():
+            zipped.extract(member, folder.parent)
     return folder

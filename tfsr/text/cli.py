@@ -20,6 +20,7 @@ import pathlib
 import sys
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from tfsr.cli import UsageError
 from tfsr.text.cache import EmbeddingCache
 from tfsr.text.encoder import DEFAULT_MAX_LENGTH, TextEncoder, load_text_encoder
 from tfsr.text.export import export_text_encoder
@@ -56,15 +57,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def read_texts(path: str | pathlib.Path, column: str | None = None) -> list[str]:
-    """Texts of a ``.txt`` file (one per line) or of one column of a ``.csv`` file."""
+    """Texts of a ``.txt`` file (one per line) or of one column of a ``.csv`` file (a UsageError if absent)."""
     path = pathlib.Path(path)
     if path.suffix == ".csv":
         if not column:
-            raise ValueError(f"{path} is a CSV file: name the text column with --column")
+            raise UsageError(f"--input {path} is a CSV file: name the text column with --column")
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if column not in (reader.fieldnames or []):
-                raise ValueError(f"column {column!r} not in {path} (columns: {reader.fieldnames})")
+                raise UsageError(f"--column: column {column!r} not in {path} (columns: {reader.fieldnames})")
             return [row[column] for row in reader]
     return path.read_text(encoding="utf-8").splitlines()
 
@@ -83,21 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         out = export_text_encoder(_load(args), args.out)
         logger.info("text encoder SavedModel written to %s", out)
         return 0
+    out = pathlib.Path(args.out)
+    if out.suffix != ".npy" and not out.name.endswith((".tfrecord", ".tfrecord.gz")):
+        raise UsageError(f"--out must end in .npy, .tfrecord or .tfrecord.gz, got {out}")
     texts = read_texts(args.input, args.column)
     encoder = _load(args)
-    out = pathlib.Path(args.out)
     if out.suffix == ".npy":
         vectors = encoder.encode(texts, batch_size=args.batch_size)
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, vectors)
         logger.info("wrote %s embeddings of %d texts to %s", vectors.shape, len(texts), out)
-    elif out.name.endswith((".tfrecord", ".tfrecord.gz")):
+    else:
         cache = EmbeddingCache(encoder, batch_size=args.batch_size)
         cache.get_or_encode(texts)
         cache.save_tfrecord(out)
         logger.info("wrote %d unique of %d texts to %s", len(cache), len(texts), out)
-    else:
-        raise ValueError(f"--out must end in .npy, .tfrecord or .tfrecord.gz, got {out}")
     return 0
 
 

@@ -12,6 +12,8 @@ flags that override it, and ``--set key=value`` for any other key including the 
 (``--set model.gating=mean``). Re-running a command on the same ``--output_dir`` resumes from its latest
 checkpoint (the step count continues); ``--fresh`` deletes the run directory's checkpoints first.
 
+Mistakes in the arguments (a missing samples directory or model, an unreadable ``--config``, an unknown
+key) are :class:`tfsr.cli.UsageError`: one line on stderr and exit status 2, before TensorFlow loads.
 Faults end the command with exit status 1 and one clear line on stderr (no traceback): a NaN/Inf input
 feature or loss (naming the step and the feature), a record that does not match the feature spec (naming
 the feature), missing files. The latest checkpoint is then the last good one. With ``TF_CONFIG`` naming
@@ -27,7 +29,8 @@ import pathlib
 import shutil
 import sys
 
-from tfsr.training.config import FINETUNE_DEFAULTS, FREEZE_LEVELS, resolve
+from tfsr.cli import UsageError, check_path
+from tfsr.training.config import FINETUNE_DEFAULTS, FREEZE_LEVELS, TrainConfig, resolve
 
 log = logging.getLogger("tfsr.training")
 
@@ -90,10 +93,24 @@ _COMMON_KEYS = (
 )
 
 
-def _prepare(cfg, args) -> bool:
+def _resolve(defaults, args: argparse.Namespace, flags: dict, sets) -> TrainConfig:
+    """The config from defaults < --config < flags < --set; a bad file, key or value is a UsageError."""
+    if args.config:
+        check_path("--config", args.config, "json")
+    try:
+        return resolve(defaults, args.config, flags, sets)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _prepare(cfg: TrainConfig, args: argparse.Namespace) -> bool:
+    """Prints the config (--print_config: False) or checks its paths and applies --fresh (True)."""
     if args.print_config:
         print(json.dumps(cfg.to_json(), indent=2))
         return False
+    check_path("--samples_dir", cfg.samples_dir, "samples")
+    if cfg.pretrained:
+        check_path("--pretrained", cfg.pretrained, "model")
     out = pathlib.Path(cfg.output_dir)
     if args.fresh and (out / "checkpoints").exists():
         shutil.rmtree(out / "checkpoints")
@@ -123,7 +140,7 @@ def train_main(argv: list[str] | None = None) -> int:
     sets = list(args.set)
     if args.model_type:
         sets.insert(0, f"model.model_type={args.model_type}")
-    cfg = resolve({}, args.config, _flags(args, _COMMON_KEYS), sets)
+    cfg = _resolve({}, args, _flags(args, _COMMON_KEYS), sets)
     if not _prepare(cfg, args):
         return 0
     from tfsr.training.workflows import run_train
@@ -154,7 +171,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     flags = _flags(args, (*_COMMON_KEYS, "pretrained", "split", "init_from"))
     if args.freeze is not None:
         flags["freeze"] = list(args.freeze)
-    cfg = resolve(FINETUNE_DEFAULTS, args.config, flags, args.set)
+    cfg = _resolve(FINETUNE_DEFAULTS, args, flags, args.set)
     if not _prepare(cfg, args):
         return 0
     from tfsr.training.workflows import run_finetune
