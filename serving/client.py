@@ -1,8 +1,11 @@
 """A Python client for tfsr models behind TF Serving (the stock model server or ``tfsr serve``).
 
 After TF Serving's ``resnet_client_grpc.py``: a ``PredictionServiceStub`` on one channel, an explicit
-``signature_name`` on every request, a deadline on every call, retries on ``UNAVAILABLE`` only (a server
-restarting or swapping; every other status is the caller's problem and is raised at once), and
+``signature_name`` on every request, a deadline on every call, retries with bounded, jittered exponential
+backoff on ``UNAVAILABLE`` (a server restarting or swapping) and on load shedding (``RESOURCE_EXHAUSTED``
+"Concurrent RPC limit exceeded": the server's ``maximum_concurrent_rpcs``; a message over the size limit
+is also RESOURCE_EXHAUSTED and is not retried); every other status is the caller's problem and is raised
+at once; and
 ``.future()`` for concurrency. Candidate batching: one query/user context x N candidate items goes out as
 one request of N ``tf.Example``s.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -74,6 +78,20 @@ def make_example(record: Mapping[str, object], spec=None) -> example_pb2.Example
     return example_pb2.Example(features=feature_pb2.Features(feature=features))
 
 
+LOAD_SHED_DETAILS = "Concurrent RPC limit exceeded"  # gRPC's message when maximum_concurrent_rpcs is reached
+
+
+def retryable(err: grpc.RpcError) -> bool:
+    """UNAVAILABLE (server restarting, swapping, unreachable) or a load-shedding RESOURCE_EXHAUSTED.
+
+    A RESOURCE_EXHAUSTED for a message over the size limit would fail again: it is not retried.
+    """
+    code = err.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and LOAD_SHED_DETAILS in (err.details() or "")
+
+
 def string_tensor_proto(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
     """A ``[len(values)]`` DT_STRING TensorProto, built without a numpy round trip."""
     return tensor_pb2.TensorProto(
@@ -123,8 +141,9 @@ class ScoringClient:
       signature_name: the signature for Predict (``serving_default`` takes serialized tf.Examples).
       version: a specific version, or None for the newest one served.
       deadline_s: deadline of every call, in seconds.
-      max_retries: retries on ``UNAVAILABLE`` (only), with exponential backoff from `backoff_s`.
-      backoff_s: first backoff.
+      max_retries: retries on ``UNAVAILABLE`` and load shedding, with exponential backoff from `backoff_s`.
+      backoff_s: first backoff (each wait is drawn in [0.5, 1] x min(backoff_s x 2**attempt, max_backoff_s)).
+      max_backoff_s: the longest wait between two tries.
       spec: optional ``tfsr.features.FeatureSpec`` to validate records before sending.
       max_message_bytes: largest message sent / received.
       channel: an existing channel (then `target` is only used for messages).
@@ -139,6 +158,7 @@ class ScoringClient:
         deadline_s: float = 5.0,
         max_retries: int = 3,
         backoff_s: float = 0.05,
+        max_backoff_s: float = 2.0,
         spec=None,
         max_message_bytes: int = 64 * 1024 * 1024,
         channel=None,
@@ -154,6 +174,7 @@ class ScoringClient:
         self.deadline_s = deadline_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
         self.spec = spec
         self.channel = channel or grpc.insecure_channel(
             target,
@@ -184,17 +205,22 @@ class ScoringClient:
         return spec
 
     def _call(self, method, request):
-        """Calls with the deadline; retries UNAVAILABLE only."""
+        """Calls with the deadline; retries UNAVAILABLE and load shedding (see :func:`retryable`)."""
         attempt = 0
         while True:
             try:
                 return method(request, timeout=self.deadline_s)
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.max_retries:
+                if not retryable(err) or attempt >= self.max_retries:
                     raise
-                delay = self.backoff_s * (2**attempt)
+                delay = min(self.backoff_s * (2**attempt), self.max_backoff_s) * random.uniform(0.5, 1.0)
                 log.warning(
-                    "%s unavailable (%s); retry %d in %.2f s", self.target, err.details(), attempt + 1, delay
+                    "%s %s (%s); retry %d in %.2f s",
+                    self.target,
+                    err.code().name,
+                    err.details(),
+                    attempt + 1,
+                    delay,
                 )
                 time.sleep(delay)
                 attempt += 1

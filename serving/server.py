@@ -26,12 +26,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import pathlib
+import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -70,6 +74,13 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 1024
+# Hostile-input limits (issue 17; docs/SERVING.md "Limits"): every size a request declares is checked
+# against these before anything of that size is allocated.
+DEFAULT_MAX_VALUES_PER_FEATURE = 1024  # values of one varlen (ragged) REST input in one instance
+DEFAULT_REST_TIMEOUT_S = 30.0  # REST: idle time between bytes, and the whole body's reading time
+DEFAULT_MAX_REST_CONNECTIONS = 64  # REST connections held at once; more are answered 503 and closed
+CONCURRENT_RPCS_PER_THREAD = 16  # gRPC load shedding: more RPCs in flight get RESOURCE_EXHAUSTED
+_VERSION_RE = re.compile("[0-9]{1,18}")  # a REST path's version: ASCII digits that fit in int64
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -483,7 +494,45 @@ def call_signature(servable: Servable, signature: str, tensors: Mapping[str, tf.
     return {k: v.numpy() for k, v in outputs.items()}
 
 
-def _to_ndarray(name: str, proto) -> np.ndarray:
+def check_tensor_proto(name: str, proto, max_batch_size: int | None) -> None:
+    """Refuses a TensorProto whose declared shape would allocate more than the request carries.
+
+    `tf.make_ndarray` fills a declared shape by repeating the last value given: a 58-byte request declaring
+    a [10,000,000] string tensor of one value would cost hundreds of MB before any other check. The batch
+    (first dimension) must be within `max_batch_size`, and a shape may only declare more elements than
+    values are given when it is small (at most `max_batch_size` elements: TF's own broadcast of a
+    repeated value).
+    """
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} declares an unknown shape {dims}"
+        )
+    if dims and max_batch_size is not None and dims[0] > max_batch_size:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"batch size {dims[0]} (declared shape {dims}) exceeds the server's max_batch_size "
+            f"{max_batch_size}: split the request",
+        )
+    elements = math.prod(dims)
+    if proto.tensor_content:
+        try:
+            given = len(proto.tensor_content) // max(tf.as_dtype(proto.dtype).size, 1)
+        except TypeError:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} has an invalid dtype"
+            ) from None
+    else:
+        given = sum(len(value) for field, value in proto.ListFields() if field.name.endswith("_val"))
+    if elements > max(given, max_batch_size or 1):
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input {name!r} declares shape {dims} ({elements} elements) but carries {given} values",
+        )
+
+
+def _to_ndarray(name: str, proto, max_batch_size: int | None = None) -> np.ndarray:
+    check_tensor_proto(name, proto, max_batch_size)
     try:
         return tf.make_ndarray(proto)
     except Exception as err:
@@ -495,7 +544,7 @@ def _to_ndarray(name: str, proto) -> np.ndarray:
 
 def run_predict(servable: Servable, request, max_batch_size: int | None):
     signature, _ = servable.signature(request.model_spec.signature_name)
-    arrays = {name: _to_ndarray(name, proto) for name, proto in request.inputs.items()}
+    arrays = {name: _to_ndarray(name, proto, max_batch_size) for name, proto in request.inputs.items()}
     outputs = call_signature(servable, signature, prepare_inputs(servable, signature, arrays, max_batch_size))
     wanted = list(request.output_filter) or list(outputs)
     unknown = [k for k in wanted if k not in outputs]
@@ -646,7 +695,14 @@ class _Servicer(
 
 
 # --------------------------------------------------------------------------- REST
-def _json_to_arrays(body: Mapping, specs: Mapping[str, tf.TensorSpec]) -> dict[str, np.ndarray]:
+def _json_to_arrays(
+    body: Mapping,
+    specs: Mapping[str, tf.TensorSpec],
+    max_batch_size: int | None = None,
+    max_values_per_feature: int = DEFAULT_MAX_VALUES_PER_FEATURE,
+) -> dict[str, np.ndarray]:
+    """A REST body's inputs as arrays; batch sizes and ragged row lengths are checked before padding."""
+
     def decode(value):
         if isinstance(value, dict) and set(value) == {"b64"}:
             import base64
@@ -678,19 +734,45 @@ def _json_to_arrays(body: Mapping, specs: Mapping[str, tf.TensorSpec]) -> dict[s
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "request body needs 'instances' or 'inputs'")
     arrays = {}
     for name, values in columns.items():
+        if isinstance(values, list) and max_batch_size is not None and len(values) > max_batch_size:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {name!r} holds a batch of {len(values)}, over the server's max_batch_size "
+                f"{max_batch_size}: split the request",
+            )
         spec = specs.get(name)
         if spec is not None and spec.dtype == tf.string:
+            if not isinstance(values, list):
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} must be a list (a batch)"
+                )
             if any(v is None for v in values):
                 raise ServingError(
                     grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is missing in some instances"
                 )
             if spec.shape.rank == 2:  # varlen: pad ragged lists with ""
+                for row in values:
+                    if not isinstance(row, list) or not all(isinstance(x, str | bytes) for x in row):
+                        raise ServingError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"input {name!r}: each instance must be a list of strings, got {json.dumps(row)[:60]}",
+                        )
+                    if len(row) > max_values_per_feature:
+                        raise ServingError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"input {name!r}: an instance holds {len(row)} values, over the server's "
+                            f"limit of {max_values_per_feature} per feature",
+                        )
                 width = max((len(v) for v in values), default=0)
                 values = [list(v) + [""] * (width - len(v)) for v in values]
                 array = np.empty((len(values), width), dtype=object)
                 for i, row in enumerate(values):
                     array[i, :] = [x.encode() if isinstance(x, str) else x for x in row]
             else:
+                if not all(isinstance(v, str | bytes) for v in values):
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r}: each instance must be a string"
+                    )
                 array = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=object)
         else:
             array = np.array(values)
@@ -698,7 +780,20 @@ def _json_to_arrays(body: Mapping, specs: Mapping[str, tf.TensorSpec]) -> dict[s
     return arrays
 
 
-def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_bytes: int):
+class _Disconnected(Exception):
+    """The REST client went away (or stalled past the timeout) mid-request: nothing can be answered."""
+
+
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+
+def _make_rest_handler(
+    manager: ModelManager,
+    max_batch_size: int,
+    max_request_bytes: int,
+    timeout_s: float = DEFAULT_REST_TIMEOUT_S,
+    max_values_per_feature: int = DEFAULT_MAX_VALUES_PER_FEATURE,
+):
     from http.server import BaseHTTPRequestHandler
 
     http_codes = {
@@ -711,17 +806,72 @@ def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_b
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # socket timeout of every read and write: an idle keep-alive connection, or a client that stops
+        # sending mid-request, is closed after `timeout_s` instead of holding a thread forever
+        timeout = timeout_s
 
         def log_message(self, fmt, *args):  # route to logging, quietly
             log.debug("rest: " + fmt, *args)
 
-        def _reply(self, code: int, payload: dict):
+        def _reply(self, code: int, payload: dict, close: bool = False):
             data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if close:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(data)
+            except _CLIENT_GONE as err:
+                self.close_connection = True
+                log.info(
+                    "rest: client %s gone before the response (%s)",
+                    self.client_address[0],
+                    type(err).__name__,
+                )
+
+        def _error(self, err: ServingError, close: bool = False):
+            self._reply(http_codes.get(err.code, 500), {"error": err.message}, close=close)
+
+        def _read_body(self) -> bytes:
+            """The request body, its size checked before reading and its reading time bounded."""
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                raise _HttpError(411, "chunked request bodies are not supported: send a Content-Length")
+            declared = self.headers.get("Content-Length")
+            if declared is None:
+                raise _HttpError(411, "a Content-Length header is required")
+            if not declared.strip().isascii() or not declared.strip().isdigit():
+                raise _HttpError(400, f"Content-Length {declared[:40]!r} is not a non-negative integer")
+            length = int(declared.strip()[:20])
+            if length > max_request_bytes:
+                raise _HttpError(
+                    413, f"request body of {length} bytes exceeds the limit of {max_request_bytes}"
+                )
+            deadline = time.monotonic() + timeout_s
+            chunks, got = [], 0
+            while got < length:
+                if time.monotonic() > deadline:
+                    raise _HttpError(408, f"request body not received within {timeout_s:g} s")
+                try:
+                    chunk = self.rfile.read1(min(length - got, 1 << 16))
+                except TimeoutError:
+                    raise _HttpError(408, f"no byte of the request body for {timeout_s:g} s") from None
+                if not chunk:
+                    raise _Disconnected("connection closed before the end of the body")
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks)
+
+        def _method_not_allowed(self):
+            self._reply(
+                405,
+                {"error": f"method {self.command} is not supported: GET status or POST :predict"},
+                close=True,
+            )
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed  # noqa: N815
 
         def _spec(self, path: str):
             from tensorflow_serving.apis import model_pb2
@@ -731,9 +881,9 @@ def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_b
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"unknown path {path!r}")
             spec = model_pb2.ModelSpec(name=parts[2])
             if len(parts) == 5 and parts[3] == "versions":
-                if not parts[4].isdigit():
+                if not _VERSION_RE.fullmatch(parts[4]):
                     raise ServingError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"version {parts[4]!r} is not an integer"
+                        grpc.StatusCode.INVALID_ARGUMENT, f"version {parts[4][:40]!r} is not an integer"
                     )
                 spec.version.value = int(parts[4])
             elif len(parts) == 5 and parts[3] == "labels":
@@ -764,27 +914,47 @@ def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_b
                     },
                 )
             except ServingError as err:
-                self._reply(http_codes.get(err.code, 500), {"error": err.message})
+                self._error(err)
+            except Exception as err:
+                log.exception("rest internal error")
+                self._reply(500, {"error": f"{type(err).__name__}: {_first_line(str(err))}"})
 
         def do_POST(self):  # noqa: N802
             try:
                 path, _, verb = self.path.partition(":")
                 if verb != "predict":
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"unsupported verb {verb!r}: only :predict")
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > max_request_bytes:
-                    raise ServingError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"request body of {length} bytes exceeds the limit of {max_request_bytes}",
-                    )
+                raw = self._read_body()
                 try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                except json.JSONDecodeError as err:
+                    body = json.loads(raw or b"{}")
+                except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8/16/32
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"body is not JSON: {err}") from None
+                except RecursionError:
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT, "body is JSON nested too deeply"
+                    ) from None
+                if not isinstance(body, dict):
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"body must be a JSON object with 'instances' or 'inputs', got {type(body).__name__}",
+                    )
                 spec = self._spec(path)
                 servable = manager.resolve(spec)
-                signature, _ = servable.signature(body.get("signature_name", DEFAULT_SIGNATURE))
-                arrays = _json_to_arrays(body, servable.input_specs[signature])
+                signature_name = body.get("signature_name", DEFAULT_SIGNATURE)
+                if not isinstance(signature_name, str):
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'signature_name' must be a string")
+                signature, _ = servable.signature(signature_name)
+                try:
+                    arrays = _json_to_arrays(
+                        body, servable.input_specs[signature], max_batch_size, max_values_per_feature
+                    )
+                except (TypeError, ValueError, AttributeError, KeyError, RecursionError) as err:
+                    # what the body holds does not fit the signature's inputs (e.g. ragged numbers,
+                    # a b64 that is not base64): the client's error, not the server's
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"inputs do not fit signature {signature!r}: {type(err).__name__}: {_first_line(str(err), 200)}",
+                    ) from None
                 outputs = call_signature(
                     servable, signature, prepare_inputs(servable, signature, arrays, max_batch_size)
                 )
@@ -800,13 +970,82 @@ def _make_rest_handler(manager: ModelManager, max_batch_size: int, max_request_b
                     n = len(next(iter(outputs.values())))
                     payload = {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(n)]}
                 self._reply(200, payload)
+            except _HttpError as err:
+                self._reply(err.status, {"error": err.message}, close=True)  # the body was not read
             except ServingError as err:
-                self._reply(http_codes.get(err.code, 500), {"error": err.message})
+                self._error(err)
+            except (_Disconnected, *_CLIENT_GONE) as err:
+                self.close_connection = True
+                log.info(
+                    "rest: client %s gone mid-request (%s)", self.client_address[0], err or type(err).__name__
+                )
             except Exception as err:
                 log.exception("rest internal error")
                 self._reply(500, {"error": f"{type(err).__name__}: {_first_line(str(err))}"})
 
     return Handler
+
+
+class _HttpError(Exception):
+    """A REST request refused before its body was read (HTTP status, message); the connection is closed."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _rest_server_class():
+    from http.server import ThreadingHTTPServer
+
+    class RestServer(ThreadingHTTPServer):
+        """ThreadingHTTPServer with a cap on connections held at once and one-line logs of disconnects.
+
+        Each connection holds a thread until it closes (idle connections after the handler's timeout);
+        past `max_connections` a new connection is answered 503 at once and closed, so slow or idle
+        clients cannot multiply threads without bound.
+        """
+
+        daemon_threads = True
+        max_connections = DEFAULT_MAX_REST_CONNECTIONS
+
+        def __init__(self, *args, max_connections: int = DEFAULT_MAX_REST_CONNECTIONS, **kwargs):
+            self._slots = threading.BoundedSemaphore(max_connections)
+            self.max_connections = max_connections
+            super().__init__(*args, **kwargs)
+
+        def process_request(self, request, client_address):
+            if not self._slots.acquire(blocking=False):
+                log.warning("rest: %d connections open; refusing %s", self.max_connections, client_address[0])
+                body = json.dumps({"error": f"server busy: {self.max_connections} connections open"}).encode()
+                with contextlib.suppress(OSError):
+                    request.sendall(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                        + body
+                    )
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except Exception:
+                self._slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self._slots.release()
+
+        def handle_error(self, request, client_address):
+            err = sys.exc_info()[1]
+            if isinstance(err, _CLIENT_GONE):
+                log.info("rest: client %s gone (%s)", client_address[0], type(err).__name__)
+            else:
+                log.exception("rest: error on the connection from %s", client_address[0])
+
+    return RestServer
 
 
 # --------------------------------------------------------------------------- the server
@@ -823,6 +1062,11 @@ class ModelServer:
       poll_wait_s: seconds between polls of the base paths (0 or less: no polling thread).
       num_threads: gRPC worker threads.
       warmup: replay the warmup requests when loading a version.
+      max_concurrent_rpcs: gRPC RPCs in flight at once (default `num_threads` x 16); more are shed at
+        once with RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded" (the client retries those).
+      rest_timeout_s: REST idle timeout (between bytes) and the whole body's reading time.
+      max_rest_connections: REST connections held at once; more are answered 503 and closed.
+      max_values_per_feature: values of one ragged (varlen) REST input in one instance.
 
     Example:
       >>> server = ModelServer([ModelConfig("tfsr", "saved_models/tfsr")], port=0).start()
@@ -841,6 +1085,10 @@ class ModelServer:
         poll_wait_s: float = 1.0,
         num_threads: int = 8,
         warmup: bool = True,
+        max_concurrent_rpcs: int | None = None,
+        rest_timeout_s: float = DEFAULT_REST_TIMEOUT_S,
+        max_rest_connections: int = DEFAULT_MAX_REST_CONNECTIONS,
+        max_values_per_feature: int = DEFAULT_MAX_VALUES_PER_FEATURE,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -854,6 +1102,10 @@ class ModelServer:
         self.max_request_bytes = max_request_bytes
         self.poll_wait_s = poll_wait_s
         self.num_threads = num_threads
+        self.max_concurrent_rpcs = max_concurrent_rpcs or num_threads * CONCURRENT_RPCS_PER_THREAD
+        self.rest_timeout_s = rest_timeout_s
+        self.max_rest_connections = max_rest_connections
+        self.max_values_per_feature = max_values_per_feature
         self.port: int | None = None
         self._grpc = None
         self._http = None
@@ -870,7 +1122,7 @@ class ModelServer:
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="tfsr-grpc"),
             options=options,
-            maximum_concurrent_rpcs=self.num_threads * 16,
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
         )
         servicer = _Servicer(self.manager, self.max_batch_size)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, self._grpc)
@@ -880,13 +1132,17 @@ class ModelServer:
             raise OSError(f"could not bind gRPC to {self.host}:{self.requested_port}")
         self._grpc.start()
         if self.rest_api_port is not None:
-            from http.server import ThreadingHTTPServer
-
-            self._http = ThreadingHTTPServer(
+            self._http = _rest_server_class()(
                 (self.host, self.rest_api_port),
-                _make_rest_handler(self.manager, self.max_batch_size, self.max_request_bytes),
+                _make_rest_handler(
+                    self.manager,
+                    self.max_batch_size,
+                    self.max_request_bytes,
+                    self.rest_timeout_s,
+                    self.max_values_per_feature,
+                ),
+                max_connections=self.max_rest_connections,
             )
-            self._http.daemon_threads = True
             self.rest_api_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "tfsr-rest")
         if self.poll_wait_s and self.poll_wait_s > 0:
@@ -978,6 +1234,19 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between polls for new versions; 0 disables polling",
     )
     parser.add_argument("--num_threads", type=int, default=8, help="gRPC worker threads")
+    parser.add_argument(
+        "--max_concurrent_rpcs",
+        type=int,
+        default=0,
+        help=f"gRPC RPCs in flight before load shedding (RESOURCE_EXHAUSTED); 0: {CONCURRENT_RPCS_PER_THREAD}"
+        " x --num_threads",
+    )
+    parser.add_argument(
+        "--rest_timeout_seconds",
+        type=float,
+        default=DEFAULT_REST_TIMEOUT_S,
+        help="REST idle timeout and body reading limit",
+    )
     parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
     parser.add_argument("--no_warmup", action="store_true", help="skip assets.extra warmup requests")
@@ -1006,6 +1275,8 @@ def main(argv: list[str] | None = None) -> int:
         poll_wait_s=args.file_system_poll_wait_seconds,
         num_threads=args.num_threads,
         warmup=not args.no_warmup,
+        max_concurrent_rpcs=args.max_concurrent_rpcs or None,
+        rest_timeout_s=args.rest_timeout_seconds,
     ).start()
     for c in configs:
         versions = server.manager.available(c.name)
@@ -1036,7 +1307,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main())

@@ -8,15 +8,16 @@ import tensorflow as tf
 
 
 class FakeRpcError(grpc.RpcError):
-    def __init__(self, code):
+    def __init__(self, code, details=None):
         super().__init__()
         self._code = code
+        self._details = details
 
     def code(self):
         return self._code
 
     def details(self):
-        return f"fake {self._code.name}"
+        return self._details or f"fake {self._code.name}"
 
 
 class FakeMethod:
@@ -27,7 +28,8 @@ class FakeMethod:
     def __call__(self, request, timeout=None):
         self.timeouts.append(timeout)
         if self.failures:
-            raise FakeRpcError(self.failures.pop(0))
+            failure = self.failures.pop(0)
+            raise FakeRpcError(*failure) if isinstance(failure, tuple) else FakeRpcError(failure)
         return "ok"
 
 
@@ -52,6 +54,28 @@ def test_retries_unavailable_only_with_a_deadline_on_every_call():
     with pytest.raises(grpc.RpcError) as info:
         client._call(method, None)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE and len(method.timeouts) == 4
+    client.close()
+
+
+def test_retries_load_shedding_but_not_oversized_messages(monkeypatch):
+    """RESOURCE_EXHAUSTED from maximum_concurrent_rpcs is retried with bounded, jittered backoff; one for a
+    message over the size limit would fail again and is raised at once."""
+    sleeps = []
+    monkeypatch.setattr(client_lib.time, "sleep", sleeps.append)
+    client = client_lib.ScoringClient("127.0.0.1:1", "m", backoff_s=0.1, max_backoff_s=0.3, max_retries=5)
+    shed = (grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+    method = FakeMethod([shed] * 5)
+    assert client._call(method, None) == "ok" and len(method.timeouts) == 6
+    caps = [0.1, 0.2, 0.3, 0.3, 0.3]  # doubled from backoff_s, capped at max_backoff_s
+    assert len(sleeps) == 5 and all(cap / 2 <= s <= cap for s, cap in zip(sleeps, caps, strict=True)), sleeps
+    method = FakeMethod([(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (5 vs. 4)")])
+    with pytest.raises(grpc.RpcError) as info:
+        client._call(method, None)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and len(method.timeouts) == 1
+    method = FakeMethod([shed] * 6)
+    with pytest.raises(grpc.RpcError):
+        client._call(method, None)
+    assert len(method.timeouts) == 6  # max_retries bounds the tries
     client.close()
 
 

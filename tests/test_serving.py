@@ -1,6 +1,7 @@
 """serving/server.py against a running in-process server: API, bad input, hot swap, REST, shutdown."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -408,3 +409,232 @@ def test_tfsr_serve_subprocess_and_graceful_sigterm(env):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------------------------------ hostile requests (issue 17)
+HOSTILE_TIMEOUT_S = 1.0
+HOSTILE_CONNECTIONS = 6
+
+
+@pytest.fixture(scope="module")
+def hostile(env):
+    """A second server on the same model with short REST timeouts and small limits."""
+    server = server_lib.ModelServer(
+        [server_lib.ModelConfig("toy", str(env["path"].parent))],
+        port=0,
+        rest_api_port=0,
+        max_batch_size=MAX_BATCH,
+        poll_wait_s=0,
+        num_threads=2,
+        max_concurrent_rpcs=2,
+        rest_timeout_s=HOSTILE_TIMEOUT_S,
+        max_rest_connections=HOSTILE_CONNECTIONS,
+    ).start()
+    server.wait_until_available("toy")
+    yield server
+    server.stop(grace_s=1.0)
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident set (VmHWM): a request that allocates big raises it for good."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def _http(port: int, head: bytes, body: bytes = b"", timeout: float = 10.0) -> tuple[int, dict]:
+    """Sends raw bytes (request line + headers, then body); returns (status, JSON body) of the answer."""
+    import http.client
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read() or b"{}")
+
+
+def _post(port: int, body: bytes, path: str = "/v1/models/toy:predict", headers: bytes | None = None):
+    headers = b"Content-Length: %d\r\n" % len(body) if headers is None else headers
+    return _http(port, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n", body)
+
+
+def _rest_ok(port: int):
+    record = T.toy_records(1, seed=3)[0]
+    body = json.dumps({"signature_name": "predict_raw", "instances": [record]}).encode()
+    status, payload = _post(port, body)
+    assert status == 200 and 0.0 < payload["predictions"][0]["ctr"] < 1.0, payload
+
+
+def test_grpc_declared_shape_is_checked_before_allocating(env):
+    """58 bytes declaring a [10,000,000] string tensor of one value: refused, no 100s of MB allocated."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    def declared(*dims):
+        shape = tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]
+        )
+        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=[b"x"])
+
+    before = _peak_rss_mb()
+    for dims, needle in (
+        ((10_000_000,), "max_batch_size"),
+        ((2, 5_000_000), "carries 1 values"),
+        ((-1,), "unknown"),
+    ):
+        request = _raw_request(env, {"examples": declared(*dims)})
+        assert request.ByteSize() < 100
+        _expect_error(env, request, grpc.StatusCode.INVALID_ARGUMENT, needle)
+    assert _peak_rss_mb() - before < 50
+
+
+def test_rest_content_length_is_checked_before_reading(env):
+    port = env["server"].rest_api_port
+    before = _peak_rss_mb()
+    cases = {
+        b"Content-Length: -1\r\n": 400,
+        b"Content-Length: abc\r\n": 400,
+        b"Content-Length: \xd9\xa1\r\n": 400,  # an Arabic-Indic digit: Python's int() would take it
+        b"": 411,
+        b"Transfer-Encoding: chunked\r\n": 411,
+        b"Content-Length: 5000000000\r\n": 413,
+    }
+    for headers, expected in cases.items():
+        status, payload = _post(port, b"{}" * 1000, headers=headers)
+        assert (status, bool(payload.get("error"))) == (expected, True), (headers, status, payload)
+    assert _peak_rss_mb() - before < 50
+    _rest_ok(port)
+
+
+def test_rest_malformed_bodies_are_4xx_with_a_message(env):
+    port = env["server"].rest_api_port
+    record = T.toy_records(1, seed=3)[0]
+    before = _peak_rss_mb()
+    bodies = {
+        "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+        "nested objects": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        "a list": b"[1, 2]",
+        "a string": b'"instances"',
+        "null": b"null",
+        "a number": b"12",
+        "not UTF-8": b"\xff\xfe\x00{",
+        "instances not a list": b'{"instances": {"a": 1}}',
+        "signature_name a list": b'{"signature_name": [1], "instances": []}',
+        "a row of 100,000 genres": json.dumps(
+            {"signature_name": "predict_raw", "instances": [{**record, "item_genres": ["g"] * 100_000}]}
+        ).encode(),
+        "genres not a list": json.dumps(
+            {"signature_name": "predict_raw", "instances": [{**record, "item_genres": 7}]}
+        ).encode(),
+        "user_id a number": json.dumps(
+            {"signature_name": "predict_raw", "instances": [{**record, "user_id": 7}]}
+        ).encode(),
+        "over max_batch_size": json.dumps({"instances": ["x"] * (MAX_BATCH + 1)}).encode(),
+        "b64 that is not base64": b'{"instances": [{"b64": 5}]}',
+    }
+    outcomes = {name: _post(port, body) for name, body in bodies.items()}
+    bad = {k: v for k, v in outcomes.items() if not (400 <= v[0] < 500 and v[1].get("error"))}
+    assert bad == {}
+    assert "1024 per feature" in outcomes["a row of 100,000 genres"][1]["error"]
+    assert _peak_rss_mb() - before < 50
+    get = {
+        "/v1/models/toy/versions/" + "9" * 5000: 400,
+        "/v1/models/toy/versions/%C2%B2": 400,
+        "/v1/models/toy/versions/\u00b2": 400,
+        "/v1/models/toy/versions/99999999999999999999": 400,
+    }
+    for path, expected in get.items():
+        head = b"GET " + path.encode("utf-8") + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        status, payload = _http(port, head)
+        assert status == expected and payload.get("error"), (path[:40], status, payload)
+    status, payload = _http(port, b"DELETE /v1/models/toy HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 405 and payload["error"]
+    _rest_ok(port)
+
+
+def test_rest_slow_and_idle_clients_are_timed_out(hostile):
+    """A client that stops mid-body, or never sends, is cut after the timeout; threads come back."""
+    import socket
+
+    port = hostile.rest_api_port
+    threads_before = threading.active_count()
+    socks = [
+        socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(HOSTILE_CONNECTIONS - 1)
+    ]
+    socks[0].sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # stalls
+    socks[1].sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nContent-Len")  # stalls in the headers
+    start = time.monotonic()
+    answers = []
+    for sock in socks:
+        data = b""
+        while chunk := sock.recv(4096):  # the server closes it: recv returns b""
+            data += chunk
+        answers.append(data)
+        sock.close()
+    elapsed = time.monotonic() - start
+    assert elapsed < 6 * HOSTILE_TIMEOUT_S + 2, elapsed
+    assert answers[0].startswith(b"HTTP/1.1 408"), answers[0][:80]
+    deadline = time.monotonic() + 5
+    while threading.active_count() > threads_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= threads_before
+    _rest_ok(port)
+
+
+def test_rest_connections_over_the_cap_get_503(hostile):
+    import socket
+
+    port = hostile.rest_api_port
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(HOSTILE_CONNECTIONS)]
+    time.sleep(0.2)
+    status, payload = _http(port, b"GET /v1/models/toy HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 503 and "connections open" in payload["error"]
+    for sock in held:
+        sock.close()
+    time.sleep(0.3)
+    _rest_ok(port)
+
+
+def test_rest_client_disconnects_are_one_line_not_tracebacks(hostile, caplog):
+    import socket
+    import struct
+
+    port = hostile.rest_api_port
+    record = T.toy_records(1, seed=3)[0]
+    body = json.dumps({"signature_name": "predict_raw", "instances": [record] * 64}).encode()
+    head = b"POST /v1/models/toy:predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with caplog.at_level(logging.INFO, logger="tfsr.serving"):
+        for i in range(10):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            sock.sendall(head + (body if i % 2 else body[:10]))
+            sock.close()
+        time.sleep(3 * HOSTILE_TIMEOUT_S)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    _rest_ok(port)
+
+
+def test_grpc_load_shedding_is_retried_by_the_client(hostile, env):
+    """Over max_concurrent_rpcs (2 here) the server sheds with RESOURCE_EXHAUSTED; the client retries."""
+    from concurrent import futures
+
+    request = env["client"].predict_request(env["client"].examples(T.toy_records(32, seed=5)))
+    raw = client_lib.ScoringClient(hostile.target, "toy", deadline_s=30.0, max_retries=0)
+    retrying = client_lib.ScoringClient(hostile.target, "toy", deadline_s=30.0, max_retries=8, backoff_s=0.05)
+    try:
+
+        def outcome(client):
+            try:
+                client.predict(request)
+                return "OK"
+            except grpc.RpcError as err:
+                return f"{err.code().name}: {err.details()}"
+
+        with futures.ThreadPoolExecutor(24) as pool:
+            shed = list(pool.map(lambda _: outcome(raw), range(24)))
+            retried = list(pool.map(lambda _: outcome(retrying), range(24)))
+    finally:
+        raw.close()
+        retrying.close()
+    assert "RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!" in shed
+    assert set(shed) <= {"OK", "RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!"}
+    assert retried.count("OK") >= 22, retried  # bounded retries: nearly all get through
