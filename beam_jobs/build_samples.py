@@ -215,9 +215,20 @@ def _validate_records(records: list[dict], spec: FeatureSpec) -> list[dict]:
 
 
 def read_movielens(
-    p: beam.Pipeline, directory: str, spec: FeatureSpec, num_negatives: int, seed: int
+    p: beam.Pipeline,
+    directory: str,
+    spec: FeatureSpec,
+    num_negatives: int,
+    seed: int,
+    search_impressions: str = ml.SEARCH_CONSTRUCTIONS[0],
 ) -> list[_Branch]:
-    """The MovieLens sources as samples: ratings -> rec samples, tags -> search impressions."""
+    """The MovieLens sources as samples: ratings -> rec samples, tags -> search impressions.
+
+    `search_impressions` picks the construction of the non-clicked search impressions
+    (:data:`tfsr.datasets.movielens.SEARCH_CONSTRUCTIONS`): ``engine`` (what a search engine showed at the
+    tag's time) or ``same_tag``. Its index is one small side input built from the movies, the tags and
+    each movie's sorted rating timestamps (about 100k integers on MovieLens), never from the samples.
+    """
 
     def header_of(source: str) -> Callable[[str], str]:
         return lambda _path: ml.HEADERS[source]
@@ -242,22 +253,23 @@ def read_movielens(
     )
 
     tags = lines["tags"].rows | "ParseTags" >> _row_step(ml.parse_tag, "tags", movie_table)
-    popularity = (
+    rating_times = (
         ratings.rows
-        | "RatedMovies" >> beam.Map(lambda row: (row[1].movie_id, 1))
-        | "CountRatingsPerMovie" >> beam.CombinePerKey(sum)
+        | "RatingTimes" >> beam.Map(lambda row: (row[1].movie_id, row[1].timestamp))
+        | "GroupRatingTimesPerMovie" >> beam.GroupByKey()
+        | "SortRatingTimes" >> beam.MapTuple(lambda movie_id, times: (movie_id, tuple(sorted(times))))
     )
     search_index = (
         p
         | "IndexSeed" >> beam.Create([None])
         | "BuildSearchIndex"
         >> beam.Map(
-            lambda _, table, tag_rows, counts: ml.SearchIndex.build(
-                table.values(), (t for _, t in tag_rows), counts
+            lambda _, table, tag_rows, times: ml.build_search_index(
+                search_impressions, table.values(), (t for _, t in tag_rows), times
             ),
             movie_table,
             beam.pvalue.AsIter(tags.rows),
-            beam.pvalue.AsDict(popularity),
+            beam.pvalue.AsDict(rating_times),
         )
     )
     search_samples = tags.rows | "ConstructSearchImpressions" >> beam.Map(
@@ -721,7 +733,9 @@ def build_pipeline(
     """Adds the whole build_samples graph to `p` (separate from run() so tests can drive it)."""
     out = args.output_dir.rstrip("/")
     if args.movielens_dir:
-        branches = read_movielens(p, args.movielens_dir.rstrip("/"), spec, args.num_negatives, args.seed)
+        branches = read_movielens(
+            p, args.movielens_dir.rstrip("/"), spec, args.num_negatives, args.seed, args.search_impressions
+        )
     else:
         branches = read_logs(p, args.logs, spec)
 
@@ -862,6 +876,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num_negatives", type=int, default=4, help="constructed negatives per MovieLens tag"
+    )
+    parser.add_argument(
+        "--search_impressions",
+        choices=ml.SEARCH_CONSTRUCTIONS,
+        default=ml.SEARCH_CONSTRUCTIONS[0],
+        help="MovieLens search negatives: what a search engine showed at the tag's time (engine) or "
+        "other movies tagged like the click (same_tag, the hardest); see docs/DATA.md",
     )
     parser.add_argument("--min_frequency", type=int, default=1, help="vocabulary frequency threshold")
     parser.add_argument("--seed", type=int, default=0, help="seed of the constructed negatives")
