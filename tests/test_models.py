@@ -1,4 +1,5 @@
-"""The multi-domain models: outputs, config, save/load, per-domain loss masking, freezing, new domains."""
+"""The multi-domain models: outputs, config, save/load, per-domain loss masking, freezing, new domains,
+explicit interactions and the DeepFM / DCN-v2 baselines."""
 
 import json
 
@@ -81,6 +82,18 @@ def test_config_json_round_trip_and_validation():
         ModelConfig.from_json({"colour": "red"})
     with pytest.raises(ValueError, match="unknown model_type 'gpt'"):
         build_model(ModelConfig("gpt"), SPEC)
+    with_interactions = _config(interactions=["dot", "cross"], cross_projection_dim=3, num_cross_layers=1)
+    assert with_interactions.interactions == ("dot", "cross")
+    assert ModelConfig.from_json(json.dumps(with_interactions.to_json())) == with_interactions
+    assert ModelConfig.from_json(_config(interactions=()).to_json()).interactions == ()
+    with pytest.raises(ValueError, match=r"interactions must be distinct kinds of .* got \('dot', 'mlp'\)"):
+        ModelConfig(interactions=("dot", "mlp"))
+    with pytest.raises(ValueError, match="interactions must be a list of kinds, got the string 'dot'"):
+        ModelConfig(interactions="dot")
+    with pytest.raises(ValueError, match="cross_projection_dim must be a positive int or None, got 0"):
+        ModelConfig(cross_projection_dim=0)
+    with pytest.raises(ValueError, match="num_cross_layers must be a positive int, got 0"):
+        ModelConfig(num_cross_layers=0)
 
 
 def test_defaults_resolve_per_model_type():
@@ -89,6 +102,14 @@ def test_defaults_resolve_per_model_type():
     assert sr.config.domains == SPEC.domains.to_json()
     mmoe = build_model(_config("mmoe"), SPEC, VOCABS)
     assert (mmoe.config.gating, mmoe.config.alignment) == ("mean", "none")
+    assert sr.config.interactions == ("dot", "cross") and mmoe.config.interactions == ()
+    assert (
+        mmoe.interactions is None and build_model(_config(interactions=()), SPEC, VOCABS).interactions is None
+    )
+    for model_type, kinds in (("deepfm", ("fields", "fm")), ("dcn_v2", ("cross",))):
+        model = build_model(_config(model_type), SPEC, VOCABS)
+        assert (model.config.gating, model.config.alignment) == ("mean", "none")
+        assert model.config.interactions == kinds and model.interactions.kinds == kinds
 
 
 def test_output_format_and_gate_weights():
@@ -125,9 +146,12 @@ def test_unknown_domain_fails():
         model(batch)
 
 
-@pytest.mark.parametrize(
-    "model_type", sorted(["srfoundation", "single_domain", "shared_bottom", "mmoe", "ple", "star"])
+ALL_TYPES = sorted(
+    ["srfoundation", "single_domain", "shared_bottom", "mmoe", "ple", "star", "deepfm", "dcn_v2"]
 )
+
+
+@pytest.mark.parametrize("model_type", ALL_TYPES)
 def test_save_load_same_predictions(model_type, tmp_path):
     model = build_model(_config(model_type), SPEC, VOCABS)
     _perturb(model)
@@ -233,7 +257,8 @@ def test_freeze_keeps_frozen_weights_bit_identical():
 def test_freeze_shared_experts_only():
     model = build_model(_config(), SPEC, VOCABS)
     model.freeze("L2_shared")
-    assert model.level_layers("L2_shared") == [model.experts.experts]
+    # the cross network of the interactions is shared too (the dot products have no weights)
+    assert model.level_layers("L2_shared") == [model.interactions.cross, model.experts.experts]
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
     frozen = _snapshot(model.level_layers("L2_shared"))
     gates = _snapshot([model.experts.domain_weights])
@@ -343,3 +368,105 @@ def test_a_model_saved_before_the_gate_options_loads_with_its_old_fixed_scale(tm
     (path / "model_config.json").write_text(json.dumps(saved))
     restored = load_model(path)
     assert restored.config.gate_scale is None and not restored.config.learn_gate_scale
+
+
+def _spy_interactions(model, shift=0.0):
+    """Records what `model.interactions` receives; adds `shift` to its logit term."""
+    seen, call = {}, model.interactions.call
+
+    def spy(fields, field_mask, domain_ids=None):
+        seen.update(fields=fields, field_mask=field_mask, domain_ids=domain_ids)
+        out = dict(call(fields, field_mask, domain_ids))
+        out["logit"] = out.get("logit", 0.0) + shift
+        return out
+
+    model.interactions.call = spy
+    return seen
+
+
+def test_srfoundation_interactions_see_the_fused_entities_with_absent_query_masked():
+    model = build_model(_config(), SPEC, VOCABS)
+    seen = _spy_interactions(model)
+    out = model.forward(BATCH)
+    assert seen["fields"].shape == (32, len(ENTITIES), 4)
+    has_query = BATCH["query_id"].numpy() != b""
+    np.testing.assert_array_equal(
+        seen["field_mask"].numpy(), np.stack([np.ones(32), has_query, np.ones(32)], 1)
+    )
+    rec = np.flatnonzero(~has_query)[0]  # the "no query" vector, masked out of the products
+    np.testing.assert_allclose(seen["fields"][rec, 1], model.missing_entities["query"].vector, rtol=1e-6)
+    dots = model.interactions.dot(seen["fields"], seen["field_mask"]).numpy()
+    assert np.all(dots[~has_query][:, [0, 2]] == 0) and np.all(dots[has_query] != 0)
+    # the experts read [x_hat; dots (3); cross (3H)]
+    assert model.experts.experts.kernels[0].shape[1] == model.config.adaptive_units + 3 + 3 * 4
+    assert out["logit"].shape == (32,)
+
+
+def test_field_baselines_see_the_unfused_aspects_and_add_the_fm_term_to_the_logit():
+    model = build_model(_config("deepfm"), SPEC, VOCABS)
+    before = model(BATCH)["logit"].numpy()
+    seen = _spy_interactions(model, shift=0.5)
+    after = model(BATCH)["logit"].numpy()
+    np.testing.assert_allclose(after, before + 0.5, rtol=1e-5, atol=1e-5)  # the logit term is additive
+    # fields: user id; query id, text; item id, text, sparse (ENTITIES x ASPECTS with a feature)
+    expected, masks = [], []
+    for entity, aspects in (("user", ["id"]), ("query", ["id", "text"]), ("item", ["id", "text", "sparse"])):
+        vectors, mask = model.encode_entity(BATCH, entity)
+        for aspect in aspects:
+            expected.append(vectors[:, ASPECTS.index(aspect)])
+            masks.append(mask[:, ASPECTS.index(aspect)])
+    np.testing.assert_allclose(seen["fields"], tf.stack(expected, 1), rtol=1e-6)
+    np.testing.assert_array_equal(seen["field_mask"], tf.stack(masks, 1))
+    np.testing.assert_array_equal(seen["domain_ids"], model.domain_ids(BATCH["domain"]))
+    # the deep MLP reads [mean-fused x (3H); 6 fields + the domain field (7H)]
+    assert model.experts.dense_layers[0].kernel.shape[0] == 3 * 4 + 7 * 4
+    dcn = build_model(_config("dcn_v2", cross_projection_dim=2, num_cross_layers=3), SPEC, VOCABS)
+    assert [layer._projection_dim for layer in dcn.interactions.cross.cross_layers] == [2, 2, 2]
+    assert dcn.level_layers("L2_shared") == [dcn.interactions.cross, dcn.experts]
+
+
+@pytest.mark.parametrize("model_type", ["deepfm", "dcn_v2"])
+def test_field_baselines_train_and_take_a_new_domain(model_type, tmp_path):
+    warm = warm_registry(SPEC.domains)
+    model = build_model(_config(model_type, domains=warm.to_json()), SPEC, VOCABS)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    batch = _batch(64, seed=1)
+    keep = batch["domain"] != "rec_children"
+    batch = {
+        k: tf.ragged.boolean_mask(v, keep) if isinstance(v, tf.RaggedTensor) else tf.boolean_mask(v, keep)
+        for k, v in batch.items()
+    }
+    losses = [float(_train_step(model, batch)["loss"]) for _ in range(8)]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses))
+    before = model(batch)
+    model.add_domain(SPEC.domains["rec_children"], init_from="rec_other")
+    for key in before:  # the domain field grew a row; existing domains are unchanged
+        np.testing.assert_array_equal(model(batch)[key], before[key])
+    assert model.interactions.num_domains == len(warm) + 1
+    cold = dict(BATCH, domain=tf.fill([32], "rec_children"))
+    restored = load_model(save_model(model, tmp_path / model_type))
+    np.testing.assert_array_equal(restored(cold)["ctr"], model(cold)["ctr"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["deepfm", "dcn_v2"])
+def test_field_baselines_export_for_serving(model_type, tmp_path):
+    """tfsr.export serves the new baselines with the same scores as the in-memory model, core ops only."""
+    from tfsr import export, layout
+    from tfsr.export import testing as T
+
+    spec = T.toy_spec(8)
+    encoder = T.HashingTextEncoder(8)
+    samples = T.write_samples_dir(tmp_path / "samples", spec, encoder)
+    vocabularies = {name: layout.read_vocab(samples, name) for name in T.TOY_VOCABULARIES}
+    model = build_model(_config(model_type), spec, vocabularies)
+    _perturb(model)
+    path = export.export_model(
+        model, spec, encoder, tmp_path / "saved_models", model_type, samples_dir=samples
+    )
+    records = T.toy_records(12, seed=1) + T.toy_records(6, seed=2, domain="rec_drama")
+    expected = T.in_memory_outputs(spec, model, encoder, records)
+    got = tf.saved_model.load(str(path)).signatures["serving_default"](examples=T.serialize(spec, records))
+    np.testing.assert_allclose(got["ctr"].numpy(), expected["ctr"].numpy(), rtol=1e-5, atol=1e-6)
+    ops = T.classify_graph_ops(path)
+    assert not ops["forbidden"] and not ops["other"], (ops["forbidden"], sorted(ops["other"]))

@@ -2,7 +2,8 @@
 
 Levels (DESIGN.md §4): L0 aspect encoders (:mod:`.encoders`), L1 Aspect Gating Fusion
 (:mod:`.fusion`) and the Domain Adaptive layer with its alignment losses (:mod:`.adaptive`,
-:mod:`.alignment`), L2 multi-task expert blocks and towers (:mod:`.experts`).
+:mod:`.alignment`), L2 explicit feature interactions (:mod:`.interactions`: dot products, FM, DCN-v2
+cross network) and multi-task expert blocks and towers (:mod:`.experts`).
 
 `ENTITIES` and `ASPECTS` fix the order of the model's `gate_weights [B, len(ENTITIES), len(ASPECTS)]`.
 """
@@ -13,6 +14,13 @@ from tfsr.layers.domain import DomainWeights, WeightBank, grouped_dense, select_
 from tfsr.layers.encoders import AspectEncoder, IdEncoder, MissingEntityVector, SparseEncoder, TextEncoder
 from tfsr.layers.experts import MLP, PLE, STAR, DomainTowers, ExpertBank, MMoE, SharedTower
 from tfsr.layers.fusion import GATING_STRATEGIES, AspectGatingFusion
+from tfsr.layers.interactions import (
+    INTERACTIONS,
+    CrossNetwork,
+    FactorizationMachine,
+    FeatureInteractions,
+    PairwiseDot,
+)
 
 ENTITIES = ("user", "query", "item")
 ASPECTS = ("id", "text", "sparse")
@@ -22,18 +30,23 @@ __all__ = [
     "ASPECTS",
     "ENTITIES",
     "GATING_STRATEGIES",
+    "INTERACTIONS",
     "MLP",
     "PLE",
     "STAR",
     "AspectEncoder",
     "AspectGatingFusion",
+    "CrossNetwork",
     "DomainAdaptiveLayer",
     "DomainTowers",
     "DomainWeights",
     "ExpertBank",
+    "FactorizationMachine",
+    "FeatureInteractions",
     "IdEncoder",
     "MMoE",
     "MissingEntityVector",
+    "PairwiseDot",
     "SharedTower",
     "SparseEncoder",
     "TextEncoder",

@@ -6,12 +6,14 @@ Every model type runs the same pipeline (DESIGN.md §4), so comparisons are fair
 features ─► L0 aspect encoders (one per feature)  ─► per entity: aspects [B, 3, H] + presence mask
          ─► L1 fusion per entity (AspectGatingFusion) ─► x = [h_user; h_query; h_item]   [B, 3H]
          ─► L1 domain adapter (SRFoundation only)     ─► representation (x_hat)
-         ─► L2 experts (MMoE / PLE / STAR / MLP)      ─► hidden
-         ─► towers                                     ─► logit [B]
+         ─► L2 interactions of the fields (dot / cross / FM) ─► features beside x_hat, FM logit term
+         ─► L2 experts (MMoE / PLE / STAR / MLP) on [x_hat; features] ─► hidden
+         ─► towers (+ the FM logit term)              ─► logit [B]
 ```
 
-and differs only in what the hooks `build_fusion`, `build_domain_adapter`, `build_experts` and
-`build_towers` return. Teams subclass a model and override a hook (see `examples/`).
+and differs only in what the hooks `build_fusion`, `build_domain_adapter`, `build_interactions`,
+`build_experts` and `build_towers` return (and in `interaction_fields`: the interactions act on the
+fused entity vectors, or on the unfused L0 aspect vectors for the field models DeepFM and DCN-v2). Teams subclass a model and override a hook (see `examples/`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tfsr.layers import (
     AspectGatingFusion,
     DomainTowers,
     DomainWeights,
+    FeatureInteractions,
     IdEncoder,
     MissingEntityVector,
     SparseEncoder,
@@ -62,7 +65,12 @@ class MultiDomainModel(tfrs.models.Model):
 
     Hooks (override in a subclass; each is called once, from `__init__`):
       `build_feature_encoder(feature)`, `build_aspect_encoders()`, `build_fusion(entity)`,
-      `build_domain_adapter()`, `build_experts()`, `build_towers()`; and `forward()` for the whole pass.
+      `build_domain_adapter()`, `build_interactions()`, `build_experts()`, `build_towers()`; and
+      `forward()` for the whole pass. Class attributes: `default_gating`, `default_alignment`,
+      `default_interactions` (resolve the config's None), `interaction_fields` ("entities": the
+      interactions see the fused `[h_user, h_query, h_item]`, absent entities masked; "aspects": the
+      L0 aspect vectors of every (entity, aspect) with a feature, absent aspects masked) and
+      `interaction_domain_field` (a learned domain embedding joins the fields).
 
     Training: `compute_loss` = `sum_d alpha_d BCE_d` (one `tfrs.tasks.Ranking` per domain, on that
     domain's samples only) + `lambda L_reg` (alignment of the representation across domains).
@@ -71,6 +79,9 @@ class MultiDomainModel(tfrs.models.Model):
 
     default_gating = "mean"
     default_alignment = "none"
+    default_interactions: tuple[str, ...] = ()
+    interaction_fields = "entities"
+    interaction_domain_field = False
     model_type = None  # set by tfsr.models.register_model
 
     def __init__(
@@ -84,6 +95,9 @@ class MultiDomainModel(tfrs.models.Model):
         self.config = config.replace(
             gating=config.gating or self.default_gating,
             alignment=config.alignment or self.default_alignment,
+            interactions=(
+                config.interactions if config.interactions is not None else self.default_interactions
+            ),
             domains=config.domains if config.domains is not None else spec.domains.to_json(),
         )
         self.spec = spec
@@ -102,6 +116,7 @@ class MultiDomainModel(tfrs.models.Model):
         }
         self.fusions = {e: self.build_fusion(e) for e in ENTITIES}
         self.domain_adapter = self.build_domain_adapter()
+        self.interactions = self.build_interactions()
         self.experts = self.build_experts()
         self.towers = self.build_towers()
         self.tasks = [self._make_task(d.name) for d in self.domain_registry]
@@ -160,6 +175,24 @@ class MultiDomainModel(tfrs.models.Model):
         """The L1 domain-adaptive map `(x, domain_ids) -> x_hat`, or None (the representation is x)."""
         return None
 
+    def build_interactions(self) -> tf.keras.layers.Layer | None:
+        """The L2 explicit interactions `(fields [B,F,H], field_mask [B,F], domain_ids) -> dict`, or None.
+
+        The dict's `"features"` `[B, P]` join the representation as the experts' input; its `"logit"`
+        `[B]` is added to the towers' logit. Default: `FeatureInteractions(config.interactions)` (None
+        when empty), with the domain as one more field when `interaction_domain_field`.
+        """
+        c = self.config
+        if not c.interactions:
+            return None
+        return FeatureInteractions(
+            c.interactions,
+            num_cross_layers=c.num_cross_layers,
+            cross_projection_dim=c.cross_projection_dim,
+            num_domains=len(self.domain_registry) if self.interaction_domain_field else None,
+            name="interactions",
+        )
+
     def build_experts(self) -> tf.keras.layers.Layer | None:
         """The L2 shared/multi-task block `(representation, domain_ids) -> hidden`, or None."""
         return None
@@ -193,7 +226,8 @@ class MultiDomainModel(tfrs.models.Model):
         )
 
     def level_layers(self, level: str) -> list[tf.keras.layers.Layer]:
-        """The layers of a level: "L0" encoders, "L1" fusion + adapter, "L2_shared" shared experts."""
+        """The layers of a level: "L0" encoders, "L1" fusion + adapter, "L2_shared" the shared experts and
+        the shared interaction layers (a per-domain field embedding stays with the domain's own weights)."""
         if level == "L0":
             return [*self.feature_encoders.values(), *self.missing_entities.values()]
         if level == "L1":
@@ -202,9 +236,8 @@ class MultiDomainModel(tfrs.models.Model):
                 *([self.domain_adapter] if self.domain_adapter is not None else []),
             ]
         if level == "L2_shared":
-            if self.experts is None:
-                return []
-            return list(getattr(self.experts, "shared_layers", [self.experts]))
+            blocks = [b for b in (self.interactions, self.experts) if b is not None]
+            return [layer for b in blocks for layer in getattr(b, "shared_layers", [b])]
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
 
     # ------------------------------------------------------------------ forward
@@ -249,27 +282,60 @@ class MultiDomainModel(tfrs.models.Model):
             masks.append(count > 0)
         return tf.stack(vectors, axis=1), tf.stack(masks, axis=1)
 
+    def _aspect_fields(
+        self, aspect_vectors: Sequence[tf.Tensor], aspect_masks: Sequence[tf.Tensor]
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """The unfused L0 aspect vectors as fields `([B, F, H], [B, F])`: one field per (entity, aspect)
+        that has a feature in this model, in `ENTITIES` x `ASPECTS` order."""
+        if self.interaction_fields != "aspects":
+            raise ValueError(
+                f"interaction_fields must be 'entities' or 'aspects', got {self.interaction_fields!r}"
+            )
+        pairs = [
+            (i, j)
+            for i, entity in enumerate(ENTITIES)
+            for j, aspect in enumerate(ASPECTS)
+            if self.aspect_features[entity][aspect]
+        ]
+        fields = tf.stack([aspect_vectors[i][:, j] for i, j in pairs], axis=1)
+        return fields, tf.stack([aspect_masks[i][:, j] for i, j in pairs], axis=1)
+
     def forward(self, features: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         """The whole pass: the public outputs plus `"representation"` (what alignment acts on) and
         `"domain_ids"` `[B]` int32."""
         domain_ids = self.domain_ids(features["domain"])
-        fused, gate_weights = [], []
+        fused, present, aspect_vectors, aspect_masks, gate_weights = [], [], [], [], []
         for entity in ENTITIES:
             aspects, mask = self.encode_entity(features, entity, training)
             h, weights = self.fusions[entity](
                 aspects, domain_ids=domain_ids, aspect_mask=mask, training=training
             )
-            fused.append(self.missing_entities[entity](h, tf.reduce_any(mask, axis=1)))
+            present.append(tf.reduce_any(mask, axis=1))
+            fused.append(self.missing_entities[entity](h, present[-1]))
+            aspect_vectors.append(aspects)
+            aspect_masks.append(mask)
             gate_weights.append(weights)
         representation = tf.concat(fused, axis=1)
         if self.domain_adapter is not None:
             representation = self.domain_adapter(representation, domain_ids, training=training)
+        expert_inputs, interaction_logit = representation, None
+        if self.interactions is not None:
+            if self.interaction_fields == "entities":
+                fields, field_mask = tf.stack(fused, axis=1), tf.stack(present, axis=1)
+            else:
+                fields, field_mask = self._aspect_fields(aspect_vectors, aspect_masks)
+            interactions = self.interactions(fields, field_mask, domain_ids, training=training)
+            if "features" in interactions:
+                expert_inputs = tf.concat([representation, interactions["features"]], axis=1)
+            interaction_logit = interactions.get("logit")
         hidden = (
-            representation
+            expert_inputs
             if self.experts is None
-            else self.experts(representation, domain_ids, training=training)
+            else self.experts(expert_inputs, domain_ids, training=training)
         )
         logit = tf.reshape(self.towers(hidden, domain_ids, training=training), [-1])
+        if interaction_logit is not None:
+            logit += interaction_logit
         return {
             "ctr": tf.sigmoid(logit),
             "logit": logit,

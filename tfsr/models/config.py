@@ -10,6 +10,7 @@ from typing import Any
 from tfsr.features import Domain, DomainRegistry
 from tfsr.layers.alignment import ALIGNMENTS
 from tfsr.layers.fusion import GATING_STRATEGIES
+from tfsr.layers.interactions import INTERACTIONS
 
 ALIGNMENT_CHOICES = (*ALIGNMENTS, "none")
 _TUPLE_FIELDS = ("expert_units", "tower_units")
@@ -21,7 +22,7 @@ class ModelConfig:
 
     Args:
       model_type: a registered model type: "srfoundation", "single_domain", "shared_bottom", "mmoe",
-        "ple", "star" or a team's own (see `tfsr.models.register_model`).
+        "ple", "star", "deepfm", "dcn_v2" or a team's own (see `tfsr.models.register_model`).
       embedding_dim: H, the width of every aspect vector.
       gating: aspect fusion, "domain" | "cls" | "mean"; None = the model type's default ("domain" for
         srfoundation, "mean" for the baselines).
@@ -43,6 +44,13 @@ class ModelConfig:
         (SharedBottom, single-domain) and of the STAR network.
       num_shared_experts, num_specific_experts, num_levels: PLE.
       tower_units: hidden widths of each domain's tower.
+      interactions: the L2 explicit interactions (`tfsr.layers.FeatureInteractions` kinds, a subset of
+        "dot", "fields", "cross", "fm"; empty = none), fed to the experts beside the representation;
+        None = the model type's default (("dot", "cross") for srfoundation over the fused user, query
+        and item vectors; ("fields", "fm") for deepfm and ("cross",) for dcn_v2 over the L0 aspect
+        fields; none for the other baselines).
+      num_cross_layers: layers of the DCN-v2 cross network ("cross").
+      cross_projection_dim: rank of the cross layers' weight matrix; None = full rank.
       domain_loss_weights: alpha_d by domain name; missing domains weigh 1.
       learning_rate: Adam's learning rate used by `model.compile()` without an optimizer.
       num_hash_bins: hash buckets of an id/sparse feature that has no vocabulary.
@@ -75,6 +83,9 @@ class ModelConfig:
     num_specific_experts: int = 1
     num_levels: int = 2
     tower_units: tuple[int, ...] = (32,)
+    interactions: tuple[str, ...] | None = None
+    num_cross_layers: int = 2
+    cross_projection_dim: int | None = None
     domain_loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     learning_rate: float = 1e-3
     num_hash_bins: int = 100_000
@@ -85,6 +96,17 @@ class ModelConfig:
     def __post_init__(self):
         for name in _TUPLE_FIELDS:
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.interactions is not None:
+            if isinstance(self.interactions, str):
+                raise ValueError(
+                    f"interactions must be a list of kinds, got the string {self.interactions!r}"
+                )
+            object.__setattr__(self, "interactions", tuple(self.interactions))
+            unknown = [k for k in self.interactions if k not in INTERACTIONS]
+            if unknown or len(set(self.interactions)) != len(self.interactions):
+                raise ValueError(
+                    f"interactions must be distinct kinds of {INTERACTIONS} or None, got {self.interactions!r}"
+                )
         if not isinstance(self.model_type, str) or not self.model_type:
             raise ValueError(f"model_type must be a non-empty string, got {self.model_type!r}")
         if self.gating is not None and self.gating not in GATING_STRATEGIES:
@@ -100,6 +122,7 @@ class ModelConfig:
             "num_levels",
             "num_hash_bins",
             "num_oov_buckets",
+            "num_cross_layers",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -111,6 +134,14 @@ class ModelConfig:
         for name in ("temperature", "mmd_bandwidth", "learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.cross_projection_dim is not None and (
+            not isinstance(self.cross_projection_dim, int)
+            or isinstance(self.cross_projection_dim, bool)
+            or self.cross_projection_dim <= 0
+        ):
+            raise ValueError(
+                f"cross_projection_dim must be a positive int or None, got {self.cross_projection_dim!r}"
+            )
         if self.gate_scale is not None and not self.gate_scale > 0:
             raise ValueError(f"gate_scale must be positive or None, got {self.gate_scale!r}")
         if not self.gate_init_stddev >= 0:
@@ -151,6 +182,8 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         for name in _TUPLE_FIELDS:
             data[name] = list(data[name])
+        if self.interactions is not None:
+            data["interactions"] = list(self.interactions)
         return data
 
     @classmethod

@@ -8,6 +8,14 @@
 | mmoe            | mean                | –              | MMoE          | per domain | none                |
 | ple             | mean                | –              | PLE (CGC)     | per domain | none                |
 | star            | mean                | –              | STAR          | per domain | none                |
+| deepfm          | mean                | –              | MLP           | per domain | none                |
+| dcn_v2          | mean                | –              | MLP           | per domain | none                |
+
+Interactions (`ModelConfig.interactions`, `tfsr.layers.FeatureInteractions`): srfoundation crosses the
+fused user, query and item vectors (`("dot", "cross")`); deepfm adds an FM term over the L0 aspect
+fields and the domain field to the logit and gives its deep MLP the concatenated fields
+(`("fields", "fm")`); dcn_v2 puts a DCN-v2 cross network over the same fields under its deep MLP
+(`("cross",)`, stacked); the other baselines have none.
 
 Every baseline shares the L0 encoders, the inputs, the losses and the metrics, and takes any
 `gating`/`alignment` given in its config (e.g. MMoE with domain gating).
@@ -48,6 +56,9 @@ class SRFoundationModel(_MMoEHeads, MultiDomainModel):
 
     default_gating = "domain"
     default_alignment = "js"
+    # Dot products give the experts user·item / query·item affinity and relevance as single inputs; the
+    # cross network all bounded-degree products of the three vectors (DESIGN.md §4, L2).
+    default_interactions = ("dot", "cross")
 
     def build_domain_adapter(self) -> tf.keras.layers.Layer:
         return DomainAdaptiveLayer(
@@ -106,3 +117,47 @@ class STARModel(MultiDomainModel):
 
     def build_experts(self) -> tf.keras.layers.Layer:
         return STAR(self.config.expert_units, len(self.domain_registry), name="star")
+
+
+class _FieldModel:
+    """Mixin of the field baselines: interactions over the L0 aspect fields plus a domain field.
+
+    The fields are the unfused L0 aspect vectors (one per entity and aspect with a feature: user id,
+    query id and text, item id, text and sparse for the default spec), absent aspects zeroed, plus a
+    learned embedding of the domain, so the FM / cross terms can be domain-dependent; the head is one
+    tower per domain (as SharedBottom's), so each domain also gets its own output layer. The deep part
+    is a shared MLP (`expert_units`) on `[mean-fused representation; interaction features]` (the
+    representation is a linear function of the fields, left in to keep the harness's one forward).
+    """
+
+    interaction_fields = "aspects"
+    interaction_domain_field = True
+
+    def build_experts(self) -> tf.keras.layers.Layer:
+        return MLP(self.config.expert_units, name="deep")
+
+
+@register_model("deepfm")
+@tf.keras.utils.register_keras_serializable(package="tfsr")
+class DeepFMModel(_FieldModel, MultiDomainModel):
+    """Baseline: DeepFM (Guo et al., IJCAI 2017) on the L0 aspect fields and a domain field.
+
+    `logit = tower_d(MLP([x; e_1; …; e_F])) + w · [e_1; …; e_F] + Σ_{i<j} <e_i, e_j>`: the FM's first
+    and second order (sum-square trick) over the same field embeddings the deep part reads, as in the
+    paper, with one tower per domain. See :class:`~tfsr.layers.FactorizationMachine`.
+    """
+
+    default_interactions = ("fields", "fm")
+
+
+@register_model("dcn_v2")
+@tf.keras.utils.register_keras_serializable(package="tfsr")
+class DCNv2Model(_FieldModel, MultiDomainModel):
+    """Baseline: DCN-v2 (Wang et al., WWW 2021), stacked: `tfrs.layers.dcn.Cross` layers over the
+    concatenated L0 aspect fields and a domain field, then a deep MLP and one tower per domain.
+
+    `num_cross_layers` and `cross_projection_dim` (None: full rank; the paper's low-rank `U V` else)
+    come from the config. See :class:`~tfsr.layers.CrossNetwork`.
+    """
+
+    default_interactions = ("cross",)
