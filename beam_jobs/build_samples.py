@@ -5,9 +5,10 @@ Inputs: the MovieLens ml-latest-small layout (``--movielens_dir``) or generic-fo
 samples directory of :mod:`tfsr.layout`. Steps, each a labelled transform:
 
   read (numbered lines) -> parse -> join item metadata -> assign domains / construct search
-  impressions -> validate (FeatureSpec) -> splits (per-user chronological or global time; cold-start
-  fine-tune/eval) -> item-cold-start markers -> vocabularies -> text features (unique texts ->
-  RunInference -> join back) -> gzip TFRecords + manifest.json + feature_spec.json
+  impressions -> validate (FeatureSpec) -> splits by time (per-user or global exact quantiles: train /
+  valid / eval; cold-start fine-tune / valid / eval) -> item-cold-start markers -> vocabularies ->
+  text features (unique texts -> RunInference -> join back) -> gzip TFRecords shuffled across many
+  shards by a seeded key + manifest.json (with the split cutoffs) + feature_spec.json
 
 Every unusable input row becomes a dead letter (``dead_letters/*.jsonl``) with its reason and is
 counted (Beam metrics and the manifest's reconciliation: rows read = used + dead-lettered + filtered).
@@ -28,15 +29,23 @@ Dataflow (see docs/BEAM.md)::
 from __future__ import annotations
 
 import argparse
+import bz2
+import contextlib
 import datetime
+import gzip
+import hashlib
 import json
 import logging
+import math
+import os
 import shlex
 import shutil
 import sys
 import tempfile
+import uuid
+import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
@@ -73,10 +82,15 @@ METRICS_NAMESPACE = "tfsr_build_samples"
 RAW_SNIPPET_CHARS = 200
 VOCAB_FEATURES = ("user_id", "item_id", "query_id", "item_genres", "item_decade")
 TEXT_FEATURES = {"query_text": "query_text_embedding", "item_title": "item_title_embedding"}
-EVAL_SPLITS = (layout.PRETRAIN_EVAL, layout.COLDSTART_EVAL)
+HELD_OUT_SPLITS = (layout.PRETRAIN_VALID, layout.PRETRAIN_EVAL, layout.COLDSTART_VALID, layout.COLDSTART_EVAL)
+COLDSTART_HELD_OUT = (layout.COLDSTART_VALID, layout.COLDSTART_EVAL)
 COLDSTART_FILTER_REASON = "coldstart_before_finetune_window"
 PROGRESS_EVERY = 100_000
 LOCAL_RUNNER = "FnApiRunner"
+TRUNCATED_INPUT = "truncated_input"
+ROW_EXCEPTION = "row_exception"
+# dead-letter reasons that mean rows were lost before they could be counted: the job fails (run() -> 1)
+INPUT_ERROR_REASONS = frozenset({TRUNCATED_INPUT})
 
 
 class LineRef(NamedTuple):
@@ -121,23 +135,57 @@ class _NumberedLinesFn(beam.DoFn):
     def process(self, path):
         header = self.header_of(path)
         logger.info("reading %s (%s)", path, self.source)
+        number = 0
+        try:
+            with _open_checked(path) as handle:
+                for number, raw in enumerate(iter(handle.readline, b""), start=1):
+                    raw = raw.rstrip(b"\r\n")
+                    ref = LineRef(self.source, path, number, _snippet(raw))
+                    self.rows_read.inc()
+                    if number % PROGRESS_EVERY == 0:
+                        logger.info("%s: %d lines read", path, number)
+                    if number == 1 and header is not None and raw.strip() == header.encode("utf-8"):
+                        yield beam.pvalue.TaggedOutput(FILTERED, (ref, "header"))
+                    elif not raw.strip():
+                        yield beam.pvalue.TaggedOutput(FILTERED, (ref, "blank_line"))
+                    else:
+                        yield ref, raw
+        except (EOFError, OSError, zlib.error) as err:
+            # The file ends (or breaks) where a line was expected: that entry is read and dead-lettered,
+            # so the ledger holds it, and run() fails the job (INPUT_ERROR_REASONS): rows after the cut
+            # are lost and nothing downstream could count them.
+            self.rows_read.inc()
+            detail = (
+                f"{path}: cannot read past line {number} (the last good line): {type(err).__name__}: {err}"
+            )
+            logger.error("truncated or unreadable input: %s", detail)
+            ref = LineRef(self.source, path, number + 1, "")
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, TRUNCATED_INPUT, detail))
+
+
+# Python's own decompressing readers, which raise EOFError at a missing end-of-stream marker; Beam's
+# CompressedFile returns a truncated gzip stream's data as if the file ended there (rows silently lost).
+_DECOMPRESSORS = {
+    CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    CompressionTypes.BZIP2: bz2.BZ2File,
+}
+
+
+@contextlib.contextmanager
+def _open_checked(path: str) -> Iterator[Any]:
+    """`path` opened for reading bytes; a gzip / bzip2 file that ends early raises EOFError when read."""
+    opener = _DECOMPRESSORS.get(CompressionTypes.detect_compression_type(path))
+    if opener is None:
         with FileSystems.open(path) as handle:
-            for number, raw in enumerate(iter(handle.readline, b""), start=1):
-                raw = raw.rstrip(b"\r\n")
-                ref = LineRef(self.source, path, number, _snippet(raw))
-                self.rows_read.inc()
-                if number % PROGRESS_EVERY == 0:
-                    logger.info("%s: %d lines read", path, number)
-                if number == 1 and header is not None and raw.strip() == header.encode("utf-8"):
-                    yield beam.pvalue.TaggedOutput(FILTERED, (ref, "header"))
-                elif not raw.strip():
-                    yield beam.pvalue.TaggedOutput(FILTERED, (ref, "blank_line"))
-                else:
-                    yield ref, raw
+            yield handle
+        return
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw, opener(raw) as handle:
+        yield handle
 
 
 class ReadNumberedLines(beam.PTransform):
-    """Files matching a pattern -> (LineRef, raw bytes) with a FILTERED output for headers/blank lines."""
+    """Files matching a pattern -> (LineRef, raw bytes), with a FILTERED output for headers / blank lines
+    and a DEAD output for files that end early (truncated compressed input)."""
 
     def __init__(self, pattern: str, source: str, header_of: Callable[[str], str | None]):
         super().__init__()
@@ -152,15 +200,22 @@ class ReadNumberedLines(beam.PTransform):
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
             | "SpreadFiles" >> beam.Reshuffle()
             | "Lines"
-            >> beam.ParDo(_NumberedLinesFn(self.source, self.header_of)).with_outputs(FILTERED, main="rows")
+            >> beam.ParDo(_NumberedLinesFn(self.source, self.header_of)).with_outputs(
+                FILTERED, DEAD, main="rows"
+            )
         )
 
 
 class RowStep(beam.DoFn):
-    """Applies a row-level function to (LineRef, value); a RowError becomes a dead letter with its reason."""
+    """Applies a row-level function to (LineRef, value); a RowError becomes a dead letter with its reason.
+
+    Any other exception of the function is a bug for that row, not for the job: it becomes a dead letter
+    with reason ``row_exception`` (type and message in its detail, logged), so no line can crash the job.
+    """
 
     def __init__(self, fn: Callable[..., Any], name: str):
         self.fn = fn
+        self.name = name
         self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{name}")
 
     def process(self, element, *args, **kwargs):
@@ -170,6 +225,11 @@ class RowStep(beam.DoFn):
         except ml.RowError as err:
             self.dead.inc()
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, err.reason, err.detail))
+        except Exception as err:  # noqa: BLE001  (one row's unexpected error must not fail the job)
+            self.dead.inc()
+            detail = f"{type(err).__name__}: {str(err)[:RAW_SNIPPET_CHARS]}"
+            logger.warning("%s: %s line %d: unexpected %s", self.name, ref.path, ref.line, detail)
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, ROW_EXCEPTION, detail))
         else:
             yield ref, result
 
@@ -203,7 +263,8 @@ class _Branch(NamedTuple):
 
 
 def _branch(source: str, lines, used, dead: list) -> _Branch:
-    return _Branch(source, [lines.rows, lines[FILTERED]], used, dead, lines[FILTERED])
+    read = [lines.rows, lines[FILTERED], lines[DEAD]]
+    return _Branch(source, read, used, [lines[DEAD], *dead], lines[FILTERED])
 
 
 def _validate_records(records: list[dict], spec: FeatureSpec) -> list[dict]:
@@ -308,103 +369,224 @@ def read_logs(p: beam.Pipeline, pattern: str, spec: FeatureSpec) -> list[_Branch
 
 
 # ------------------------------------------------------------------------------------------- splits
-def _per_user_split(element, eval_fraction: float) -> Iterator[tuple[str, dict]]:
+def sample_key(record: dict, seed: int) -> int:
+    """A seeded 63-bit pseudo-random key of a sample that depends only on its content.
+
+    The same rows get the same keys in any input order, so what is decided by key (the shard of a row,
+    the order of rows in a shard, the tie-break between rows sharing a boundary timestamp) does not
+    depend on log order. Identical rows share a key.
+    """
+    payload = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.blake2b(payload.encode("utf-8"), digest_size=8, key=str(seed).encode("ascii"))
+    return int.from_bytes(digest.digest(), "little") >> 1  # 63 bits: Beam's VarIntCoder is signed
+
+
+def _quantile(timestamp_counts: Iterable[tuple[int, int]], fraction: float) -> int | None:
+    """The exact `fraction` quantile of the rows' timestamps from (timestamp, row count) pairs.
+
+    The smallest timestamp t with at least ``max(1, ceil(fraction * N))`` of the N rows at or before
+    it: the global counterpart of :func:`tfsr.datasets.movielens.user_eval_cutoff`, so rows with
+    ``timestamp > _quantile(c, 1 - eval_fraction)`` are the latest ~eval_fraction. Computed from the
+    sorted counts per distinct timestamp, it is the same for the same rows in any order (Beam's
+    ApproximateQuantiles is not). None when there are no rows.
+    """
+    ordered = sorted(timestamp_counts)
+    total = sum(count for _, count in ordered)
+    if not total:
+        return None
+    rank = max(1, math.ceil(round(total * fraction, 9)))
+    seen = 0
+    for timestamp, count in ordered:
+        seen += count
+        if seen >= rank:
+            return timestamp
+    return ordered[-1][0]
+
+
+def _warm_split_of(timestamp: int, eval_cutoff: int, valid_cutoff: int) -> str:
+    """pretrain_eval after the eval cutoff, pretrain_valid in (valid cutoff, eval cutoff], else train."""
+    train_or_valid = ml.split_of(timestamp, valid_cutoff, layout.PRETRAIN_VALID, layout.PRETRAIN_TRAIN)
+    return ml.split_of(timestamp, eval_cutoff, layout.PRETRAIN_EVAL, train_or_valid)
+
+
+def _per_user_split(element, eval_fraction: float, valid_fraction: float) -> Iterator[tuple[str, dict]]:
     _, records = element
     records = list(records)
-    cutoff = ml.user_eval_cutoff((r["timestamp"] for r in records), eval_fraction)
+    timestamps = [r["timestamp"] for r in records]
+    eval_cutoff = ml.user_eval_cutoff(timestamps, eval_fraction)
+    valid_cutoff = ml.user_eval_cutoff(timestamps, eval_fraction + valid_fraction)
     for record in records:
-        yield ml.split_of(record["timestamp"], cutoff, layout.PRETRAIN_EVAL, layout.PRETRAIN_TRAIN), record
+        yield _warm_split_of(record["timestamp"], eval_cutoff, valid_cutoff), record
 
 
-def _quantile(quantiles: Sequence[int], fraction: float) -> int | None:
-    """The `fraction` quantile from ApproximateQuantiles' evenly spaced list (None when there was no data)."""
-    if not quantiles:
-        return None
-    return quantiles[round(fraction * (len(quantiles) - 1))]
+class _CountTimestamps(beam.PTransform):
+    """Records -> one list of (timestamp, row count) pairs: the input of the exact `_quantile`."""
+
+    def expand(self, records):
+        return (
+            records
+            | "Timestamps" >> beam.Map(lambda r: (r["timestamp"], 1))
+            | "CountPerTimestamp" >> beam.CombinePerKey(sum)
+            | "AllTimestampCounts" >> beam.combiners.ToList()
+        )
+
+
+def _cutoff_stats(cutoffs: dict, group: str) -> Iterator[tuple[tuple[str, ...], int]]:
+    """Ledger rows ("cutoff", group, name) -> timestamp, for the manifest (boundary keys are dropped)."""
+    for name, value in cutoffs.items():
+        if value is not None:
+            yield ("cutoff", group, name), value[0] if isinstance(value, tuple) else value
+
+
+def _check_fraction(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value < high:
+        raise ValueError(f"{name} must be in [{low}, {high}), got {value}")
 
 
 class SplitWarm(beam.PTransform):
-    """Pretraining splits: per-user chronological (default) or one global time cutoff."""
+    """Pretraining splits by time: train, then validation (the end of the training period), then eval.
 
-    def __init__(self, mode: str, eval_fraction: float):
+    per_user (default): each user's latest `eval_fraction` of rows is pretrain_eval and the
+    `valid_fraction` just before it pretrain_valid. global: one exact time quantile cutoff for eval
+    (1 - eval_fraction) and one for validation (1 - eval_fraction - valid_fraction). Rows sharing a
+    boundary timestamp stay in the earlier split. The result is the same for the same rows in any
+    order. Returns {"rows": (split, record), "cutoffs": ledger rows of the global cutoffs}.
+    """
+
+    def __init__(self, mode: str, eval_fraction: float, valid_fraction: float = 0.0):
         super().__init__()
+        _check_fraction("eval_fraction", eval_fraction, 0.0, 1.0)
+        _check_fraction("valid_fraction", valid_fraction, 0.0, 1.0 - eval_fraction)
         self.mode = mode
         self.eval_fraction = eval_fraction
+        self.valid_fraction = valid_fraction
 
     def expand(self, records):
         if self.mode == "per_user":
-            return (
+            rows = (
                 records
                 | "KeyByUser"
                 >> beam.Map(lambda r: (r["user_id"], r)).with_output_types(typehints.Tuple[str, SampleRecord])
                 | "GroupByUser" >> beam.GroupByKey()
                 | "SplitEachUserByTime"
-                >> beam.FlatMap(_per_user_split, self.eval_fraction).with_output_types(SplitRecord)
+                >> beam.FlatMap(_per_user_split, self.eval_fraction, self.valid_fraction).with_output_types(
+                    SplitRecord
+                )
             )
-        cutoff = (
+            return {"rows": rows, "cutoffs": records.pipeline | "NoGlobalCutoffs" >> beam.Create([])}
+        eval_at, valid_at = 1.0 - self.eval_fraction, 1.0 - self.eval_fraction - self.valid_fraction
+        cutoffs = (
             records
-            | "WarmTimestamps" >> beam.Map(lambda r: r["timestamp"])
-            | "WarmQuantiles" >> beam.ApproximateQuantiles.Globally(101)
-            | "GlobalCutoff" >> beam.Map(_quantile, 1.0 - self.eval_fraction)
+            | "WarmTimestampCounts" >> _CountTimestamps()
+            | "GlobalCutoffs"
+            >> beam.Map(
+                lambda c: {"eval_cutoff": _quantile(c, eval_at), "valid_cutoff": _quantile(c, valid_at)}
+            )
         )
-        return records | "SplitByGlobalTime" >> beam.Map(
-            lambda r, c: (ml.split_of(r["timestamp"], c, layout.PRETRAIN_EVAL, layout.PRETRAIN_TRAIN), r),
-            beam.pvalue.AsSingleton(cutoff),
+        rows = records | "SplitByGlobalTime" >> beam.Map(
+            lambda r, c: (_warm_split_of(r["timestamp"], c["eval_cutoff"], c["valid_cutoff"]), r),
+            beam.pvalue.AsSingleton(cutoffs),
         ).with_output_types(SplitRecord)
+        return {
+            "rows": rows,
+            "cutoffs": cutoffs | "WarmCutoffStats" >> beam.FlatMap(_cutoff_stats, "pretrain"),
+        }
 
 
-def _cold_split(record: dict, eval_cutoff: int | None, window_start: int | None):
+def _cold_bounds(latest: list[tuple[int, int]], valid_rows: int, finetune_rows: int) -> dict:
+    """First (timestamp, key) of the validation and of the fine-tune slice from the latest rows before the
+    eval cutoff (largest first). With fewer rows than both slices want, they share them pro rata."""
+    wanted = valid_rows + finetune_rows
+    n_valid = valid_rows if len(latest) >= wanted else len(latest) * valid_rows // wanted
+    valid, finetune = latest[:n_valid], latest[n_valid:wanted]
+    return {"valid_start": valid[-1] if valid else None, "finetune_start": finetune[-1] if finetune else None}
+
+
+def _cold_split(record: dict, seed: int, cutoff: dict, bounds: dict):
     timestamp = record["timestamp"]
+    order = (timestamp, sample_key(record, seed))
+    eval_cutoff, valid_start, finetune_start = (
+        cutoff["eval_cutoff"],
+        bounds["valid_start"],
+        bounds["finetune_start"],
+    )
     if eval_cutoff is not None and timestamp > eval_cutoff:
         yield layout.COLDSTART_EVAL, record
-    elif window_start is not None and timestamp >= window_start:
+    elif valid_start is not None and order >= valid_start:
+        yield layout.COLDSTART_VALID, record
+    elif finetune_start is not None and order >= finetune_start:
         yield layout.COLDSTART_FINETUNE, record
     else:
         yield beam.pvalue.TaggedOutput(FILTERED, COLDSTART_FILTER_REASON)
 
 
 class SplitCold(beam.PTransform):
-    """Cold-start domains: the latest `eval_fraction` by time is evaluation; the `finetune_rows` rows just
-    before it are the fine-tune slice (a new domain has little data); older rows are filtered, counted."""
+    """Cold-start domains: the latest `eval_fraction` by time (exact quantile) is coldstart_eval; the
+    `valid_rows` rows just before it coldstart_valid, the `finetune_rows` rows before those
+    coldstart_finetune (a new domain has little data); older rows are filtered, counted.
 
-    def __init__(self, eval_fraction: float, finetune_rows: int):
+    Rows are ordered by (timestamp, `sample_key`), so ties at a slice boundary are broken by content,
+    never by input order. Returns {"rows", FILTERED, "cutoffs"}.
+    """
+
+    def __init__(self, eval_fraction: float, finetune_rows: int, valid_rows: int = 0, seed: int = 0):
         super().__init__()
+        _check_fraction("eval_fraction", eval_fraction, 0.0, 1.0)
+        if finetune_rows < 1 or valid_rows < 0:
+            raise ValueError(
+                f"need finetune_rows >= 1 and valid_rows >= 0, got {finetune_rows}, {valid_rows}"
+            )
         self.eval_fraction = eval_fraction
         self.finetune_rows = finetune_rows
+        self.valid_rows = valid_rows
+        self.seed = seed
 
     def expand(self, records):
-        timestamps = records | "ColdTimestamps" >> beam.Map(lambda r: r["timestamp"])
-        cutoff = (
-            timestamps
-            | "ColdQuantiles" >> beam.ApproximateQuantiles.Globally(101)
-            | "ColdEvalCutoff" >> beam.Map(_quantile, 1.0 - self.eval_fraction)
+        eval_cutoff = (
+            records
+            | "ColdTimestampCounts" >> _CountTimestamps()
+            | "ColdEvalCutoff"
+            >> beam.Map(lambda c, f: {"eval_cutoff": _quantile(c, f)}, 1.0 - self.eval_fraction)
         )
-        window_start = (
-            timestamps
+        # keys first, then the filter: a side-input Filter straight on `records` would be fused with
+        # SplitColdByTime, whose side input it feeds, and the FnApiRunner never runs the stage
+        bounds = (
+            records
+            | "OrderKeys" >> beam.Map(lambda r, s: (r["timestamp"], sample_key(r, s)), self.seed)
             | "BeforeCutoff"
-            >> beam.Filter(lambda t, c: c is not None and t <= c, beam.pvalue.AsSingleton(cutoff))
-            | "LatestBeforeCutoff" >> beam.combiners.Top.Largest(self.finetune_rows)
-            | "FinetuneWindowStart" >> beam.Map(lambda top: min(top) if top else None)
+            >> beam.Filter(
+                lambda order, c: c["eval_cutoff"] is not None and order[0] <= c["eval_cutoff"],
+                beam.pvalue.AsSingleton(eval_cutoff),
+            )
+            | "LatestBeforeCutoff" >> beam.combiners.Top.Largest(self.valid_rows + self.finetune_rows)
+            | "ValidAndFinetuneStart" >> beam.Map(_cold_bounds, self.valid_rows, self.finetune_rows)
         )
-        return records | "SplitColdByTime" >> beam.FlatMap(
-            _cold_split, beam.pvalue.AsSingleton(cutoff), beam.pvalue.AsSingleton(window_start)
+        split = records | "SplitColdByTime" >> beam.FlatMap(
+            _cold_split, self.seed, beam.pvalue.AsSingleton(eval_cutoff), beam.pvalue.AsSingleton(bounds)
         ).with_output_types(SplitRecord).with_outputs(FILTERED, main="rows")
+        cutoffs = (eval_cutoff, bounds) | "ColdCutoffs" >> beam.Flatten()
+        return {
+            "rows": split.rows,
+            FILTERED: split[FILTERED],
+            "cutoffs": cutoffs | "ColdCutoffStats" >> beam.FlatMap(_cutoff_stats, "coldstart"),
+        }
 
 
 def _mark_cold_items(element, max_train_count: int) -> Iterator[tuple[str, dict]]:
     _, grouped = element
     pretrain = sum(grouped["pretrain"])
     finetune = sum(grouped["finetune"])
-    for split, record in grouped["eval"]:
-        seen = pretrain + (finetune if split == layout.COLDSTART_EVAL else 0)
+    for split, record in grouped["held_out"]:
+        seen = pretrain + (finetune if split in COLDSTART_HELD_OUT else 0)
         yield split, {**record, "is_cold_item": ml.is_cold_item(seen, max_train_count)}
 
 
 class MarkColdItems(beam.PTransform):
-    """Sets is_cold_item on evaluation rows whose item has few training samples (a per-item join).
+    """Sets is_cold_item on validation and evaluation rows whose item has few training samples (a
+    per-item join).
 
-    Training samples seen by the model: pretrain_train for pretrain_eval; pretrain_train plus
-    coldstart_finetune for coldstart_eval.
+    Training samples seen by the model: pretrain_train for pretrain_valid / pretrain_eval;
+    pretrain_train plus coldstart_finetune for coldstart_valid / coldstart_eval.
     """
 
     def __init__(self, max_train_count: int):
@@ -420,13 +602,13 @@ class MarkColdItems(beam.PTransform):
                 | f"Count_{label}" >> beam.CombinePerKey(sum)
             )
 
-        eval_rows = split_records | "EvalRowsByItem" >> beam.FlatMap(
-            lambda sr: [(sr[1]["item_id"], sr)] if sr[0] in EVAL_SPLITS else []
+        held_out = split_records | "HeldOutRowsByItem" >> beam.FlatMap(
+            lambda sr: [(sr[1]["item_id"], sr)] if sr[0] in HELD_OUT_SPLITS else []
         ).with_output_types(typehints.Tuple[str, SplitRecord])
-        train_rows = split_records | "TrainRows" >> beam.Filter(lambda sr: sr[0] not in EVAL_SPLITS)
+        train_rows = split_records | "TrainRows" >> beam.Filter(lambda sr: sr[0] not in HELD_OUT_SPLITS)
         marked = (
             {
-                "eval": eval_rows,
+                "held_out": held_out,
                 "pretrain": item_counts(layout.PRETRAIN_TRAIN, "pretrain"),
                 "finetune": item_counts(layout.COLDSTART_FINETUNE, "finetune"),
             }
@@ -490,29 +672,103 @@ class WriteVocabularies(beam.PTransform):
 
 
 # ------------------------------------------------------------------------------------------ writing
-class _GzipTFRecordSink(fileio.FileSink):
-    """gzip TFRecord files for `fileio.WriteToFiles`, with the framing of Beam's WriteToTFRecord.
+ROWS_PER_SHARD = 25_000
+MIN_SHARDS = 8
+MIN_ROWS_PER_SHARD = 1_000
+MAX_SHARDS = 1_024
 
-    WriteToFiles writes each bundle's samples as they arrive; WriteToTFRecord first needs a side
-    input (or a shuffle, with fixed shards), so on the DirectRunner every serialized sample would be
-    held in memory before writing. One shard per bundle; the runner decides how many.
+
+def num_shards(rows: int) -> int:
+    """Shards of a split of `rows` rows: about ROWS_PER_SHARD rows each, at least MIN_SHARDS when there
+    are MIN_ROWS_PER_SHARD rows for each, at most MAX_SHARDS (beyond that the shards grow)."""
+    wanted = max(math.ceil(rows / ROWS_PER_SHARD), min(MIN_SHARDS, math.ceil(rows / MIN_ROWS_PER_SHARD)))
+    return max(1, min(MAX_SHARDS, wanted))
+
+
+def shard_of(key: int, shards: int) -> int:
+    """The shard of a 63-bit sample key: contiguous key ranges, so the shards in turn hold the rows in
+    key order."""
+    return (key * shards) >> 63
+
+
+def shard_path(output_dir: str, split: str, shard: int, shards: int) -> str:
+    return f"{output_dir}/{split}/part-{shard:05d}-of-{shards:05d}{layout.TFRECORD_SUFFIX}"
+
+
+def _shard_keyed(split_record, seed: int, shards: dict):
+    split, record = split_record
+    key = sample_key(record, seed)
+    return (split, shard_of(key, shards[split])), (key, record)
+
+
+class _WriteShardFn(beam.DoFn):
+    """((split, shard), [(key, record)]) -> one gzip TFRecord file of tf.train.Examples in key order.
+
+    Raw, label and meta features go through ``spec.to_example`` (validated); the derived embedding
+    features are appended from the unique-text tables (their width was checked once per text). One
+    shard (about ROWS_PER_SHARD rows) is held while it is written. The file name is fixed by (split,
+    shard) and its bytes by its rows, so a retried bundle rewrites the same file. Emits the ledger row
+    ("shards", split) -> 1.
     """
 
-    def create_metadata(self, destination: str, full_file_name: str) -> fileio.FileMetadata:
-        return fileio.FileMetadata(
-            mime_type="application/octet-stream", compression_type=CompressionTypes.GZIP
+    def __init__(self, spec: FeatureSpec, output_dir: str):
+        self.spec = spec
+        self.output_dir = output_dir
+        self.zeros = _float_feature([0.0] * spec.text_dim)  # the embedding of an empty text
+
+    def _example(self, record: dict, tables: dict) -> bytes:
+        example = self.spec.to_example(record, roles=RECORD_ROLES)
+        for source, derived in TEXT_FEATURES.items():
+            text = record[source]
+            example.features.feature[derived].MergeFromString(tables[source][text] if text else self.zeros)
+        return example.SerializeToString()
+
+    def process(self, element, shards: dict, **tables):
+        (split, shard), keyed = element
+        path = shard_path(self.output_dir, split, shard, shards[split])
+        with FileSystems.create(path, compression_type=CompressionTypes.GZIP) as handle:
+            for _, record in sorted(keyed, key=lambda key_record: key_record[0]):
+                _TFRecordUtil.write_record(handle, self._example(record, tables))
+        yield ("shards", split), 1
+
+
+class WriteShuffledSplits(beam.PTransform):
+    """(split, record) -> <output_dir>/<split>/part-SSSSS-of-NNNNN.tfrecord.gz, shuffled across shards.
+
+    Every row gets a seeded key (`sample_key`, its content only); a split of n rows gets
+    `num_shards(n)` shards, each a contiguous key range written in key order. So every shard, and any
+    interleaving of shards, mixes domains and users however the logs were ordered (domain-sorted logs
+    would otherwise train the domains one after another), and the same rows give the same files.
+    Returns the ledger rows ("shards", split) -> 1 per file written.
+    """
+
+    def __init__(self, spec: FeatureSpec, output_dir: str, seed: int, tables: dict):
+        super().__init__()
+        self.spec = spec
+        self.output_dir = output_dir
+        self.seed = seed
+        self.tables = tables
+
+    def expand(self, split_records):
+        shards = beam.pvalue.AsDict(
+            split_records
+            | "RowsPerSplit" >> beam.combiners.Count.PerKey()
+            | "ShardsPerSplit" >> beam.MapTuple(lambda split, rows: (split, num_shards(rows)))
         )
-
-    def open(self, fh) -> None:
-        self._fh = fh
-
-    def write(self, record: bytes) -> None:
-        _TFRecordUtil.write_record(self._fh, record)
-
-    def flush(self) -> None:
-        # Records go straight to the handle; flushing a gzip handle here would end its stream before
-        # WriteToFiles closes it.
-        return None
+        return (
+            split_records
+            | "ShardKeys"
+            >> beam.Map(_shard_keyed, self.seed, shards).with_output_types(
+                typehints.Tuple[typehints.Tuple[str, int], typehints.Tuple[int, SampleRecord]]
+            )
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards"
+            >> beam.ParDo(
+                _WriteShardFn(self.spec, self.output_dir),
+                shards,
+                **{f: beam.pvalue.AsDict(t) for f, t in self.tables.items()},
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------ text features
@@ -590,26 +846,6 @@ class EmbedTexts(beam.PTransform):
         return feature, (result.example, result.inference)
 
 
-class _ToExampleFn(beam.DoFn):
-    """(split, record) -> (split, serialized tf.train.Example) with the text embeddings joined in.
-
-    Raw, label and meta features go through ``spec.to_example`` (validated); the derived embedding
-    features are appended from the unique-text table (their width was checked once per text).
-    """
-
-    def __init__(self, spec: FeatureSpec):
-        self.spec = spec
-        self.zeros = _float_feature([0.0] * spec.text_dim)  # the embedding of an empty text
-
-    def process(self, element, **tables):
-        split, record = element
-        example = self.spec.to_example(record, roles=RECORD_ROLES)
-        for source, derived in TEXT_FEATURES.items():
-            text = record[source]
-            example.features.feature[derived].MergeFromString(tables[source][text] if text else self.zeros)
-        yield split, example.SerializeToString()
-
-
 # --------------------------------------------------------------------------------------- the ledger
 def _sample_stats(split_record):
     split, record = split_record
@@ -634,7 +870,8 @@ def build_manifest(
     counts: dict = defaultdict(dict)
     rows: dict = defaultdict(lambda: {"read": 0, "used": 0, "dead_lettered": {}, "filtered": {}})
     samples = {"built": 0, "written": 0, "filtered": {}}
-    vocab_sizes, texts = {}, {}
+    vocab_sizes, texts, cutoffs = {}, {}, defaultdict(dict)
+    shards = dict.fromkeys(layout.SPLITS, 0)
     for key, value in stats.items():
         kind, *rest = key
         if kind == "samples":
@@ -656,6 +893,10 @@ def build_manifest(
             vocab_sizes[rest[0]] = value
         elif kind == "unique_texts":
             texts[rest[0]] = value
+        elif kind == "cutoff":
+            cutoffs[rest[0]][rest[1]] = value
+        elif kind == "shards":
+            shards[rest[0]] = value
     for per_domain in counts.values():
         for entry in per_domain.values():
             entry["label_rate"] = (
@@ -674,6 +915,8 @@ def build_manifest(
         "splits": list(layout.SPLITS),
         "domains": spec.domains.to_json(),
         "counts": {split: dict(sorted(counts[split].items())) for split in layout.SPLITS},
+        "split_cutoffs": _split_cutoffs(cutoffs, options),
+        "shards": shards,
         "vocab_sizes": dict(sorted(vocab_sizes.items())),
         "text_embeddings": dict(sorted(texts.items())),
         "text_encoder": encoder_identity,
@@ -684,6 +927,30 @@ def build_manifest(
         },
         "feature_spec": spec.to_json(),
     }
+
+
+def _split_cutoffs(cutoffs: dict, options: dict) -> dict:
+    """What decided each split: the options and the cutoff timestamps the pipeline computed.
+
+    pretrain: per_user mode has one cutoff per user (the options say how); global mode records the
+    eval cutoff (rows after it: pretrain_eval) and the valid cutoff (rows after it, up to the eval
+    cutoff: pretrain_valid). coldstart: rows after eval_cutoff are coldstart_eval; valid_start and
+    finetune_start are the first timestamps of coldstart_valid and coldstart_finetune (ties at those
+    timestamps are split by sample key). None: no rows to cut.
+    """
+    pretrain = {
+        "mode": options.get("split_mode"),
+        "eval_fraction": options.get("eval_fraction"),
+        "valid_fraction": options.get("valid_fraction"),
+    }
+    if options.get("split_mode") == "global":
+        pretrain |= {name: cutoffs["pretrain"].get(name) for name in ("eval_cutoff", "valid_cutoff")}
+    coldstart = {
+        "eval_fraction": options.get("coldstart_eval_fraction"),
+        "valid_rows": options.get("coldstart_valid_rows"),
+        "finetune_rows": options.get("coldstart_finetune_rows"),
+    } | {name: cutoffs["coldstart"].get(name) for name in ("eval_cutoff", "valid_start", "finetune_start")}
+    return {"pretrain": pretrain, "coldstart": coldstart, "shuffle_seed": options.get("shuffle_seed")}
 
 
 def _write_manifest(
@@ -703,7 +970,7 @@ def _write_empty_splits(stats: dict, output_dir: str) -> None:
     written = {key[1] for key, n in stats.items() if key[0] == "samples" and n}
     for split in layout.SPLITS:
         if split not in written:
-            FileSystems.create(f"{output_dir}/{split}/part-00000-of-00001{layout.TFRECORD_SUFFIX}").close()
+            FileSystems.create(shard_path(output_dir, split, 0, 1)).close()
 
 
 def _count(pcolls, label: str, key_fn: Callable[[Any], tuple[str, ...]]):
@@ -761,15 +1028,22 @@ def build_pipeline(
     # two Filters rather than a Partition: Partition's outputs lose the SampleRecord type (and its coder)
     warm = records | "WarmDomains" >> beam.Filter(lambda r: r["domain"] not in cold_names)
     cold = records | "ColdStartDomains" >> beam.Filter(lambda r: r["domain"] in cold_names)
-    warm_split = warm | "PretrainSplits" >> SplitWarm(args.split_mode, args.eval_fraction)
+    warm_split = warm | "PretrainSplits" >> SplitWarm(
+        args.split_mode, args.eval_fraction, args.valid_fraction
+    )
     cold_split = cold | "ColdStartSplits" >> SplitCold(
-        args.coldstart_eval_fraction, args.coldstart_finetune_rows
+        args.coldstart_eval_fraction,
+        args.coldstart_finetune_rows,
+        args.coldstart_valid_rows,
+        args.shuffle_seed,
     )
-    ledger.append(
-        _count(cold_split[FILTERED], "CountSamplesFiltered", lambda reason: ("samples_filtered", reason))
-    )
+    ledger += [
+        _count(cold_split[FILTERED], "CountSamplesFiltered", lambda reason: ("samples_filtered", reason)),
+        warm_split["cutoffs"],
+        cold_split["cutoffs"],
+    ]
     split_records = (
-        (warm_split, cold_split.rows)
+        (warm_split["rows"], cold_split["rows"])
         | "AllSplits" >> beam.Flatten()
         | "ItemColdStart" >> MarkColdItems(args.cold_item_max_train)
     )
@@ -782,23 +1056,8 @@ def build_pipeline(
     tables = records | "TextFeatures" >> EmbedTexts(encoder_dir, out, spec.text_dim)
     for feature, table in tables.items():
         ledger.append(_count(table, f"CountTexts_{feature}", lambda _, f=feature: ("unique_texts", f)))
-    examples = split_records | "ToExamples" >> beam.ParDo(
-        _ToExampleFn(spec), **{f: beam.pvalue.AsDict(t) for f, t in tables.items()}
-    )
-    by_split = examples | "BySplit" >> beam.Partition(
-        lambda se, n: layout.SPLITS.index(se[0]), len(layout.SPLITS)
-    )
-    for split, pcoll in zip(layout.SPLITS, by_split, strict=True):
-        _ = (
-            pcoll
-            | f"Payload_{split}" >> beam.Map(lambda se: se[1])
-            | f"Write_{split}"
-            >> fileio.WriteToFiles(
-                f"{out}/{split}",
-                file_naming=fileio.default_file_naming("part", layout.TFRECORD_SUFFIX),
-                sink=lambda _destination: _GzipTFRecordSink(),
-            )
-        )
+    # the shard files join the ledger, so the manifest (and any empty-split file) comes after them
+    ledger.append(split_records | "WriteSplits" >> WriteShuffledSplits(spec, out, args.shuffle_seed, tables))
     _ = (
         dead_letters
         | "AllDeadLetters" >> beam.Flatten()
@@ -866,7 +1125,26 @@ def _parser() -> argparse.ArgumentParser:
         "--coldstart_finetune_rows",
         type=int,
         default=1000,
-        help="size of the fine-tune slice just before the cold-start eval cutoff",
+        help="size of the fine-tune slice just before the cold-start validation slice",
+    )
+    parser.add_argument(
+        "--valid_fraction",
+        type=float,
+        default=0.1,
+        help="share of rows (per user, or of time with --split_mode global) just before pretrain_eval "
+        "in pretrain_valid (eval_fraction + valid_fraction < 1)",
+    )
+    parser.add_argument(
+        "--coldstart_valid_rows",
+        type=int,
+        default=200,
+        help="size of coldstart_valid: the latest cold-start rows before the cold-start eval cutoff",
+    )
+    parser.add_argument(
+        "--shuffle_seed",
+        type=int,
+        default=0,
+        help="seed of the sample keys that spread each split's rows over shards in random order",
     )
     parser.add_argument(
         "--cold_item_max_train",
@@ -944,23 +1222,74 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
         with FileSystems.open(args.domains) as handle:
             domains = DomainRegistry.from_json(json.load(handle))
     workdir = tempfile.mkdtemp(prefix="tfsr_preprocess_")
+    # Written next to the output and moved into place only when the job succeeds: a crash or a failed
+    # reconciliation never leaves a half-written samples directory where readers look for one.
+    staging = f"{args.output_dir.rstrip('/')}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
         encoder_dir, identity = _prepare_encoder(args, workdir)
         spec = FeatureSpec.default(domains, text_dim=saved_model_dim(encoder_dir))
         command = "tfsr preprocess " + shlex.join(argv)
         logger.info(
-            "building samples into %s (text encoder %s, dim %d)",
+            "building samples into %s via %s (text encoder %s, dim %d)",
             args.output_dir,
+            staging,
             identity.get("name", encoder_dir),
             spec.text_dim,
         )
         with beam.Pipeline(options=options) as p:
-            build_pipeline(p, args, spec, encoder_dir, identity, command)
+            build_pipeline(
+                p,
+                argparse.Namespace(**{**vars(args), "output_dir": staging}),
+                spec,
+                encoder_dir,
+                identity,
+                command,
+            )
+    except BaseException:
+        if FileSystems.exists(staging):
+            FileSystems.delete([staging])
+        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    manifest = layout.read_manifest(args.output_dir)
+    manifest = layout.read_manifest(staging)
     _log_summary(manifest)
-    return 0 if manifest["reconciliation"]["balanced"] else 1
+    failure = _failure(manifest)
+    if failure:
+        logger.error(
+            "%s: %s is NOT written; the incomplete output is kept at %s", failure, args.output_dir, staging
+        )
+        return 1
+    _move_into_place(staging, args.output_dir.rstrip("/"))
+    return 0
+
+
+def _failure(manifest: dict) -> str | None:
+    """Why a finished job failed (its ledger does not balance, or input was lost), or None."""
+    rec = manifest["reconciliation"]
+    if not rec["balanced"]:
+        return "the reconciliation does not balance"
+    lost = {
+        reason: n
+        for ledger in rec["rows"].values()
+        for reason, n in ledger["dead_lettered"].items()
+        if reason in INPUT_ERROR_REASONS
+    }
+    return f"input files could not be read to their end {lost} (see the dead letters)" if lost else None
+
+
+def _move_into_place(staging: str, out: str) -> None:
+    """Moves the finished output from `staging` to `out` (renames; into `out` when it is a directory)."""
+    if FileSystems.get_scheme(out) in (None, "file"):  # local: rename the directory
+        if not os.path.isdir(out):
+            os.rename(staging, out)
+            return
+        for name in os.listdir(staging):  # _check_args has refused (or deleted) earlier samples
+            os.rename(os.path.join(staging, name), os.path.join(out, name))
+        os.rmdir(staging)
+        return
+    sources = [m.path for r in FileSystems.match([f"{staging}/**"]) for m in r.metadata_list]
+    FileSystems.rename(sources, [out + path[len(staging) :] for path in sources])
+    FileSystems.delete([staging])
 
 
 def _log_summary(manifest: dict) -> None:

@@ -86,43 +86,121 @@ def test_read_numbered_lines_and_row_step_dead_letter_with_reasons(tmp_path):
         )
 
 
+@pytest.mark.parametrize("order", [lambda c: c, reversed, lambda c: sorted(c, key=lambda tc: -tc[1])])
+def test_exact_quantile_from_timestamp_counts(order):
+    counts = [(5, 2), (1, 1), (3, 3)]  # six rows: 1, 3, 3, 3, 5, 5
+    quantile = lambda f: bs._quantile(order(counts), f)  # noqa: E731
+    assert [quantile(f) for f in (0.0, 0.2, 0.5, 0.67, 0.8, 1.0)] == [1, 3, 3, 5, 5, 5]
+    # rank = ceil(6 f): 1 -> 1, ceil(1.2) = 2 -> 3, 3 -> 3, ceil(4.02) = 5 -> 5, ceil(4.8) = 5 -> 5, 6 -> 5
+    assert bs._quantile([(t, 1) for t in range(1, 11)], 1.0 - (0.2 + 0.1)) == 7  # 7 rows, not ceil(7.0000001)
+    assert bs._quantile([], 0.5) is None
+    # the global cutoff equals the per-user one over the same timestamps
+    stamps = [1, 3, 3, 3, 5, 5]
+    assert all(bs._quantile(counts, 1 - f) == ml.user_eval_cutoff(stamps, f) for f in (0.1, 0.2, 0.5))
+
+
 def test_split_warm_per_user_and_global():
-    records = [_rec("a", t) for t in (1, 2, 3, 4, 5)] + [
-        _rec("b", t) for t in (100, 100, 101)
-    ]  # b: ceil(2.4) train
+    records = [_rec("a", t) for t in (1, 2, 3, 4, 5)] + [_rec("b", t) for t in (100, 100, 101)]
+    # per user, eval 0.2 + valid 0.2: a (5 rows) keeps ceil(4) rows before eval, ceil(3) before valid;
+    # b (3 rows): ceil(2.4) = 3 -> no eval row, ceil(1.8) = 2 -> its last row is validation.
+    # global (8 rows): eval cutoff = 7th timestamp (100), valid cutoff = ceil(4.8) = 5th (5).
     with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-        per_user = p | "PU" >> beam.Create(records) | "SplitPU" >> bs.SplitWarm("per_user", 0.2)
+        per_user = p | "PU" >> beam.Create(records) | "SplitPU" >> bs.SplitWarm("per_user", 0.2, 0.2)
         assert_that(
-            per_user | "PUKeys" >> beam.Map(lambda sr: (sr[1]["user_id"], sr[1]["timestamp"], sr[0])),
+            per_user["rows"] | "PUKeys" >> beam.Map(lambda sr: (sr[1]["user_id"], sr[1]["timestamp"], sr[0])),
             equal_to(
-                [("a", t, "pretrain_train") for t in (1, 2, 3, 4)]
-                + [("a", 5, "pretrain_eval")]
+                [("a", t, "pretrain_train") for t in (1, 2, 3)]
+                + [("a", 4, "pretrain_valid"), ("a", 5, "pretrain_eval")]
                 + [("b", 100, "pretrain_train")] * 2
-                + [("b", 101, "pretrain_train")]
+                + [("b", 101, "pretrain_valid")]
             ),
             label="PerUser",
         )
-        glob = p | "G" >> beam.Create(records) | "SplitG" >> bs.SplitWarm("global", 0.2)
+        assert_that(per_user["cutoffs"], equal_to([]), label="PerUserCutoffs")
+        glob = p | "G" >> beam.Create(records[::-1]) | "SplitG" >> bs.SplitWarm("global", 0.2, 0.2)
         assert_that(
-            glob | "GKeys" >> beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
-            equal_to([(t, "pretrain_train") for t in (1, 2, 3, 4, 5, 100, 100)] + [(101, "pretrain_eval")]),
+            glob["rows"] | "GKeys" >> beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
+            equal_to(
+                [(t, "pretrain_train") for t in (1, 2, 3, 4, 5)]
+                + [(100, "pretrain_valid")] * 2
+                + [(101, "pretrain_eval")]
+            ),
             label="Global",
         )
+        assert_that(
+            glob["cutoffs"],
+            equal_to(
+                [(("cutoff", "pretrain", "eval_cutoff"), 100), (("cutoff", "pretrain", "valid_cutoff"), 5)]
+            ),
+            label="GlobalCutoffs",
+        )
+    with pytest.raises(ValueError, match="valid_fraction"):
+        bs.SplitWarm("per_user", 0.5, 0.5)
 
 
 def test_split_cold_keeps_the_future_out_of_fine_tuning():
     records = [_rec(str(t % 3), t, domain="rec_children") for t in range(1, 21)]
     with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-        split = p | beam.Create(records) | bs.SplitCold(eval_fraction=0.25, finetune_rows=5)
+        # 20 rows, eval 0.25: cutoff = 15th timestamp; then 2 validation rows, 5 fine-tune rows
+        split = p | beam.Create(records) | bs.SplitCold(eval_fraction=0.25, finetune_rows=5, valid_rows=2)
         assert_that(
-            split.rows | beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
+            split["rows"] | beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
             equal_to(
-                [(t, "coldstart_finetune") for t in range(11, 16)]
+                [(t, "coldstart_finetune") for t in range(9, 14)]
+                + [(t, "coldstart_valid") for t in (14, 15)]
                 + [(t, "coldstart_eval") for t in range(16, 21)]
             ),
             label="Splits",
         )
-        assert_that(split[bs.FILTERED], equal_to([bs.COLDSTART_FILTER_REASON] * 10), label="Filtered")
+        assert_that(split[bs.FILTERED], equal_to([bs.COLDSTART_FILTER_REASON] * 8), label="Filtered")
+        assert_that(
+            split["cutoffs"],
+            equal_to(
+                [
+                    (("cutoff", "coldstart", "eval_cutoff"), 15),
+                    (("cutoff", "coldstart", "valid_start"), 14),
+                    (("cutoff", "coldstart", "finetune_start"), 9),
+                ]
+            ),
+            label="Cutoffs",
+        )
+
+
+def test_split_cold_breaks_timestamp_ties_by_sample_key_not_by_order():
+    tied = [_rec("u", 5, item=str(i), domain="rec_children") for i in range(10)]
+    later = [_rec("u", 9, item=f"late{i}", domain="rec_children") for i in range(4)]
+    # 14 rows, eval 0.3: rank ceil(9.8) = 10 -> cutoff 5, the 4 later rows are eval; of the 10 tied
+    # rows the 2 with the largest keys are validation, the next 3 fine-tune, the other 5 filtered
+    by_key = sorted(tied, key=lambda r: bs.sample_key(r, 7), reverse=True)
+    expected = (
+        [(r["item_id"], "coldstart_valid") for r in by_key[:2]]
+        + [(r["item_id"], "coldstart_finetune") for r in by_key[2:5]]
+        + [(r["item_id"], "coldstart_eval") for r in later]
+    )
+    for order in (tied + later, later + tied[::-1]):
+        with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
+            split = p | beam.Create(order) | bs.SplitCold(0.3, finetune_rows=3, valid_rows=2, seed=7)
+            assert_that(split["rows"] | beam.Map(lambda sr: (sr[1]["item_id"], sr[0])), equal_to(expected))
+    assert bs.sample_key(tied[0], 7) == bs.sample_key(dict(reversed(tied[0].items())), 7)
+    assert bs.sample_key(tied[0], 7) != bs.sample_key(tied[0], 8)
+
+
+def test_cold_bounds_share_a_short_domain_pro_rata():
+    latest = [(9, 1), (8, 4), (8, 2), (7, 0), (6, 3), (5, 5)]
+    assert bs._cold_bounds(latest, valid_rows=1, finetune_rows=2) == {
+        "valid_start": (9, 1),
+        "finetune_start": (8, 2),
+    }
+    # 6 rows for 2 + 10 wanted: 6 * 2 // 12 = 1 validation row, 5 fine-tune rows
+    assert bs._cold_bounds(latest, 2, 10) == {"valid_start": (9, 1), "finetune_start": (5, 5)}
+    assert bs._cold_bounds([], 2, 10) == {"valid_start": None, "finetune_start": None}
+
+
+def test_shards_are_sized_by_rows_and_cover_the_key_range():
+    rows = [0, 9, 1_000, 3_257, 87_000, 1_000_000, 10**9]
+    assert [bs.num_shards(n) for n in rows] == [1, 1, 1, 4, 8, 40, bs.MAX_SHARDS]
+    assert [bs.shard_of(k, 8) for k in (0, 2**60 - 1, 2**60, 2**62, 2**63 - 1)] == [0, 0, 1, 4, 7]
+    assert bs.shard_path("o", "pretrain_valid", 3, 8) == "o/pretrain_valid/part-00003-of-00008.tfrecord.gz"
 
 
 def test_mark_cold_items_counts_what_the_model_trained_on():
@@ -130,11 +208,7 @@ def test_mark_cold_items_counts_what_the_model_trained_on():
         [("pretrain_train", {"item_id": "hot"})] * 3
         + [("pretrain_train", {"item_id": "rare"})]
         + [("coldstart_finetune", {"item_id": "kid"})] * 3
-        + [
-            (s, {"item_id": i})
-            for s in ("pretrain_eval", "coldstart_eval")
-            for i in ("hot", "rare", "kid", "new")
-        ]
+        + [(s, {"item_id": i}) for s in bs.HELD_OUT_SPLITS for i in ("hot", "rare", "kid", "new")]
     )
     with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
         marked = p | beam.Create(rows) | bs.MarkColdItems(max_train_count=1)
@@ -145,14 +219,14 @@ def test_mark_cold_items_counts_what_the_model_trained_on():
                 + [("pretrain_train", "rare", None)]
                 + [("coldstart_finetune", "kid", None)] * 3
                 + [
-                    ("pretrain_eval", "hot", 0),
-                    ("pretrain_eval", "rare", 1),
-                    ("pretrain_eval", "kid", 1),
-                    ("pretrain_eval", "new", 1),
-                    ("coldstart_eval", "hot", 0),
-                    ("coldstart_eval", "rare", 1),
-                    ("coldstart_eval", "kid", 0),
-                    ("coldstart_eval", "new", 1),
+                    (split, item, cold)
+                    for split in ("pretrain_valid", "pretrain_eval")
+                    for item, cold in (("hot", 0), ("rare", 1), ("kid", 1), ("new", 1))
+                ]
+                + [
+                    (split, item, cold)
+                    for split in ("coldstart_valid", "coldstart_eval")
+                    for item, cold in (("hot", 0), ("rare", 1), ("kid", 0), ("new", 1))
                 ]
             ),
         )
@@ -255,8 +329,47 @@ def test_build_manifest_reconciles():
         ("samples_filtered", "coldstart_before_finetune_window"): 1,
         ("vocab_size", "user_id"): 3,
         ("unique_texts", "item_title"): 5,
+        ("cutoff", "pretrain", "eval_cutoff"): 400,
+        ("cutoff", "pretrain", "valid_cutoff"): 300,
+        ("cutoff", "coldstart", "eval_cutoff"): 90,
+        ("cutoff", "coldstart", "finetune_start"): 10,
+        ("shards", "pretrain_train"): 8,
+        ("shards", "coldstart_eval"): 1,
     }
-    manifest = bs.build_manifest(stats, spec, {"name": "tiny"}, "tfsr preprocess --x", {"seed": 0})
+    options = {
+        "seed": 0,
+        "split_mode": "global",
+        "eval_fraction": 0.2,
+        "valid_fraction": 0.1,
+        "coldstart_eval_fraction": 0.3,
+        "coldstart_valid_rows": 0,
+        "coldstart_finetune_rows": 5,
+        "shuffle_seed": 3,
+    }
+    manifest = bs.build_manifest(stats, spec, {"name": "tiny"}, "tfsr preprocess --x", options)
+    assert manifest["split_cutoffs"] == {
+        "pretrain": {
+            "mode": "global",
+            "eval_fraction": 0.2,
+            "valid_fraction": 0.1,
+            "eval_cutoff": 400,
+            "valid_cutoff": 300,
+        },
+        "coldstart": {
+            "eval_fraction": 0.3,
+            "valid_rows": 0,
+            "finetune_rows": 5,
+            "eval_cutoff": 90,
+            "valid_start": None,
+            "finetune_start": 10,
+        },
+        "shuffle_seed": 3,
+    }
+    assert manifest["shards"] == {
+        split: {"pretrain_train": 8, "coldstart_eval": 1}.get(split, 0) for split in layout.SPLITS
+    }
+    per_user = bs.build_manifest(stats, spec, {}, "", options | {"split_mode": "per_user"})
+    assert "eval_cutoff" not in per_user["split_cutoffs"]["pretrain"]  # one cutoff per user
     assert manifest["counts"]["pretrain_train"]["rec_drama"] == {
         "samples": 4,
         "positives": 1,
@@ -339,9 +452,10 @@ def test_corrupted_movielens_finishes_dead_letters_each_bad_row_and_keeps_good_r
     assert (rows["movies"]["used"], rows["tags"]["used"]) == (6, 6)
     assert manifest["reconciliation"]["balanced"]
     written = {split: _read_split(out, split) for split in layout.SPLITS}
-    assert sum(len(v) for v in written.values()) == 13 + 6 * 3 - sum(
-        manifest["reconciliation"]["samples"]["filtered"].values()
-    )
+    samples = manifest["reconciliation"]["samples"]
+    assert samples["built"] >= 13 + 6  # every rating, and at least the clicked row of every tag
+    assert sum(len(v) for v in written.values()) == samples["built"] - sum(samples["filtered"].values())
+    assert manifest["shards"] == {split: int(bool(rows)) for split, rows in written.items()}
     assert manifest["vocab_sizes"]["user_id"] == 3
 
 

@@ -619,7 +619,8 @@ def user_eval_cutoff(timestamps: Iterable[int], eval_fraction: float) -> int:
         raise ValueError("user_eval_cutoff needs at least one timestamp, got none")
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    num_train = max(1, math.ceil(len(ordered) * (1.0 - eval_fraction)))
+    # rounded first so that, e.g., 10 rows * (1 - (0.2 + 0.1)) is 7 rows, not ceil(7.000000000000001)
+    num_train = max(1, math.ceil(round(len(ordered) * (1.0 - eval_fraction), 9)))
     return ordered[num_train - 1]
 
 
