@@ -53,13 +53,15 @@ _CSV_INT = re.compile(f"-?[0-9]{{1,{MAX_INT_DIGITS}}}")
 
 
 def log_format(path: str) -> str:
-    """'jsonl' or 'csv' from a file name (``.jsonl``, ``.json``, ``.csv``, optionally ``.gz``)."""
-    name = path.lower().removesuffix(".gz")
+    """'jsonl' or 'csv' from a file name (``.jsonl``, ``.json``, ``.csv``, optionally ``.gz`` / ``.bz2``)."""
+    name = path.lower().removesuffix(".gz").removesuffix(".bz2")
     if name.endswith((".jsonl", ".json")):
         return "jsonl"
     if name.endswith(".csv"):
         return "csv"
-    raise ValueError(f"cannot tell the log format of {path!r}: name it *.jsonl or *.csv (optionally .gz)")
+    raise ValueError(
+        f"cannot tell the log format of {path!r}: name it *.jsonl or *.csv (optionally .gz or .bz2)"
+    )
 
 
 def _json_int(digits: str) -> int:
