@@ -24,11 +24,18 @@ TEXT_DIM = 32
 # The counts published in docs/DATA.md (default options).
 DATA_CARD_COUNTS = {
     "pretrain_train": {
-        "rec_action": 24024,
-        "rec_comedy": 22103,
-        "rec_drama": 18637,
-        "rec_other": 7396,
-        "search_tags": 15065,
+        "rec_action": 21154,
+        "rec_comedy": 19452,
+        "rec_drama": 16325,
+        "rec_other": 6445,
+        "search_tags": 13115,
+    },
+    "pretrain_valid": {
+        "rec_action": 2870,
+        "rec_comedy": 2651,
+        "rec_drama": 2312,
+        "rec_other": 951,
+        "search_tags": 1950,
     },
     "pretrain_eval": {
         "rec_action": 5275,
@@ -38,6 +45,7 @@ DATA_CARD_COUNTS = {
         "search_tags": 3350,
     },
     "coldstart_finetune": {"rec_children": 1000},
+    "coldstart_valid": {"rec_children": 200},
     "coldstart_eval": {"rec_children": 3257},
 }
 
