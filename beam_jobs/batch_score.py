@@ -45,7 +45,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
-from beam_jobs.build_samples import LOCAL_RUNNER, RAW_SNIPPET_CHARS, LineRef, dead_letter
+from beam_jobs.build_samples import LOCAL_RUNNER
+from beam_jobs.reading import (
+    DEAD,
+    FILTERED,
+    READ_ERRORS,
+    TRUNCATED_INPUT,
+    LineRef,
+    dead_letter,
+    numbered_lines,
+    open_checked,
+    snippet,
+    truncated_input,
+)
 from beam_jobs.saved_model_handler import SIGNATURE, SavedModelSignatureHandler
 from tfsr.cli import UsageError
 from tfsr.datasets import logs as logfmt
@@ -72,8 +84,6 @@ OUTPUTS = ("ctr", "gate_weights")
 EXPORT_INFO = "assets.extra/tfsr_export.json"
 SUMMARY = "summary.json"
 DEAD_LETTERS_DIR = "dead_letters"
-DEAD = "dead"
-FILTERED = "filtered"
 TFRECORD = "tfrecord"
 INPUT_FORMATS = ("auto", TFRECORD, *logfmt.FORMATS)
 OUTPUT_FORMATS = ("jsonl", "csv")
@@ -82,6 +92,9 @@ DEFAULT_KEY_FIELDS = ("domain", "user_id", "query_text", "item_id")
 GATE_ENTITIES = ("user", "query", "item")
 GATE_ASPECTS = ("id", "text", "sparse")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
+CORRUPT_TFRECORD = "corrupt_tfrecord"
+# dead-letter reasons that mean rows were lost before they could be counted: the job fails (run() -> 1)
+INPUT_ERROR_REASONS = frozenset({TRUNCATED_INPUT, CORRUPT_TFRECORD})
 
 
 # ---------------------------------------------------------------------------------------- the model
@@ -164,57 +177,52 @@ def input_format(path: str, requested: str = "auto") -> str:
     return logfmt.log_format(path)
 
 
-def _snippet(raw: bytes) -> str:
-    return raw[:RAW_SNIPPET_CHARS].decode("utf-8", errors="backslashreplace")
-
-
 class _ReadRowsFn(beam.DoFn):
     """One file -> (LineRef, (format, raw bytes)) per TFRecord record or log line.
 
     Rows keep their file and number for dead letters; bytes are read so invalid UTF-8 becomes a dead
-    letter rather than a crash. CSV headers and blank lines go to FILTERED; a corrupt TFRecord frame ends
-    that file with one dead letter (``corrupt_tfrecord``): nothing after it can be framed.
+    letter rather than a crash. Log lines are read as ``build_samples`` reads them
+    (:func:`beam_jobs.reading.numbered_lines`): CSV headers and blank lines go to FILTERED, a compressed
+    file that ends early is one ``truncated_input`` dead letter after its last good line. A TFRecord file
+    ends at its first corrupt frame (``corrupt_tfrecord``: nothing after it can be framed) or at the cut
+    of a truncated .gz (``truncated_input``). Either fails the job (:data:`INPUT_ERROR_REASONS`).
     """
 
     def __init__(self, requested_format: str):
         self.requested_format = requested_format
         self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
-        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
 
     def process(self, path: str):
         fmt = input_format(path, self.requested_format)
         logger.info("reading %s (%s)", path, fmt)
-        source = "tfrecords" if fmt == TFRECORD else "logs"
-        with FileSystems.open(path) as handle:  # compression from the name (.gz)
-            if fmt == TFRECORD:
-                number = 0
+        if fmt == TFRECORD:
+            yield from self._records(path)
+            return
+        header = logfmt.CSV_HEADER if fmt == "csv" else None
+        for out in numbered_lines(path, "logs", header, self.rows_read):
+            yield out if isinstance(out, beam.pvalue.TaggedOutput) else (out[0], (fmt, out[1]))
+
+    def _records(self, path: str):
+        number = 0
+        try:
+            with open_checked(path) as handle:
                 while True:
-                    number += 1
                     try:
                         record = _TFRecordUtil.read_record(handle)
-                    except (ValueError, OSError, EOFError) as err:
+                    except ValueError as err:  # a frame's length or CRC does not check out
                         self.rows_read.inc()
-                        self.dead.inc()
-                        ref = LineRef(source, path, number, "")
-                        yield beam.pvalue.TaggedOutput(
-                            DEAD, dead_letter(ref, "corrupt_tfrecord", str(err)[:200])
-                        )
+                        ref = LineRef("tfrecords", path, number + 1, "")
+                        detail = f"{path}: record {number + 1}: {str(err)[:200]}"
+                        yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, CORRUPT_TFRECORD, detail))
                         return
                     if record is None:
                         return
+                    number += 1
                     self.rows_read.inc()
-                    yield LineRef(source, path, number, _snippet(record)), (fmt, record)
-            header = logfmt.CSV_HEADER.encode("utf-8") if fmt == "csv" else None
-            for number, raw in enumerate(iter(handle.readline, b""), start=1):
-                raw = raw.rstrip(b"\r\n")
-                ref = LineRef(source, path, number, _snippet(raw))
-                self.rows_read.inc()
-                if number == 1 and header is not None and raw.strip() == header:
-                    yield beam.pvalue.TaggedOutput(FILTERED, (ref, "header"))
-                elif not raw.strip():
-                    yield beam.pvalue.TaggedOutput(FILTERED, (ref, "blank_line"))
-                else:
-                    yield ref, (fmt, raw)
+                    yield LineRef("tfrecords", path, number, snippet(record)), (TFRECORD, record)
+        except READ_ERRORS as err:
+            self.rows_read.inc()
+            yield beam.pvalue.TaggedOutput(DEAD, truncated_input("tfrecords", path, number, err, "record"))
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -496,7 +504,8 @@ def _check_args(args: argparse.Namespace, spec: FeatureSpec) -> list[str]:
 
 
 def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
-    """Runs batch scoring; returns 0 when rows read = scored + dead-lettered + filtered, else 1."""
+    """Runs batch scoring; returns 0 when rows read = scored + dead-lettered + filtered and every input file
+    was read to its end, else 1 (a truncated or corrupt file: the rows after the cut are lost)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, pipeline_args = _parser().parse_known_args(argv)
     try:
@@ -538,7 +547,15 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
         rec["filtered"],
         "(balanced)" if rec["balanced"] else "(DOES NOT BALANCE)",
     )
-    return 0 if rec["balanced"] else 1
+    lost = {reason: n for reason, n in rec["dead_lettered"].items() if reason in INPUT_ERROR_REASONS}
+    if lost:
+        logger.error(
+            "input files could not be read to their end %s: the scores in %s are INCOMPLETE (see %s/)",
+            lost,
+            args.output_dir,
+            DEAD_LETTERS_DIR,
+        )
+    return 0 if rec["balanced"] and not lost else 1
 
 
 if __name__ == "__main__":

@@ -29,10 +29,7 @@ Dataflow (see docs/BEAM.md)::
 from __future__ import annotations
 
 import argparse
-import bz2
-import contextlib
 import datetime
-import gzip
 import hashlib
 import json
 import logging
@@ -43,12 +40,20 @@ import shutil
 import sys
 import tempfile
 import uuid
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
+from beam_jobs.reading import (
+    DEAD,
+    FILTERED,
+    RAW_SNIPPET_CHARS,
+    TRUNCATED_INPUT,
+    LineRef,  # noqa: F401  (re-exported: bs.LineRef)
+    dead_letter,
+    numbered_lines,
+)
 from beam_jobs.sample_coder import SampleRecord, SplitRecord
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim
 from tfsr import layout
@@ -76,46 +81,16 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 logger = logging.getLogger(__name__)
 
-DEAD = "dead"
-FILTERED = "filtered"
 METRICS_NAMESPACE = "tfsr_build_samples"
-RAW_SNIPPET_CHARS = 200
 VOCAB_FEATURES = ("user_id", "item_id", "query_id", "item_genres", "item_decade")
 TEXT_FEATURES = {"query_text": "query_text_embedding", "item_title": "item_title_embedding"}
 HELD_OUT_SPLITS = (layout.PRETRAIN_VALID, layout.PRETRAIN_EVAL, layout.COLDSTART_VALID, layout.COLDSTART_EVAL)
 COLDSTART_HELD_OUT = (layout.COLDSTART_VALID, layout.COLDSTART_EVAL)
 COLDSTART_FILTER_REASON = "coldstart_before_finetune_window"
-PROGRESS_EVERY = 100_000
 LOCAL_RUNNER = "FnApiRunner"
-TRUNCATED_INPUT = "truncated_input"
 ROW_EXCEPTION = "row_exception"
 # dead-letter reasons that mean rows were lost before they could be counted: the job fails (run() -> 1)
 INPUT_ERROR_REASONS = frozenset({TRUNCATED_INPUT})
-
-
-class LineRef(NamedTuple):
-    """Where an input row came from, carried with it until it becomes samples (for dead letters)."""
-
-    source: str
-    path: str
-    line: int
-    raw: str
-
-
-def _snippet(raw: bytes) -> str:
-    return raw[:RAW_SNIPPET_CHARS].decode("utf-8", errors="backslashreplace")
-
-
-def dead_letter(ref: LineRef, reason: str, detail: str) -> dict:
-    """The dead-letter record of one unusable input row."""
-    return {
-        "source": ref.source,
-        "file": ref.path,
-        "line": ref.line,
-        "reason": reason,
-        "detail": detail,
-        "raw": ref.raw,
-    }
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -133,54 +108,8 @@ class _NumberedLinesFn(beam.DoFn):
         self.rows_read = Metrics.counter(METRICS_NAMESPACE, f"rows_read_{source}")
 
     def process(self, path):
-        header = self.header_of(path)
         logger.info("reading %s (%s)", path, self.source)
-        number = 0
-        try:
-            with _open_checked(path) as handle:
-                for number, raw in enumerate(iter(handle.readline, b""), start=1):
-                    raw = raw.rstrip(b"\r\n")
-                    ref = LineRef(self.source, path, number, _snippet(raw))
-                    self.rows_read.inc()
-                    if number % PROGRESS_EVERY == 0:
-                        logger.info("%s: %d lines read", path, number)
-                    if number == 1 and header is not None and raw.strip() == header.encode("utf-8"):
-                        yield beam.pvalue.TaggedOutput(FILTERED, (ref, "header"))
-                    elif not raw.strip():
-                        yield beam.pvalue.TaggedOutput(FILTERED, (ref, "blank_line"))
-                    else:
-                        yield ref, raw
-        except (EOFError, OSError, zlib.error) as err:
-            # The file ends (or breaks) where a line was expected: that entry is read and dead-lettered,
-            # so the ledger holds it, and run() fails the job (INPUT_ERROR_REASONS): rows after the cut
-            # are lost and nothing downstream could count them.
-            self.rows_read.inc()
-            detail = (
-                f"{path}: cannot read past line {number} (the last good line): {type(err).__name__}: {err}"
-            )
-            logger.error("truncated or unreadable input: %s", detail)
-            ref = LineRef(self.source, path, number + 1, "")
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, TRUNCATED_INPUT, detail))
-
-
-# Python's own decompressing readers, which raise EOFError at a missing end-of-stream marker; Beam's
-# CompressedFile returns a truncated gzip stream's data as if the file ended there (rows silently lost).
-_DECOMPRESSORS = {
-    CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
-    CompressionTypes.BZIP2: bz2.BZ2File,
-}
-
-
-@contextlib.contextmanager
-def _open_checked(path: str) -> Iterator[Any]:
-    """`path` opened for reading bytes; a gzip / bzip2 file that ends early raises EOFError when read."""
-    opener = _DECOMPRESSORS.get(CompressionTypes.detect_compression_type(path))
-    if opener is None:
-        with FileSystems.open(path) as handle:
-            yield handle
-        return
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw, opener(raw) as handle:
-        yield handle
+        yield from numbered_lines(path, self.source, self.header_of(path), self.rows_read)
 
 
 class ReadNumberedLines(beam.PTransform):
