@@ -3,14 +3,18 @@
 ```
 <samples_dir>/
   manifest.json            schema version, feature spec, counts per domain and split, vocab sizes,
-                           text-encoder identity, the command that built it, reconciliation
+                           text-encoder identity, the command that built it, the split cutoffs
+                           and shard counts it used, reconciliation
   feature_spec.json        FeatureSpec.to_json()
   vocab/<feature>.txt      one value per line, most frequent first (user_id, item_id, query_id,
                            item_genres, item_decade)
   text_embeddings/<feature>.tfrecord.gz
                            tf.train.Examples {text: bytes, embedding: float[text_dim]} for every unique
                            text of a text feature (query_text, item_title): the exporter's lookup table
-  <split>/part-*.tfrecord.gz   gzip TFRecords of tf.train.Example samples, one directory per split
+  <split>/part-SSSSS-of-NNNNN.tfrecord.gz
+                           gzip TFRecords of tf.train.Example samples, one directory per split; rows
+                           are spread over the shards by a seeded random key and each shard is in key
+                           order, so every shard (and any read order of them) mixes domains and users
   dead_letters/*.jsonl     rows that could not be used: {"source", "line", "reason", "raw"}
 ```
 """
@@ -20,11 +24,15 @@ from __future__ import annotations
 import json
 import pathlib
 
+# Splits, all by time (docs/DATA.md): training rows, then a validation slice carved from the end of the
+# training period (for early stopping / model selection), then the evaluation rows.
 PRETRAIN_TRAIN = "pretrain_train"
+PRETRAIN_VALID = "pretrain_valid"
 PRETRAIN_EVAL = "pretrain_eval"
 COLDSTART_FINETUNE = "coldstart_finetune"
+COLDSTART_VALID = "coldstart_valid"
 COLDSTART_EVAL = "coldstart_eval"
-SPLITS = (PRETRAIN_TRAIN, PRETRAIN_EVAL, COLDSTART_FINETUNE, COLDSTART_EVAL)
+SPLITS = (PRETRAIN_TRAIN, PRETRAIN_VALID, PRETRAIN_EVAL, COLDSTART_FINETUNE, COLDSTART_VALID, COLDSTART_EVAL)
 
 MANIFEST = "manifest.json"
 FEATURE_SPEC = "feature_spec.json"
