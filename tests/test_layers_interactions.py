@@ -80,15 +80,22 @@ def test_feature_interactions_composes_dot_fields_cross_and_fm():
     flat = tf.reshape(masked, [2, 6])
     expected = tf.concat([block.dot(FIELDS, MASK), flat, block.cross(flat)], axis=1)
     np.testing.assert_allclose(out["features"], expected, rtol=1e-6)
-    np.testing.assert_allclose(out["logit"], block.fm(FIELDS, MASK), rtol=1e-6)
+    # the logit: the FM term plus the dot products, each weighted 1 at the start
+    dots = block.dot(FIELDS, MASK)
+    np.testing.assert_allclose(out["logit"], block.fm(FIELDS, MASK) + tf.reduce_sum(dots, 1), rtol=1e-6)
     # an absent field's values never reach any output
     other = tf.tensor_scatter_nd_update(FIELDS, [[1, 1]], [[-7.0, 3.0]])
     again = block(other, MASK, IDS)
     for key in out:
         np.testing.assert_allclose(again[key], out[key], rtol=1e-6)
-    assert block.shared_layers == [block.cross, block.fm]
+    assert block.shared_layers == [block.dot_logit, block.cross, block.fm]
     assert set(FeatureInteractions(("fm",))(FIELDS, MASK)) == {"logit"}
-    assert set(FeatureInteractions(("dot",))(FIELDS, MASK)) == {"features"}
+    assert set(FeatureInteractions(("cross",))(FIELDS, MASK)) == {"features"}
+    dot_only = FeatureInteractions(("dot",))
+    assert set(dot_only(FIELDS, MASK)) == {"features", "logit"}
+    dot_only.dot_logit.kernel.assign([[1.0], [-2.0], [0.5]])
+    # sample 0: dots (-1.5, 11, -2.5) -> -1.5 - 22 - 1.25
+    assert float(dot_only(FIELDS, MASK)["logit"][0]) == pytest.approx(-24.75, rel=1e-6)
 
 
 def test_domain_field_is_each_samples_domain_embedding():
@@ -99,7 +106,7 @@ def test_domain_field_is_each_samples_domain_embedding():
     np.testing.assert_allclose(out[:, -2:], table[IDS.numpy()])
     # the domain pairs with every field: user . domain is the 3rd pair
     np.testing.assert_allclose(out[0, 2], FIELDS.numpy()[0, 0] @ table[1], rtol=1e-5)
-    assert block.shared_layers == []  # the dot products have no weights, the domain rows are per domain
+    assert block.shared_layers == [block.dot_logit]  # the domain rows are per domain
     block.domain_weights.add_domain(init_from=0)
     np.testing.assert_allclose(block(FIELDS, MASK, tf.constant([2, 2]))["features"][:, -2:], table[[0, 0]])
     with pytest.raises(ValueError, match="needs domain_ids"):

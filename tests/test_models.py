@@ -257,8 +257,13 @@ def test_freeze_keeps_frozen_weights_bit_identical():
 def test_freeze_shared_experts_only():
     model = build_model(_config(), SPEC, VOCABS)
     model.freeze("L2_shared")
-    # the cross network of the interactions is shared too (the dot products have no weights)
-    assert model.level_layers("L2_shared") == [model.interactions.cross, model.experts.experts]
+    # the interactions' weights are shared too: the dot products' logit weights and the cross network
+    interactions = model.interactions
+    assert model.level_layers("L2_shared") == [
+        interactions.dot_logit,
+        interactions.cross,
+        model.experts.experts,
+    ]
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
     frozen = _snapshot(model.level_layers("L2_shared"))
     gates = _snapshot([model.experts.domain_weights])

@@ -173,7 +173,10 @@ class FeatureInteractions(tf.keras.layers.Layer):
     """The L2 interaction block: explicit interactions of a set of fields, for the experts and the logit.
 
     Kinds (any non-empty subset of `INTERACTIONS`; outputs in this order):
-      * `"dot"`: :class:`PairwiseDot` of the fields -> features `[B, F'(F'-1)/2]`;
+      * `"dot"`: :class:`PairwiseDot` of the fields -> features `[B, F'(F'-1)/2]`, and
+        `Σ_p a_p · dot_p` -> `"logit"`, with learned `a_p` starting at 1 (the FM's pairwise term): a
+        product that decides the click, like user·item, then reaches the logit at once instead of
+        through the ReLU experts, where small embedding products train slowly;
       * `"fields"`: the flattened, masked fields -> features `[B, F'·H]` (DeepFM's deep input);
       * `"cross"`: :class:`CrossNetwork` over the flattened, masked fields -> features `[B, F'·H]`;
       * `"fm"`: :class:`FactorizationMachine` of the fields -> `"logit"` `[B]`.
@@ -190,7 +193,7 @@ class FeatureInteractions(tf.keras.layers.Layer):
     Call args: `fields [B, F, H]`, `field_mask [B, F]` bool, `domain_ids [B]` int (needed with
     `num_domains`).
     Output: a dict with `"features"` `[B, P]` (when any of dot / fields / cross) and `"logit"` `[B]`
-    (with fm).
+    (with dot or fm; their sum).
 
     Example:
       >>> block = FeatureInteractions(("dot", "cross"), num_cross_layers=2)
@@ -225,7 +228,7 @@ class FeatureInteractions(tf.keras.layers.Layer):
             if num_domains is None
             else DomainWeights(check_positive_int("num_domains", num_domains), name="domain_field")
         )
-        self.dot = self.cross = self.fm = None  # built in build()
+        self.dot = self.dot_logit = self.cross = self.fm = None  # built in build()
 
     @property
     def num_domains(self) -> int | None:
@@ -235,7 +238,7 @@ class FeatureInteractions(tf.keras.layers.Layer):
     def shared_layers(self) -> list[tf.keras.layers.Layer]:
         """The sublayers with parameters shared by all domains (frozen by `freeze("L2_shared")`); the
         domain field's per-domain rows are not among them."""
-        return [layer for layer in (self.cross, self.fm) if layer is not None]
+        return [layer for layer in (self.dot_logit, self.cross, self.fm) if layer is not None]
 
     def build(self, input_shape):
         num_fields, width = _known_dims("FeatureInteractions", input_shape)
@@ -255,6 +258,11 @@ class FeatureInteractions(tf.keras.layers.Layer):
         for layer in (self.dot, self.fm):
             if layer is not None:
                 layer.build(field_shape)
+        if self.dot is not None:
+            self.dot_logit = tf.keras.layers.Dense(
+                1, use_bias=False, kernel_initializer="ones", name="dot_logit"
+            )
+            self.dot_logit.build((None, len(self.dot.pairs)))
         if self.cross is not None:
             self.cross.build(tf.TensorShape([None, num_fields * width]))
         super().build(input_shape)
@@ -269,9 +277,11 @@ class FeatureInteractions(tf.keras.layers.Layer):
             domain = tf.gather(self.domain_weights.stacked("embedding"), tf.cast(domain_ids, tf.int32))
             fields = tf.concat([fields, domain[:, None, :]], axis=1)
         flat = tf.reshape(fields, [tf.shape(fields)[0], fields.shape[1] * fields.shape[2]])
-        features = []
+        features, logits = [], []
         if self.dot is not None:
-            features.append(self.dot(fields))
+            dots = self.dot(fields)
+            features.append(dots)
+            logits.append(self.dot_logit(dots)[:, 0])
         if "fields" in self.kinds:
             features.append(flat)
         if self.cross is not None:
@@ -280,7 +290,9 @@ class FeatureInteractions(tf.keras.layers.Layer):
         if features:
             outputs["features"] = tf.concat(features, axis=1)
         if self.fm is not None:
-            outputs["logit"] = self.fm(fields)
+            logits.append(self.fm(fields))
+        if logits:
+            outputs["logit"] = tf.add_n(logits)
         return outputs
 
     def get_config(self) -> dict:

@@ -56,8 +56,9 @@ class SRFoundationModel(_MMoEHeads, MultiDomainModel):
 
     default_gating = "domain"
     default_alignment = "js"
-    # Dot products give the experts user·item / query·item affinity and relevance as single inputs; the
-    # cross network all bounded-degree products of the three vectors (DESIGN.md §4, L2).
+    # Dot products put user·item affinity and query·item relevance on the logit (weights start at 1, as an
+    # FM's) and give them to the experts as inputs; the cross network adds every bounded-degree product of
+    # the three vectors (DESIGN.md §4, L2; measurement in docs/MODEL.md).
     default_interactions = ("dot", "cross")
 
     def build_domain_adapter(self) -> tf.keras.layers.Layer:
