@@ -712,10 +712,20 @@ def _json_to_arrays(
             return [decode(v) for v in value]
         return value
 
+    if "instances" in body and "inputs" in body:  # as TF Serving: the two formats answer differently
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT, "request body holds both 'instances' and 'inputs': send one"
+        )
     if "instances" in body:
         instances = body["instances"]
         if not isinstance(instances, list):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "'instances' must be a list")
+        if max_batch_size is not None and len(instances) > max_batch_size:  # before building columns
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"'instances' holds a batch of {len(instances)}, over the server's max_batch_size "
+                f"{max_batch_size}: split the request",
+            )
         if len(specs) == 1 and instances and not isinstance(instances[0], dict):
             columns = {next(iter(specs)): [decode(v) for v in instances]}
         else:

@@ -8,6 +8,8 @@ and by the model-server tests (the same strings inside serialized ``tf.Example``
 * ``logs_latin1.csv``, ``logs_utf8_bom.csv``, ``logs_utf16_bom.jsonl``: whole files in the wrong encoding;
 * ``logs_crashers.jsonl``: rows that crashed ``build_samples`` when found (kept apart until it is fixed);
 * ``strings.json``: adversarial strings (ASCII-escaped JSON, so the file itself is plain ASCII).
+* ``fuzz.py``: seeded random mutations of valid log lines, REST bodies and gRPC TensorProtos (the fuzz
+  tests, ``tests/test_fuzz.py``).
 
 Fields over 100 KB are generated at test time (:func:`huge_lines`), not committed. :data:`LOG_CASES`
 says what each line must get: ``"ok"`` (kept / scored), ``"filtered:<reason>"`` (header, blank line) or a
