@@ -8,8 +8,9 @@ it loads the exported graph, so what it scores is what the model server would sc
 
 Steps, each a labelled transform::
 
-  ReadRows            MatchFiles -> Reshuffle -> numbered rows: TFRecord records or log lines (bytes);
-                      CSV headers and blank lines filtered (counted); a corrupt TFRecord frame -> dead letter
+  ReadRows            MatchFiles -> Reshuffle -> numbered rows: TFRecord records or log lines (bytes,
+                      beam_jobs.reading as build_samples); CSV headers and blank lines filtered (counted);
+                      a truncated .gz/.bz2 or a corrupt TFRecord frame -> one dead letter, and the job fails
   ParseAndValidate    tf.Example / JSONL / CSV -> FeatureSpec validation (raw roles; label and meta optional)
                       -> re-serialized raw tf.Example; any problem -> dead letter with its reason
   RunInference        KeyedModelHandler(SavedModelHandler): batches of serialized examples -> ctr, gate
