@@ -9,16 +9,21 @@ What it does (fixed seeds throughout):
 1. preprocesses ``../shared/data/ml-latest-small`` with the Beam job (``beam_jobs.build_samples``), unless
    ``--samples_dir`` names an existing samples directory;
 2. **warm domains** (trained on ``pretrain_train``, evaluated on ``pretrain_eval``): one single-domain model
-   per warm domain, SharedBottom, MMoE, PLE, STAR and SRFoundation (several seeds for SRFoundation, the
-   single-domain models and the best-known multi-domain baseline — the headline rows);
+   per warm domain, SharedBottom, MMoE, PLE, STAR, DeepFM, DCN-v2 and SRFoundation (several seeds for
+   SRFoundation, the single-domain models and the strongest simple baselines DeepFM and DCN-v2 — the
+   headline rows). Every model selects its epoch on ``pretrain_valid`` (early stopping, best-epoch restore)
+   and is calibrated per domain there; the evaluation split is never used for selection;
 3. **ablations** of SRFoundation (one seed each): no text aspect; mean / cls / domain gating; no alignment,
-   JS, MMD;
-4. **cold start** (``coldstart_finetune`` → ``coldstart_eval``): a single-domain model trained on the small
-   slice alone vs SRFoundation pretrained + fine-tuned with L0+L1 frozen (one per pretraining seed), and
-   the freeze splits none / L0 / L0+L1 / L0+L1+L2_shared;
-5. **no-training baselines**: the constant-prediction log loss floor of every slice, and for the search
+   JS, MMD; the L2 interactions;
+4. **cold start** (``coldstart_finetune`` → ``coldstart_eval``, selected on ``coldstart_valid``): a
+   single-domain model trained on the small slice alone vs SRFoundation pretrained + fine-tuned with every
+   pretrained weight frozen (one per pretraining seed), the fine-tuned DeepFM and DCN-v2, and the freeze
+   splits none / L0 / L0+L1;
+5. **search construction**: the search domain built as the hardest option (``--search_impressions
+   same_tag``: every impression tagged with the same query) against the default engine-like impressions;
+6. **no-training baselines**: the constant-prediction log loss floor of every slice, and for the search
    domain the cosine similarity of the query and title text embeddings as a score;
-6. writes ``benchmarks/results/paper_study.json`` (every number), ``docs/BENCHMARKS_QUALITY.md`` (tables)
+7. writes ``benchmarks/results/paper_study.json`` (every number), ``docs/BENCHMARKS_QUALITY.md`` (tables)
    and plots under ``docs/img/``.
 """
 
@@ -48,13 +53,17 @@ import numpy as np  # noqa: E402
 log = logging.getLogger("paper_study")
 
 MAIN_MODEL = "srfoundation"
-BASELINES = ("shared_bottom", "mmoe", "ple", "star")
+# the strongest simple models: run with every seed, fine-tuned for cold start, compared in the targets
+SEEDED_BASELINES = ("deepfm", "dcn_v2")
+BASELINES = ("shared_bottom", "mmoe", "ple", "star", *SEEDED_BASELINES)
+DEFAULT_FREEZE = "L0+L1+L2_shared"  # every pretrained weight (`tfsr finetune`'s default)
 FREEZE_SPLITS = {
     "none": [],
     "L0": ["L0"],
     "L0+L1": ["L0", "L1"],
-    "L0+L1+L2_shared": ["L0", "L1", "L2_shared"],
+    DEFAULT_FREEZE: ["L0", "L1", "L2_shared"],
 }
+COLD_MAIN = f"cold:{MAIN_MODEL}_finetuned_{DEFAULT_FREEZE}"
 
 
 @dataclasses.dataclass
@@ -68,6 +77,8 @@ class Budget:
     ft_batch_size: int
     ft_epochs: int
     seeds: tuple[int, ...]
+    patience: int = 1
+    ft_patience: int = 5
     ablations: bool = True
     eval_max_batches: int | None = None
 
@@ -75,7 +86,7 @@ class Budget:
 FULL = Budget(
     text_encoder="minilm",
     batch_size=512,
-    epochs=3,
+    epochs=4,
     max_steps=None,
     ft_batch_size=64,
     ft_epochs=15,
@@ -122,6 +133,7 @@ class Study:
             "max_steps": self.budget.max_steps,
             "log_every": 50,
             "checkpoint_every": 100000,
+            "patience": self.budget.patience,
         }
         base.update(kw)
         return TrainConfig(**base).validate()
@@ -196,6 +208,8 @@ class Study:
             learning_rate=1e-3,
             seed=seed,
             log_every=10,
+            validation_split="coldstart_valid",
+            patience=self.budget.ft_patience,
             **kw,
         )
 
@@ -293,7 +307,7 @@ def diagnostics(study, results: dict) -> list[str]:
             + ", ".join(f"{d} {main[d]['auc']['std']:.4f}" for d in study.warm if d in main)
             + "; single-seed differences smaller than about twice that are not distinguishable from noise."
         )
-    for name in (f"{MAIN_MODEL}@seed0", f"cold:{MAIN_MODEL}_finetuned_L0+L1@seed0"):
+    for name in (f"{MAIN_MODEL}@seed0", f"{COLD_MAIN}@seed0"):
         gates = study.runs.get(name, {}).get("gate_weights", {})
         devs = []
         for g in gates.values():
@@ -418,6 +432,40 @@ def render_markdown(study: Study, results: dict, img: pathlib.Path, args, durati
             f"embeddings): AUC {ts['auc']:.4f}, GAUC {ts['gauc'] if ts['gauc'] is None else round(ts['gauc'], 4)}.",
             "",
         ]
+    sc = results.get("search_construction")
+    if sc:
+        d = sc["domain"]
+        rows = []
+        for model_type, metrics in sc["models"].items():
+            engine = study.runs.get(f"{model_type}@seed0", {}).get("domains", {}).get(d, {})
+            for label, m in (("engine (default)", engine), ("same_tag", metrics)):
+                rows.append(
+                    [
+                        label,
+                        model_type,
+                        *(_pm(m.get(k), None) for k in ("auc", "gauc", "logloss", "logloss_const")),
+                    ]
+                )
+        ts = results.get("text_similarity") or {}
+        for label, m in (("engine (default)", ts), ("same_tag", sc["text_similarity"])):
+            rows.append(
+                [
+                    label,
+                    "text similarity (no training)",
+                    _pm(m.get("auc"), None),
+                    _pm(m.get("gauc"), None),
+                    "–",
+                    "–",
+                ]
+            )
+        lines += [
+            f"## Search construction: `{d}` from engine-like impressions vs the hardest `same_tag` (seed 0)",
+            "",
+            report.markdown_table(
+                ["construction", "model", "AUC", "GAUC", "log loss", "logloss_const"], rows
+            ),
+            "",
+        ]
     ablation_keys = [k for k in agg if k.startswith("ablation:")]
     if ablation_keys:
         lines += ["## Ablations of SRFoundation (warm domains, seed 0)", ""]
@@ -480,53 +528,139 @@ def _prefix(name: str) -> str:
     return name.split("@")[0]
 
 
-def targets(study: Study, agg: dict) -> list[dict]:
+def _target(target: str, ok: bool, detail: str, failing: str = "") -> dict:
+    return {
+        "target": target,
+        "verdict": "met" if ok else "not met" + (f" on {failing}" if failing else ""),
+        "detail": detail,
+    }
+
+
+def _domain_mean(agg: dict, key: str, domains, metric: str) -> float | None:
+    values = [agg.get(key, {}).get(d, {}).get(metric, {}).get("mean") for d in domains]
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
+def targets(study: Study, agg: dict, text_similarity: dict | None = None) -> list[dict]:
+    """The targets of issue 12, each with its verdict and the numbers behind it."""
     out = []
-    cold = study.cold[0] if study.cold else None
-    ft = agg.get("cold:srfoundation_finetuned_L0+L1", {}).get(cold, {}).get("auc", {})
-    sd = agg.get("cold:single_domain", {}).get(cold, {}).get("auc", {})
-    if ft.get("mean") is not None and sd.get("mean") is not None:
-        diff = ft["mean"] - sd["mean"]
-        out.append(
-            {
-                "target": "SRFoundation fine-tuned beats the single-domain model on the cold-start domain by >= 0.01 AUC",
-                "verdict": "met" if diff >= 0.01 else "not met",
-                "detail": f"{ft['mean']:.4f} vs {sd['mean']:.4f} ({diff:+.4f}; std {ft['std'] or 0:.4f} / {sd['std'] or 0:.4f})",
-            }
-        )
-    dom = agg.get(f"{MAIN_MODEL}@seed0", {})
-    mean = agg.get("ablation:gating=mean", {})
-    if dom and mean:
-        a = np.mean([dom[d]["auc"]["mean"] for d in study.warm])
-        b = np.mean([mean[d]["auc"]["mean"] for d in study.warm])
-        out.append(
-            {
-                "target": "domain gating >= mean pooling (mean warm-domain AUC)",
-                "verdict": "met" if a >= b else "not met",
-                "detail": f"{a:.4f} vs {b:.4f} ({a - b:+.4f}, one seed)",
-            }
-        )
-    main = agg.get(MAIN_MODEL, {})
-    if main:
-        best = {}
-        for d in study.warm:
+    warm, main = study.warm, agg.get(MAIN_MODEL, {})
+    baselines = [k for k in ("single_domain", *BASELINES) if k in agg]
+    search = [d for d in warm if d.startswith("search")]
+    rec = [d for d in warm if d not in search]
+    if main and baselines:
+        for metric in ("auc", "gauc"):
+            mine = _domain_mean(agg, MAIN_MODEL, warm, metric)
+            best_value, best_key = max((_domain_mean(agg, k, warm, metric) or 0.0, k) for k in baselines)
+            out.append(
+                _target(
+                    f"SRFoundation >= the best baseline on mean warm {metric.upper()}",
+                    mine is not None and mine >= best_value,
+                    f"{mine:.4f} vs {best_value:.4f} ({best_key}; {mine - best_value:+.4f})",
+                )
+            )
+        gaps = {}
+        for d in rec:
             cands = [
                 (agg[k][d]["auc"]["mean"], k)
-                for k in ("single_domain", *BASELINES)
-                if k in agg and d in agg[k] and agg[k][d]["auc"]["mean"] is not None
+                for k in baselines
+                if agg[k].get(d, {}).get("auc", {}).get("mean")
             ]
-            if cands:
-                best[d] = max(cands)
-        gaps = {d: main[d]["auc"]["mean"] - best[d][0] for d in best}
-        ok = all(g >= -0.002 for g in gaps.values())
+            best_value, best_key = max(cands)
+            gaps[d] = (main[d]["auc"]["mean"] - best_value, best_key)
         out.append(
-            {
-                "target": "on warm domains SRFoundation within 0.002 AUC of the best baseline or better",
-                "verdict": "met"
-                if ok
-                else "not met on " + ", ".join(d for d, g in gaps.items() if g < -0.002),
-                "detail": "; ".join(f"{d} {g:+.4f} vs {best[d][1]}" for d, g in gaps.items()),
+            _target(
+                "each rec domain's SRFoundation AUC within 0.002 of the best baseline or better",
+                all(g >= -0.002 for g, _ in gaps.values()),
+                "; ".join(f"{d} {g:+.4f} vs {k}" for d, (g, k) in gaps.items()),
+                ", ".join(d for d, (g, _) in gaps.items() if g < -0.002),
+            )
+        )
+        for d in search:
+            m = main[d]["auc"]
+            best_value, best_key = max((agg[k][d]["auc"]["mean"], k) for k in baselines if d in agg[k])
+            out.append(
+                _target(
+                    f"{d}: SRFoundation AUC >= best baseline + 0.01",
+                    m["mean"] >= best_value + 0.01,
+                    f"{m['mean']:.4f} vs {best_value:.4f} ({best_key}; {m['mean'] - best_value:+.4f})",
+                )
+            )
+            if text_similarity and text_similarity.get("auc") is not None:
+                ts = text_similarity["auc"]
+                out.append(
+                    _target(
+                        f"{d}: SRFoundation AUC >= text similarity + 0.05",
+                        m["mean"] >= ts + 0.05,
+                        f"{m['mean']:.4f} vs {ts:.4f} ({m['mean'] - ts:+.4f})",
+                    )
+                )
+            out.append(
+                _target(
+                    f"{d}: SRFoundation AUC seed std <= 0.01",
+                    (m["std"] or 0.0) <= 0.01,
+                    f"std {m['std'] or 0:.4f}",
+                )
+            )
+        over = {
+            d: (main[d]["logloss"]["mean"], main[d]["logloss_const"]["mean"])
+            for d in warm
+            if main[d]["logloss"]["mean"] is not None
+            and main[d]["logloss"]["mean"] > main[d]["logloss_const"]["mean"]
+        }
+        out.append(
+            _target(
+                "SRFoundation calibrated: log loss <= the constant predictor's in every warm domain",
+                not over,
+                "; ".join(f"{d} {a:.4f} > {b:.4f}" for d, (a, b) in over.items())
+                or "every domain below its floor",
+                ", ".join(over),
+            )
+        )
+    for cold in study.cold:
+        ft, sd = agg.get(COLD_MAIN, {}).get(cold), agg.get("cold:single_domain", {}).get(cold)
+        if ft and sd:
+            for metric in ("auc", "gauc"):
+                a, b = ft[metric]["mean"], sd[metric]["mean"]
+                out.append(
+                    _target(
+                        f"cold start ({cold}): fine-tuned SRFoundation >= single-domain + 0.01 {metric.upper()}",
+                        a >= b + 0.01,
+                        f"{a:.4f} vs {b:.4f} ({a - b:+.4f}; std {ft[metric]['std'] or 0:.4f} / {sd[metric]['std'] or 0:.4f})",
+                    )
+                )
+            others = {
+                k: agg[k][cold]["auc"]["mean"]
+                for k in agg
+                if k.startswith("cold:")
+                and k not in (COLD_MAIN, "cold:single_domain")
+                and "_finetuned_" in k
+                and not k.startswith(f"cold:{MAIN_MODEL}")
+                and cold in agg[k]
             }
+            if others:
+                worse = [k for k, v in others.items() if ft["auc"]["mean"] < v]
+                out.append(
+                    _target(
+                        f"cold start ({cold}): fine-tuned SRFoundation AUC >= every fine-tuned baseline",
+                        not worse,
+                        "; ".join(f"{k.removeprefix('cold:')} {v:.4f}" for k, v in others.items())
+                        + f" vs {ft['auc']['mean']:.4f}",
+                        ", ".join(worse),
+                    )
+                )
+    dom, mean = agg.get(f"{MAIN_MODEL}@seed0", {}), agg.get("ablation:gating=mean", {})
+    if dom and mean:
+        a, b = (
+            _domain_mean(agg, f"{MAIN_MODEL}@seed0", warm, "auc"),
+            _domain_mean(agg, "ablation:gating=mean", warm, "auc"),
+        )
+        out.append(
+            _target(
+                "domain gating >= mean pooling (mean warm-domain AUC, one seed)",
+                a >= b,
+                f"{a:.4f} vs {b:.4f} ({a - b:+.4f})",
+            )
         )
     return out
 
@@ -576,7 +710,7 @@ def plots(study: Study, agg: dict, img: pathlib.Path) -> dict[str, str]:
             )
         )
     gates = {}
-    for name in (f"{MAIN_MODEL}@seed0", "cold:srfoundation_finetuned_L0+L1@seed0"):
+    for name in (f"{MAIN_MODEL}@seed0", f"{COLD_MAIN}@seed0"):
         if name in study.runs:
             gates.update(study.runs[name]["gate_weights"])
     if gates:
@@ -590,8 +724,7 @@ def plots(study: Study, agg: dict, img: pathlib.Path) -> dict[str, str]:
     hist = {
         n: r["history"]
         for n, r in study.runs.items()
-        if n in (f"{MAIN_MODEL}@seed0", "cold:srfoundation_finetuned_L0+L1@seed0", "cold:single_domain@seed0")
-        and r.get("history")
+        if n in (f"{MAIN_MODEL}@seed0", f"{COLD_MAIN}@seed0", "cold:single_domain@seed0") and r.get("history")
     }
     if hist:
         out["Training curves"] = str(
@@ -601,15 +734,17 @@ def plots(study: Study, agg: dict, img: pathlib.Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- main
-def preprocess(data_dir: pathlib.Path, out: pathlib.Path, text_encoder: str) -> pathlib.Path:
+def preprocess(data_dir: pathlib.Path, out: pathlib.Path, text_encoder: str, *extra: str) -> pathlib.Path:
     from beam_jobs import build_samples
 
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    build_samples.run(
-        ["--movielens_dir", str(data_dir), "--output_dir", str(out), "--text_encoder", text_encoder]
+    rc = build_samples.run(
+        ["--movielens_dir", str(data_dir), "--output_dir", str(out), "--text_encoder", text_encoder, *extra]
     )
+    if rc:
+        raise RuntimeError(f"preprocessing {data_dir} failed (exit {rc})")
     log.info("preprocessed %s -> %s in %.0f s", data_dir, out, time.perf_counter() - t0)
     return out
 
@@ -629,7 +764,7 @@ def render_only(args) -> int:
     study = types.SimpleNamespace(warm=warm, cold=cold, runs=runs, budget=Budget(**results["budget"]))
     img = pathlib.Path(args.img_dir)
     results["plots"] = plots(study, results["aggregate"], img)
-    results["targets"] = targets(study, results["aggregate"])
+    results["targets"] = targets(study, results["aggregate"], results.get("text_similarity"))
     write_outputs(study, results, args, time.perf_counter())
     return 0
 
@@ -687,6 +822,8 @@ def main(argv=None) -> int:
         study.pretrain(
             f"{MAIN_MODEL}@seed{seed}", "headline", {"model_type": MAIN_MODEL}, seed=seed, keep=True
         )
+        for base in SEEDED_BASELINES:
+            study.pretrain(f"{base}@seed{seed}", "headline", {"model_type": base}, seed=seed, keep=seed == 0)
         for d in study.warm:
             study.pretrain(
                 f"single_domain@{d}@seed{seed}",
@@ -696,7 +833,8 @@ def main(argv=None) -> int:
                 domains=[d],
             )
     for base in BASELINES:
-        study.pretrain(f"{base}@seed0", "baseline", {"model_type": base}, seed=0)
+        if base not in SEEDED_BASELINES:
+            study.pretrain(f"{base}@seed0", "baseline", {"model_type": base}, seed=0)
     if budget.ablations:
         for label, overrides in ABLATIONS.items():
             study.pretrain(
@@ -706,21 +844,34 @@ def main(argv=None) -> int:
     for seed in seeds:
         study.cold_single_domain(f"cold:single_domain@seed{seed}", seed=seed)
         study.finetune(
-            f"cold:srfoundation_finetuned_L0+L1@seed{seed}",
+            f"{COLD_MAIN}@seed{seed}",
             "cold_start",
             study.pretrained[f"{MAIN_MODEL}@seed{seed}"],
-            FREEZE_SPLITS["L0+L1"],
+            FREEZE_SPLITS[DEFAULT_FREEZE],
             seed=seed,
         )
+    for base in SEEDED_BASELINES:
+        study.finetune(
+            f"cold:{base}_finetuned_{DEFAULT_FREEZE}@seed0",
+            "cold_start",
+            study.pretrained[f"{base}@seed0"],
+            FREEZE_SPLITS[DEFAULT_FREEZE],
+            seed=0,
+        )
     for label, levels in FREEZE_SPLITS.items():
-        if label != "L0+L1":
+        if label != DEFAULT_FREEZE:
             study.finetune(
-                f"cold:srfoundation_finetuned_{label}@seed0",
+                f"cold:{MAIN_MODEL}_finetuned_{label}@seed0",
                 "freeze_split",
                 study.pretrained[f"{MAIN_MODEL}@seed0"],
                 levels,
                 seed=0,
             )
+    construction = (
+        search_construction_study(pathlib.Path(args.data_dir), work, budget)
+        if budget.ablations and not args.samples_dir
+        else None
+    )
 
     # aggregation: single-domain rows merge into one "single_domain" row (each domain from its own model)
     def key(name):
@@ -759,13 +910,36 @@ def main(argv=None) -> int:
         "runs": study.runs,
         "aggregate": agg,
         "text_similarity": ts,
+        "search_construction": construction,
     }
-    results["targets"] = targets(study, agg)
+    results["targets"] = targets(study, agg, ts)
     results["plots"] = plots(study, agg, img)
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(study, results, args, started)
     print(f"paper study done in {results['total_seconds'] / 60:.1f} min; see {args.markdown}")
     return 0
+
+
+def search_construction_study(data_dir: pathlib.Path, work: pathlib.Path, budget: Budget) -> dict:
+    """The search domain built the hardest way (`same_tag`: every impression tagged with the query by
+    someone) beside the default: SRFoundation, the seeded baselines and text similarity, seed 0."""
+    samples = preprocess(
+        data_dir,
+        work / f"samples_{budget.text_encoder}_same_tag",
+        budget.text_encoder,
+        "--search_impressions",
+        "same_tag",
+    )
+    study = Study(samples, work / "same_tag", budget, base_model={})
+    search = [d.name for d in study.spec.domains.warm() if d.kind == "search"]
+    out = {"samples_dir": str(samples), "domain": search[0], "models": {}}
+    for model_type in (MAIN_MODEL, *SEEDED_BASELINES):
+        row = study.pretrain(
+            f"same_tag:{model_type}@seed0", "search_construction", {"model_type": model_type}, domains=None
+        )
+        out["models"][model_type] = row["domains"][search[0]]
+    out["text_similarity"] = text_similarity_baseline(samples, study.spec, search[0])
+    return out
 
 
 ABLATIONS = {

@@ -18,15 +18,14 @@ def test_calibration_applies_each_samples_domain_pair():
     assert layer.domain(1) == (0.5, -1.0)
 
 
-def test_calibration_is_invisible_to_gradients_and_rejects_bad_pairs():
+def test_calibration_is_never_trained_and_rejects_bad_pairs():
     layer = DomainCalibration(num_domains=2)
-    layer.trainable = True  # even when someone unfreezes everything, the optimizer never moves it
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(tf.constant([1.0, 2.0]), tf.constant([0, 1])))
-    assert all(g is None for g in tape.gradient(loss, layer.trainable_weights))
+    layer.trainable = True  # even when someone unfreezes everything, the optimizer never sees it
+    layer.domain_weights.add_domain()
+    assert layer.trainable_weights == [] and not any(v.trainable for v in layer.weights)
     with pytest.raises(ValueError, match="scale must be positive, got 0"):
         layer.set_domain(0, scale=0.0, shift=0.0)
-    with pytest.raises(ValueError, match=r"domain_id must be in \[0, 2\), got 5"):
+    with pytest.raises(ValueError, match=r"domain_id must be in \[0, 3\), got 5"):
         layer.set_domain(5, scale=1.0, shift=0.0)
 
 
@@ -36,7 +35,7 @@ def test_add_domain_appends_an_identity_pair_and_config_round_trips():
     layer.domain_weights.add_domain()
     assert layer.num_domains == 3 and layer.domain(2) == (1.0, 0.0) and layer.domain(0) == (3.0, 1.0)
     clone = DomainCalibration.from_config(layer.get_config())
-    assert clone.num_domains == 3 and not clone.trainable
+    assert clone.num_domains == 3 and clone.trainable_weights == []
 
 
 def test_fit_platt_recovers_the_generating_map_and_lowers_log_loss():

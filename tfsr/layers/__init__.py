@@ -10,6 +10,7 @@ cross network) and multi-task expert blocks and towers (:mod:`.experts`).
 
 from tfsr.layers.adaptive import DomainAdaptiveLayer
 from tfsr.layers.alignment import ALIGNMENTS, js_divergence_alignment, mmd_alignment
+from tfsr.layers.calibration import DomainCalibration, fit_platt
 from tfsr.layers.domain import DomainWeights, WeightBank, grouped_dense, select_domain
 from tfsr.layers.encoders import AspectEncoder, IdEncoder, MissingEntityVector, SparseEncoder, TextEncoder
 from tfsr.layers.experts import MLP, PLE, STAR, DomainTowers, ExpertBank, MMoE, SharedTower
@@ -38,6 +39,7 @@ __all__ = [
     "AspectGatingFusion",
     "CrossNetwork",
     "DomainAdaptiveLayer",
+    "DomainCalibration",
     "DomainTowers",
     "DomainWeights",
     "ExpertBank",
@@ -51,6 +53,7 @@ __all__ = [
     "SparseEncoder",
     "TextEncoder",
     "WeightBank",
+    "fit_platt",
     "grouped_dense",
     "js_divergence_alignment",
     "mmd_alignment",

@@ -26,9 +26,9 @@ MIN_SCALE = 1e-3  # keeps the calibration map strictly increasing (rankings unch
 class DomainCalibration(tf.keras.layers.Layer):
     """Per-domain affine map of the logit, `z -> a_d * z + b_d` (Platt scaling).
 
-    Its weights are non-trainable: they are set by :meth:`set_domain` from :func:`fit_platt`, never by the
-    optimizer, so training sees the identity until a stage calibrates, and fine-tuning one domain leaves
-    every other domain's pair as it was.
+    Its variables are non-trainable (whatever the layer's `trainable` says): they are set by
+    :meth:`set_domain` from :func:`fit_platt`, never by the optimizer, so training sees the identity until a
+    stage calibrates, and fine-tuning one domain leaves every other domain's pair as it was.
 
     Args:
       num_domains: K.
@@ -42,14 +42,12 @@ class DomainCalibration(tf.keras.layers.Layer):
     """
 
     def __init__(self, num_domains: int, **kwargs):
-        kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         self.domain_weights = DomainWeights(
             check_positive_int("num_domains", num_domains), name="calibration"
         )
-        self.domain_weights.add_family("scale", (), "ones")
-        self.domain_weights.add_family("shift", (), "zeros")
-        self.domain_weights.trainable = False
+        self.domain_weights.add_family("scale", (), "ones", trainable=False)
+        self.domain_weights.add_family("shift", (), "zeros", trainable=False)
 
     @property
     def num_domains(self) -> int:
@@ -59,7 +57,7 @@ class DomainCalibration(tf.keras.layers.Layer):
         params = tf.stack(
             [self.domain_weights.stacked("scale"), self.domain_weights.stacked("shift")], axis=1
         )  # [K, 2]
-        chosen = tf.gather(tf.stop_gradient(params), tf.cast(domain_ids, tf.int32))  # [B, 2]
+        chosen = tf.gather(params, tf.cast(domain_ids, tf.int32))  # [B, 2]
         return tf.cast(chosen[:, 0], logits.dtype) * logits + tf.cast(chosen[:, 1], logits.dtype)
 
     def domain(self, domain_id: int) -> tuple[float, float]:

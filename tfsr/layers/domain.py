@@ -92,11 +92,14 @@ class DomainWeights(tf.keras.layers.Layer):
     def __init__(self, num_domains: int, **kwargs):
         super().__init__(**kwargs)
         self.num_domains = check_positive_int("num_domains", num_domains)
-        self._initializers: dict[str, tuple[tuple[int, ...], dict]] = {}
+        self._initializers: dict[str, tuple[tuple[int, ...], dict, bool]] = {}
         self.families: dict[str, list[tf.Variable]] = {}
         self.built = True
 
-    def add_family(self, name: str, shape: Sequence[int], initializer="glorot_uniform") -> None:
+    def add_family(
+        self, name: str, shape: Sequence[int], initializer="glorot_uniform", trainable: bool = True
+    ) -> None:
+        """Declares a family; `trainable=False` makes variables no optimizer updates (set by assignment)."""
         if name in self.families:
             raise ValueError(f"family {name!r} already exists in {self.name}")
         # Kept serialized: an unseeded initializer instance called twice returns the same values, and each
@@ -104,16 +107,17 @@ class DomainWeights(tf.keras.layers.Layer):
         self._initializers[name] = (
             tuple(shape),
             tf.keras.initializers.serialize(tf.keras.initializers.get(initializer)),
+            bool(trainable),
         )
         self.families[name] = [self._new_variable(name, k) for k in range(self.num_domains)]
 
     def _new_variable(self, name: str, domain: int) -> tf.Variable:
-        shape, initializer = self._initializers[name]
+        shape, initializer, trainable = self._initializers[name]
         return self.add_weight(
             name=f"{name}_domain{domain}",
             shape=shape,
             initializer=tf.keras.initializers.deserialize(initializer),
-            trainable=True,
+            trainable=trainable,
         )
 
     def stacked(self, name: str) -> tf.Tensor:

@@ -9,6 +9,7 @@ features ─► L0 aspect encoders (one per feature)  ─► per entity: aspects
          ─► L2 interactions of the fields (dot / cross / FM) ─► features beside x_hat, FM logit term
          ─► L2 experts (MMoE / PLE / STAR / MLP) on [x_hat; features] ─► hidden
          ─► towers (+ the FM logit term)              ─► logit [B]
+         ─► per-domain calibration (Platt; identity until fitted after training) ─► logit, ctr
 ```
 
 and differs only in what the hooks `build_fusion`, `build_domain_adapter`, `build_interactions`,
@@ -28,6 +29,7 @@ from tfsr.layers import (
     ENTITIES,
     AspectEncoder,
     AspectGatingFusion,
+    DomainCalibration,
     DomainTowers,
     DomainWeights,
     FeatureInteractions,
@@ -119,6 +121,7 @@ class MultiDomainModel(tfrs.models.Model):
         self.interactions = self.build_interactions()
         self.experts = self.build_experts()
         self.towers = self.build_towers()
+        self.calibration = DomainCalibration(len(self.domain_registry), name="calibration")
         self.tasks = [self._make_task(d.name) for d in self.domain_registry]
         self.overall_task = self._make_task(None)
         self.alignment_tracker = tf.keras.metrics.Mean(name="alignment_loss")
@@ -336,6 +339,7 @@ class MultiDomainModel(tfrs.models.Model):
         logit = tf.reshape(self.towers(hidden, domain_ids, training=training), [-1])
         if interaction_logit is not None:
             logit += interaction_logit
+        logit = self.calibration(logit, domain_ids)
         return {
             "ctr": tf.sigmoid(logit),
             "logit": logit,

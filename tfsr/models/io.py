@@ -66,6 +66,7 @@ def load_model(path: str | pathlib.Path) -> MultiDomainModel:
     # Models saved before the gate options existed used a fixed 1/sqrt(H) scale: keep their behaviour.
     saved.setdefault("gate_scale", None)
     saved.setdefault("learn_gate_scale", False)
+    saved.setdefault("interactions", [])  # saved before the L2 interactions existed: none
     config = ModelConfig.from_json(saved)
     spec = FeatureSpec.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
     vocabularies = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))

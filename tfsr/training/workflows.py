@@ -151,7 +151,7 @@ def _fit(
         )
 
     validation = None
-    if has_split(cfg.samples_dir, cfg.validation_split):
+    if has_split(cfg.samples_dir, cfg.validation_split, domains):
         validation = Validation(
             lambda: validation_metrics(model, cfg.samples_dir, spec, cfg.validation_split, domains),
             monitor=cfg.monitor,
@@ -159,9 +159,10 @@ def _fit(
         )
     elif cfg.validation_split:
         log.warning(
-            "%s: no %r split in %s: no early stopping, best-epoch restore or calibration (the last epoch is "
-            "kept)",
+            "%s: no rows of %s in the %r split of %s: no early stopping, best-epoch restore or calibration "
+            "(the last epoch is kept)",
             stage,
+            ", ".join(domains),
             cfg.validation_split,
             cfg.samples_dir,
         )
@@ -171,8 +172,9 @@ def _fit(
     return trainer, history
 
 
-def has_split(samples_dir, split: str | None) -> bool:
-    """Whether a samples directory has rows in `split` (by its manifest's counts, else by its files)."""
+def has_split(samples_dir, split: str | None, domains: Sequence[str] | None = None) -> bool:
+    """Whether a samples directory has rows in `split` (of `domains`, when given), by its manifest's counts
+    (by its files when the manifest has none)."""
     if not split or not list(pathlib.Path(samples_dir, split).glob(f"part-*{layout.TFRECORD_SUFFIX}")):
         return False
     try:
@@ -181,7 +183,7 @@ def has_split(samples_dir, split: str | None) -> bool:
         per_domain = None
     if per_domain is None:
         return True
-    return sum(entry.get("samples", 0) for entry in per_domain.values()) > 0
+    return any(entry.get("samples", 0) > 0 for d, entry in per_domain.items() if not domains or d in domains)
 
 
 def validation_metrics(model, samples_dir, spec, split: str, domains: Sequence[str]) -> dict[str, float]:
@@ -279,7 +281,7 @@ def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy) -> 
     trainer, history = _fit(model, cfg, spec, stage, domains, model_config, strategy)
     calibration = (
         calibrate(model, cfg.samples_dir, spec, cfg.validation_split, domains)
-        if cfg.calibrate and has_split(cfg.samples_dir, cfg.validation_split)
+        if cfg.calibrate and has_split(cfg.samples_dir, cfg.validation_split, domains)
         else {}
     )
     if distributed.is_chief() and (trainer.best or calibration):
