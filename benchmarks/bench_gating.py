@@ -42,16 +42,7 @@ import tensorflow as tf
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 SPEC = FeatureSpec.default(text_dim=8)
-# The planted informative aspect per domain: ids in three warm rec domains, genres (sparse) in one,
-# text in search and in the cold-start domain, whose items are all new (fresh ids).
-PLANTED = {
-    "search_tags": "text",
-    "rec_action": "id",
-    "rec_comedy": "id",
-    "rec_drama": "sparse",
-    "rec_other": "id",
-    "rec_children": "text",
-}
+PLANTED = data.PLANTED_ASPECTS
 WORLD = {"num_users": 200, "num_items": 300, "num_queries": 50}
 GATINGS = ("domain", "cls", "mean")
 VOCAB_FEATURES = ("user_id", "item_id", "query_id", "item_genres", "item_decade")

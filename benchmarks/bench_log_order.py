@@ -137,13 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results_json", default=str(REPO / "benchmarks" / "results" / "log_order.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    budget = dataclasses.replace(paper_study.QUICK if args.quick else paper_study.FULL)
-    if args.text_encoder:
-        budget.text_encoder = args.text_encoder
-    if args.seeds:
-        budget.seeds = tuple(range(args.seeds))
-    if args.epochs:
-        budget.epochs = args.epochs
+    budget = paper_study.budget_from_args(args)
     work = pathlib.Path(args.work_dir)
     if args.quick and args.results_json == parser.get_default("results_json"):
         args.results_json = str(work / "log_order_quick.json")

@@ -98,14 +98,7 @@ def test_bad_arguments_are_named():
 
 # ------------------------------------------------------------------ planted aspect informativeness
 SPEC8 = FeatureSpec.default(text_dim=8)
-PLANTED = {
-    "search_tags": "text",
-    "rec_action": "id",
-    "rec_comedy": "id",
-    "rec_drama": "sparse",
-    "rec_other": "id",
-    "rec_children": "text",
-}
+PLANTED = samples.PLANTED_ASPECTS
 
 
 def _digest(records) -> str:

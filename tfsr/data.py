@@ -199,6 +199,18 @@ def dummy_batch(spec: FeatureSpec) -> dict[str, tf.Tensor]:
     return batch
 
 
+# One planting of `synthetic_records(aspect_signal=...)` over the default spec's domains: ids carry the signal in
+# three warm rec domains, genres (sparse) in one, text in search and in the cold-start domain (all items new).
+PLANTED_ASPECTS = {
+    "search_tags": "text",
+    "rec_action": "id",
+    "rec_comedy": "id",
+    "rec_drama": "sparse",
+    "rec_other": "id",
+    "rec_children": "text",
+}
+
+
 def synthetic_records(
     spec: FeatureSpec,
     num_rows: int,

@@ -154,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         str(pretrain),
         "--output_dir",
         str(coldstart),
-        "--freeze",
-        "L0",
-        "L1",
         "--fresh",
     )
     _tfsr(

@@ -4,7 +4,7 @@ Examples::
 
     tfsr train    --samples_dir artifacts/samples --output_dir runs/pretrain --epochs 2
     tfsr finetune --samples_dir artifacts/samples --pretrained runs/pretrain --output_dir runs/coldstart \\
-                  --freeze L0 L1 --batch_size 64 --epochs 20
+                  --batch_size 64 --epochs 20
     tfsr evaluate --model runs/coldstart --samples_dir artifacts/samples --output_dir runs/coldstart/report
 
 Each training command takes ``--config FILE`` (JSON, keys of :class:`tfsr.training.config.TrainConfig`),
@@ -163,7 +163,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
         "--freeze",
         nargs="*",
         choices=FREEZE_LEVELS,
-        help="levels to freeze (default L0 L1; give none for `--freeze` alone)",
+        help="levels to freeze (default L0 L1 L2_shared: every pretrained weight, so the warm domains' predictions do not change; `--freeze` alone freezes nothing)",
     )
     parser.add_argument("--split", help="split to fine-tune on (default coldstart_finetune)")
     parser.add_argument("--init_from", help="initialise the new domain's per-domain weights from this domain")
