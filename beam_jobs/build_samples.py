@@ -1015,9 +1015,11 @@ def build_pipeline(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfsr preprocess", description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--movielens_dir", help="an ml-latest-small directory (movies.csv, ratings.csv, tags.csv)"
+        "--movielens_dir",
+        help="an ml-latest-small directory (movies.csv, ratings.csv, tags.csv); with neither this nor --logs, "
+        "MovieLens from $TFSR_DATA_HOME / the cache, else the checked download (tfsr.datasets.locate)",
     )
     source.add_argument("--logs", help="glob of generic-format logs (*.jsonl / *.csv, optionally .gz)")
     parser.add_argument("--output_dir", required=True, help="the samples directory to write (tfsr.layout)")
@@ -1097,6 +1099,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if not args.logs and not args.movielens_dir:
+        from tfsr.datasets.locate import find_movielens
+
+        args.movielens_dir = str(find_movielens(None))
     if not 0.0 < args.eval_fraction < 1.0 or not 0.0 < args.coldstart_eval_fraction < 1.0:
         raise UsageError("--eval_fraction and --coldstart_eval_fraction must be in (0, 1)")
     for name in ("coldstart_finetune_rows", "min_frequency"):

@@ -104,3 +104,12 @@ def test_a_checksum_mismatch_installs_nothing(tmp_path, data_home):
 
     with pytest.raises(RuntimeError, match=r"MD5 [0-9a-f]{32} does not match the published 0{32}"):
         ml.ensure_movielens(url=_archive(tmp_path / "corrupt.zip", fake, md5="0" * 32))
+
+
+def test_preprocess_without_a_source_reads_movielens_from_the_data_home(tmp_path, data_home):
+    from beam_jobs import build_samples
+
+    cached = _movielens_dir(data_home / "ml-latest-small")
+    args, _ = build_samples._parser().parse_known_args(["--output_dir", str(tmp_path / "out")])
+    build_samples._check_args(args)
+    assert args.movielens_dir == str(cached) and args.logs is None
