@@ -295,6 +295,23 @@ def _rel(path) -> str:
         return str(path)
 
 
+def best_epochs_by_domain(study, prefix: str) -> dict | None:
+    """Per seed of ``prefix``: the epoch of each warm domain's best validation AUC and the epoch kept."""
+    seeds, kept, domains = [], [], {d: [] for d in study.warm}
+    for name, run in sorted(study.runs.items()):
+        if _prefix(name) != prefix:
+            continue
+        val = [e for e in run.get("history", []) if "val_auc" in e]
+        if not val:
+            continue
+        seeds.append(run.get("seed"))
+        kept.append(max(val, key=lambda e: e["val_auc"])["epoch"])
+        for d in study.warm:
+            scored = [e for e in val if f"val_{d}_auc" in e]
+            domains[d].append(max(scored, key=lambda e: e[f"val_{d}_auc"])["epoch"] if scored else "–")
+    return {"seeds": seeds, "kept": kept, "domains": domains} if seeds else None
+
+
 def diagnostics(study, results: dict) -> list[str]:
     """Facts worth reading beside the tables, computed from the runs (no judgement by hand)."""
     notes = []
@@ -306,6 +323,16 @@ def diagnostics(study, results: dict) -> list[str]:
             "Seed noise: SRFoundation's AUC std over seeds per warm domain is "
             + ", ".join(f"{d} {main[d]['auc']['std']:.4f}" for d in study.warm if d in main)
             + "; single-seed differences smaller than about twice that are not distinguishable from noise."
+        )
+    peaks = best_epochs_by_domain(study, MAIN_MODEL)
+    if peaks:
+        notes.append(
+            "Validation AUC peaks at different epochs per domain ("
+            + f"{MAIN_MODEL}, seeds {'/'.join(str(s) for s in peaks['seeds'])}): "
+            + ", ".join(f"{d} epoch {'/'.join(map(str, e))}" for d, e in peaks["domains"].items())
+            + f"; the checkpoint kept (best macro `val_auc`) is epoch {'/'.join(map(str, peaks['kept']))}. "
+            "One checkpoint serves every domain, so a domain that over-fits early is traded against those "
+            "still improving, whereas each single-domain model stops at its own best epoch."
         )
     for name in (f"{MAIN_MODEL}@seed0", f"{COLD_MAIN}@seed0"):
         gates = study.runs.get(name, {}).get("gate_weights", {})
