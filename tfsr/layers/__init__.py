@@ -5,9 +5,10 @@ Levels (DESIGN.md §4): L0 aspect encoders (:mod:`.encoders`), L1 Aspect Gating 
 :mod:`.alignment`), L2 explicit feature interactions (:mod:`.interactions`: dot products, FM, DCN-v2
 cross network) and multi-task expert blocks and towers (:mod:`.experts`).
 
-`ENTITIES` and `ASPECTS` fix the order of the model's `gate_weights [B, len(ENTITIES), len(ASPECTS)]`.
+`ENTITIES` and `ASPECTS` (owned by :mod:`tfsr.contract`) fix the order of `gate_weights`.
 """
 
+from tfsr.contract import ASPECTS, ENTITIES
 from tfsr.layers.adaptive import DomainAdaptiveLayer
 from tfsr.layers.alignment import ALIGNMENTS, js_divergence_alignment, mmd_alignment
 from tfsr.layers.calibration import DomainCalibration, fit_platt
@@ -23,8 +24,6 @@ from tfsr.layers.interactions import (
     PairwiseDot,
 )
 
-ENTITIES = ("user", "query", "item")
-ASPECTS = ("id", "text", "sparse")
 
 __all__ = [
     "ALIGNMENTS",
