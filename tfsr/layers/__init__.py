@@ -24,7 +24,6 @@ from tfsr.layers.interactions import (
     PairwiseDot,
 )
 
-
 __all__ = [
     "ALIGNMENTS",
     "ASPECTS",
