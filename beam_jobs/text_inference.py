@@ -1,7 +1,7 @@
 """Beam RunInference support for the frozen text encoder.
 
 Beam's ``TFModelHandlerTensor`` imports ``tensorflow_hub`` and calls ``model(tf.stack(batch))``, which
-does not fit a string-in, dict-out SavedModel signature (DESIGN.md §2), so this is a small
+does not fit a string-in, dict-out SavedModel signature (docs/BEAM.md), so this is a small
 :class:`~apache_beam.ml.inference.base.ModelHandler` of our own around the ``serving_default``
 signature written by :func:`tfsr.text.export_text_encoder` (``texts`` [None] string ->
 ``embeddings`` [None, dim] float32).

@@ -32,6 +32,7 @@ import time
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from tfsr import data
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.evaluation import auc, predict_dataset
 from tfsr.features import FeatureSpec
 from tfsr.layers import ASPECTS, ENTITIES
@@ -41,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 RESULTS = pathlib.Path(__file__).parent / "results"
-SPEC = FeatureSpec.default(text_dim=8)
+SPEC = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=8)
 PLANTED = data.PLANTED_ASPECTS
 WORLD = {"num_users": 200, "num_items": 300, "num_queries": 50}
 GATINGS = ("domain", "cls", "mean")

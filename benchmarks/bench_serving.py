@@ -31,15 +31,16 @@ import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))  # the serving test doubles
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from serving.client import ScoringClient
 from tfsr import layout
 from tfsr.cli import subprocess_command
-from tfsr.export import testing as T
 
 import grpc
 import numpy as np
+import serving_doubles as T
 import tensorflow as tf
 
 
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
         proc.terminate()
         proc.wait(timeout=30)
 
-    from serving.server import ModelManager
+    from serving.versions import ModelManager
 
     version = max(ModelManager.versions_on_disk(str(base)))
     signature = tf.saved_model.load(str(pathlib.Path(base) / str(version))).signatures["serving_default"]

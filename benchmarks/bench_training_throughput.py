@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 def _inputs(args):
     """(spec, file pattern, vocabularies, source description)."""
     from tfsr import data, layout
+    from tfsr.datasets.movielens import MOVIELENS_DOMAINS
     from tfsr.features import FeatureSpec
 
     if args.samples_dir:
@@ -69,7 +70,7 @@ def _inputs(args):
                         vocabularies[f.name] = layout.read_vocab(args.samples_dir, f.name)
             return spec, pattern, vocabularies, f"{args.samples_dir}/{args.split}"
         print(f"no TFRecords at {pattern}; using synthetic records", file=sys.stderr)
-    spec = FeatureSpec.default()
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS)
     directory = args.files or tempfile.mkdtemp(prefix="tfsr-bench-")
     pattern = os.path.join(directory, "part-*.tfrecord.gz")
     if not glob_exists(pattern):

@@ -15,6 +15,7 @@ import tempfile
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from tfsr import data
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import Feature, FeatureSpec
 from tfsr.layers import AspectEncoder, DomainWeights, select_domain
 from tfsr.models import ModelConfig, SRFoundationModel, build_model, load_model, register_model, save_model
@@ -92,7 +93,7 @@ class TeamSearchModel(SRFoundationModel):
 def main(num_rows: int = 400, epochs: int = 2, workdir: str | None = None) -> dict:
     """Trains the team's model on synthetic records, saves and reloads it; returns the last logs."""
     workdir = workdir or tempfile.mkdtemp(prefix="tfsr-team-example-")
-    spec = FeatureSpec.default(text_dim=8)
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=8)
     pattern = data.write_synthetic_samples(f"{workdir}/train", spec, num_rows, seed=0)
     config = ModelConfig(
         "team_search_example",

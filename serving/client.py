@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from tfsr.cli import UsageError
+from tfsr.contract import ASPECTS, ENTITIES
 
 import grpc
 import tensorflow as tf
@@ -45,9 +46,6 @@ from tensorflow_serving.apis import (
 )
 
 log = logging.getLogger("tfsr.client")
-
-ENTITIES = ("user", "query", "item")
-ASPECTS = ("id", "text", "sparse")
 
 
 def make_example(record: Mapping[str, object], spec=None) -> example_pb2.Example:

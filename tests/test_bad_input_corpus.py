@@ -10,15 +10,17 @@ import pathlib
 
 from beam_jobs import batch_score as bsc
 from beam_jobs import build_samples as bs
+from beam_jobs import core, reading, sources, vocabularies
 from serving import client as client_lib
+from serving import config as config_lib
 from serving import server as server_lib
 from tfsr import layout
-from tfsr.export import testing as T
 
 import bad_inputs as corpus
 import grpc
 import numpy as np
 import pytest
+import serving_doubles as T
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
@@ -95,7 +97,9 @@ def test_build_samples_on_the_corpus(exported, tmp_path):
     )
     assert written == ok  # every good row is kept (all corpus domains are warm: nothing filtered)
     assert list(tmp_path.glob("samples.incomplete-*")) == []  # the staging directory was moved into place
-    for feature in bs.VOCAB_FEATURES:  # every vocabulary line is one value: sizes match the manifest
+    for (
+        feature
+    ) in vocabularies.VOCAB_FEATURES:  # every vocabulary line is one value: sizes match the manifest
         values = layout.read_vocab(out, feature)
         assert len(values) == len(set(values)) == layout.read_manifest(out)["vocab_sizes"][feature]
 
@@ -154,17 +158,17 @@ def test_reader_names_the_file_and_last_good_line_of_a_truncated_file(tmp_path, 
     packed = gzip.compress(data) if compression == "gz" else bz2.compress(data)
     path = tmp_path / f"cut.jsonl.{compression}"
     path.write_bytes(packed[: len(packed) // 2])
-    out = list(bs._NumberedLinesFn("logs", lambda _path: None).process(str(path)))
+    out = list(sources._NumberedLinesFn("logs", lambda _path: None).process(str(path)))
     rows, (last,) = out[:-1], out[-1:]
     assert [ref.line for ref, _ in rows] == list(range(1, len(rows) + 1)) and len(rows) < 400
     assert len(rows) > 0 or compression == "bz2"  # bzip2 decodes whole 900 kB blocks: none here
     assert [raw for _, raw in rows] == _good_jsonl_rows(len(rows))  # every row before the cut is intact
-    assert last.tag == bs.DEAD and last.value["reason"] == "truncated_input"
+    assert last.tag == reading.DEAD and last.value["reason"] == "truncated_input"
     assert last.value["line"] == len(rows) + 1 and last.value["file"] == str(path)
     assert f"past line {len(rows)} (the last good line)" in last.value["detail"]
     whole = tmp_path / f"whole.jsonl.{compression}"
     whole.write_bytes(packed)
-    assert [raw for _, raw in bs._NumberedLinesFn("logs", lambda _path: None).process(str(whole))] == (
+    assert [raw for _, raw in sources._NumberedLinesFn("logs", lambda _path: None).process(str(whole))] == (
         _good_jsonl_rows(400)
     )
 
@@ -175,9 +179,9 @@ def test_build_samples_row_exception_is_a_dead_letter_not_a_crash():
     def explode(value):
         raise KeyError(value)
 
-    ref = bs.LineRef("logs", "f.jsonl", 3, "raw")
-    (out,) = list(bs.RowStep(explode, "logs").process((ref, "x")))
-    assert out.tag == bs.DEAD
+    ref = reading.LineRef("logs", "f.jsonl", 3, "raw")
+    (out,) = list(core.RowStep(explode, "logs").process((ref, "x")))
+    assert out.tag == reading.DEAD
     assert (out.value["reason"], out.value["line"], out.value["detail"]) == (
         "row_exception",
         3,
@@ -191,16 +195,18 @@ LINE_BREAKERS = ["\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u
 def test_vocabularies_read_back_as_written(tmp_path):
     """Ids holding a control character or line break are refused; every id accepted is one vocabulary
     line, so the nastiest strings that pass read back exactly as written (order and count)."""
-    from tfsr.features import FeatureSpec, FeatureValidationError
+    from tfsr.contract import RowError
+    from tfsr.datasets.movielens import MOVIELENS_DOMAINS
+    from tfsr.features import FeatureSpec
 
-    spec = FeatureSpec.default()
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS)
     candidates = [*corpus.adversarial_strings().values(), "a\u00a0b", "\u200b", "x\ufeff", "\U0001f600\u200d"]
     candidates += [f"a{c}b" for c in LINE_BREAKERS] + [f"ab{c}" for c in LINE_BREAKERS]
     kept = []
     for text in candidates:
         try:
             spec.validate({"domain": "rec_drama", "user_id": text, "item_id": "m"}, roles=("raw",))
-        except FeatureValidationError as err:
+        except RowError as err:
             assert err.field == "user_id" and "control character or line break" in err.problem
             continue
         assert not any(c in text for c in LINE_BREAKERS)
@@ -209,7 +215,7 @@ def test_vocabularies_read_back_as_written(tmp_path):
     assert len(kept) >= 15  # real strings are checked, not an empty list
     entries = [(len(kept) - i, text) for i, text in enumerate(dict.fromkeys(kept))]
     (tmp_path / "vocab").mkdir()
-    list(bs._WriteVocabFn(str(tmp_path)).process(("user_id", entries)))
+    list(vocabularies._WriteVocabFn(str(tmp_path)).process(("user_id", entries)))
     assert layout.read_vocab(tmp_path, "user_id") == [text for _, text in entries]
 
 
@@ -243,7 +249,7 @@ def test_batch_score_on_the_corpus_including_crashers(exported, tmp_path):
 
 
 def test_build_samples_parser_turns_crashers_into_row_errors(exported):
-    from tfsr.datasets import RowError
+    from tfsr.contract import RowError
     from tfsr.datasets.logs import parse_log_line
 
     for line in corpus.crasher_lines():
@@ -256,7 +262,7 @@ def test_build_samples_parser_turns_crashers_into_row_errors(exported):
 @pytest.fixture(scope="module")
 def server(exported):
     srv = server_lib.ModelServer(
-        [server_lib.ModelConfig("toy", str(exported["path"].parent))], port=0, poll_wait_s=0, num_threads=4
+        [config_lib.ModelConfig("toy", str(exported["path"].parent))], port=0, poll_wait_s=0, num_threads=4
     ).start()
     srv.wait_until_available("toy")
     client = client_lib.ScoringClient(srv.target, "toy", deadline_s=30.0)

@@ -7,14 +7,14 @@ import pathlib
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
 from beam_jobs import batch_score as bsc
 from beam_jobs.reading import LineRef
-from tfsr.datasets import RowError
+from tfsr.contract import ASPECTS, ENTITIES, RowError
 from tfsr.datasets.logs import CSV_HEADER, format_log_line
-from tfsr.datasets.movielens import normalize_query
-from tfsr.export import testing as T
+from tfsr.datasets.rows import normalize_query
 
 import apache_beam as beam
 import numpy as np
 import pytest
+import serving_doubles as T
 import tensorflow as tf
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.testing import test_pipeline
@@ -228,7 +228,7 @@ def test_tfrecords_and_logs_end_to_end(model, tmp_path):
         ctr, gates = expected[row["timestamp"]]
         assert row["ctr"] == pytest.approx(ctr, rel=1e-6)
         np.testing.assert_allclose(
-            [[row["gate_weights"][e][a] for a in bsc.GATE_ASPECTS] for e in bsc.GATE_ENTITIES],
+            [[row["gate_weights"][e][a] for a in ASPECTS] for e in ENTITIES],
             gates,
             rtol=1e-6,
         )

@@ -7,9 +7,14 @@ import shutil
 
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
 from beam_jobs import build_samples as bs
+from beam_jobs import core, reading, sources, text_features, vocabularies, writing
+from beam_jobs import manifest as bmanifest
+from beam_jobs import splits as bsplits
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim
 from tfsr import layout
 from tfsr.datasets import movielens as ml
+from tfsr.datasets import splits
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import FeatureSpec
 
 import apache_beam as beam
@@ -69,16 +74,17 @@ def test_read_numbered_lines_and_row_step_dead_letter_with_reasons(tmp_path):
     path = tmp_path / "ratings.csv"
     path.write_bytes(b"userId,movieId,rating,timestamp\n1,3,4.0,10\n1,3,abc,11\n\n1,\xff,4.0,12\n2,3,2.0,13")
     movies = {3: ml.Movie(3, "Heat (1995)", ("Action",))}
-    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-        lines = p | bs.ReadNumberedLines(str(path), "ratings", lambda _: ml.HEADERS["ratings"])
-        parsed = lines.rows | bs._row_step(ml.parse_rating, "ratings", movies)
+    with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
+        lines = p | sources.ReadNumberedLines(str(path), "ratings", lambda _: ml.HEADERS["ratings"])
+        parsed = lines.rows | core.row_step(ml.parse_rating, "ratings", movies)
         assert_that(
             parsed.rows | "Ok" >> beam.Map(lambda r: (r[0].line, r[1].rating)),
             equal_to([(2, 4.0), (6, 2.0)]),
             label="Rows",
         )
         assert_that(
-            parsed[bs.DEAD] | "Why" >> beam.Map(lambda d: (d["source"], d["line"], d["reason"], d["raw"])),
+            parsed[reading.DEAD]
+            | "Why" >> beam.Map(lambda d: (d["source"], d["line"], d["reason"], d["raw"])),
             equal_to(
                 [
                     ("ratings", 3, "non_numeric_rating", "1,3,abc,11"),
@@ -88,7 +94,7 @@ def test_read_numbered_lines_and_row_step_dead_letter_with_reasons(tmp_path):
             label="Dead",
         )
         assert_that(
-            lines[bs.FILTERED] | "Filtered" >> beam.Map(lambda f: (f[0].line, f[1])),
+            lines[reading.FILTERED] | "Filtered" >> beam.Map(lambda f: (f[0].line, f[1])),
             equal_to([(1, "header"), (4, "blank_line")]),
             label="Filtered",
         )
@@ -97,14 +103,18 @@ def test_read_numbered_lines_and_row_step_dead_letter_with_reasons(tmp_path):
 @pytest.mark.parametrize("order", [lambda c: c, reversed, lambda c: sorted(c, key=lambda tc: -tc[1])])
 def test_exact_quantile_from_timestamp_counts(order):
     counts = [(5, 2), (1, 1), (3, 3)]  # six rows: 1, 3, 3, 3, 5, 5
-    quantile = lambda f: bs._quantile(order(counts), f)  # noqa: E731
+    quantile = lambda f: splits.time_quantile(order(counts), f)  # noqa: E731
     assert [quantile(f) for f in (0.0, 0.2, 0.5, 0.67, 0.8, 1.0)] == [1, 3, 3, 5, 5, 5]
     # rank = ceil(6 f): 1 -> 1, ceil(1.2) = 2 -> 3, 3 -> 3, ceil(4.02) = 5 -> 5, ceil(4.8) = 5 -> 5, 6 -> 5
-    assert bs._quantile([(t, 1) for t in range(1, 11)], 1.0 - (0.2 + 0.1)) == 7  # 7 rows, not ceil(7.0000001)
-    assert bs._quantile([], 0.5) is None
+    assert (
+        splits.time_quantile([(t, 1) for t in range(1, 11)], 1.0 - (0.2 + 0.1)) == 7
+    )  # 7 rows, not ceil(7.0000001)
+    assert splits.time_quantile([], 0.5) is None
     # the global cutoff equals the per-user one over the same timestamps
     stamps = [1, 3, 3, 3, 5, 5]
-    assert all(bs._quantile(counts, 1 - f) == ml.user_eval_cutoff(stamps, f) for f in (0.1, 0.2, 0.5))
+    assert all(
+        splits.time_quantile(counts, 1 - f) == splits.user_eval_cutoff(stamps, f) for f in (0.1, 0.2, 0.5)
+    )
 
 
 def test_split_warm_per_user_and_global():
@@ -112,8 +122,8 @@ def test_split_warm_per_user_and_global():
     # per user, eval 0.2 + valid 0.2: a (5 rows) keeps ceil(4) rows before eval, ceil(3) before valid;
     # b (3 rows): ceil(2.4) = 3 -> no eval row, ceil(1.8) = 2 -> its last row is validation.
     # global (8 rows): eval cutoff = 7th timestamp (100), valid cutoff = ceil(4.8) = 5th (5).
-    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-        per_user = p | "PU" >> beam.Create(records) | "SplitPU" >> bs.SplitWarm("per_user", 0.2, 0.2)
+    with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
+        per_user = p | "PU" >> beam.Create(records) | "SplitPU" >> bsplits.SplitWarm("per_user", 0.2, 0.2)
         assert_that(
             per_user["rows"] | "PUKeys" >> beam.Map(lambda sr: (sr[1]["user_id"], sr[1]["timestamp"], sr[0])),
             equal_to(
@@ -125,7 +135,7 @@ def test_split_warm_per_user_and_global():
             label="PerUser",
         )
         assert_that(per_user["cutoffs"], equal_to([]), label="PerUserCutoffs")
-        glob = p | "G" >> beam.Create(records[::-1]) | "SplitG" >> bs.SplitWarm("global", 0.2, 0.2)
+        glob = p | "G" >> beam.Create(records[::-1]) | "SplitG" >> bsplits.SplitWarm("global", 0.2, 0.2)
         assert_that(
             glob["rows"] | "GKeys" >> beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
             equal_to(
@@ -143,14 +153,16 @@ def test_split_warm_per_user_and_global():
             label="GlobalCutoffs",
         )
     with pytest.raises(ValueError, match="valid_fraction"):
-        bs.SplitWarm("per_user", 0.5, 0.5)
+        bsplits.SplitWarm("per_user", 0.5, 0.5)
 
 
 def test_split_cold_keeps_the_future_out_of_fine_tuning():
     records = [_rec(str(t % 3), t, domain="rec_children") for t in range(1, 21)]
-    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
+    with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
         # 20 rows, eval 0.25: cutoff = 15th timestamp; then 2 validation rows, 5 fine-tune rows
-        split = p | beam.Create(records) | bs.SplitCold(eval_fraction=0.25, finetune_rows=5, valid_rows=2)
+        split = (
+            p | beam.Create(records) | bsplits.SplitCold(eval_fraction=0.25, finetune_rows=5, valid_rows=2)
+        )
         assert_that(
             split["rows"] | beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
             equal_to(
@@ -160,7 +172,9 @@ def test_split_cold_keeps_the_future_out_of_fine_tuning():
             ),
             label="Splits",
         )
-        assert_that(split[bs.FILTERED], equal_to([bs.COLDSTART_FILTER_REASON] * 8), label="Filtered")
+        assert_that(
+            split[reading.FILTERED], equal_to([bsplits.COLDSTART_FILTER_REASON] * 8), label="Filtered"
+        )
         assert_that(
             split["cutoffs"],
             equal_to(
@@ -179,36 +193,38 @@ def test_split_cold_breaks_timestamp_ties_by_sample_key_not_by_order():
     later = [_rec("u", 9, item=f"late{i}", domain="rec_children") for i in range(4)]
     # 14 rows, eval 0.3: rank ceil(9.8) = 10 -> cutoff 5, the 4 later rows are eval; of the 10 tied
     # rows the 2 with the largest keys are validation, the next 3 fine-tune, the other 5 filtered
-    by_key = sorted(tied, key=lambda r: bs.sample_key(r, 7), reverse=True)
+    by_key = sorted(tied, key=lambda r: splits.sample_key(r, 7), reverse=True)
     expected = (
         [(r["item_id"], "coldstart_valid") for r in by_key[:2]]
         + [(r["item_id"], "coldstart_finetune") for r in by_key[2:5]]
         + [(r["item_id"], "coldstart_eval") for r in later]
     )
     for order in (tied + later, later + tied[::-1]):
-        with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-            split = p | beam.Create(order) | bs.SplitCold(0.3, finetune_rows=3, valid_rows=2, seed=7)
+        with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
+            split = p | beam.Create(order) | bsplits.SplitCold(0.3, finetune_rows=3, valid_rows=2, seed=7)
             assert_that(split["rows"] | beam.Map(lambda sr: (sr[1]["item_id"], sr[0])), equal_to(expected))
-    assert bs.sample_key(tied[0], 7) == bs.sample_key(dict(reversed(tied[0].items())), 7)
-    assert bs.sample_key(tied[0], 7) != bs.sample_key(tied[0], 8)
+    assert splits.sample_key(tied[0], 7) == splits.sample_key(dict(reversed(tied[0].items())), 7)
+    assert splits.sample_key(tied[0], 7) != splits.sample_key(tied[0], 8)
 
 
 def test_cold_bounds_share_a_short_domain_pro_rata():
     latest = [(9, 1), (8, 4), (8, 2), (7, 0), (6, 3), (5, 5)]
-    assert bs._cold_bounds(latest, valid_rows=1, finetune_rows=2) == {
+    assert splits.cold_bounds(latest, valid_rows=1, finetune_rows=2) == {
         "valid_start": (9, 1),
         "finetune_start": (8, 2),
     }
     # 6 rows for 2 + 10 wanted: 6 * 2 // 12 = 1 validation row, 5 fine-tune rows
-    assert bs._cold_bounds(latest, 2, 10) == {"valid_start": (9, 1), "finetune_start": (5, 5)}
-    assert bs._cold_bounds([], 2, 10) == {"valid_start": None, "finetune_start": None}
+    assert splits.cold_bounds(latest, 2, 10) == {"valid_start": (9, 1), "finetune_start": (5, 5)}
+    assert splits.cold_bounds([], 2, 10) == {"valid_start": None, "finetune_start": None}
 
 
 def test_shards_are_sized_by_rows_and_cover_the_key_range():
     rows = [0, 9, 1_000, 3_257, 87_000, 1_000_000, 10**9]
-    assert [bs.num_shards(n) for n in rows] == [1, 1, 1, 4, 8, 40, bs.MAX_SHARDS]
-    assert [bs.shard_of(k, 8) for k in (0, 2**60 - 1, 2**60, 2**62, 2**63 - 1)] == [0, 0, 1, 4, 7]
-    assert bs.shard_path("o", "pretrain_valid", 3, 8) == "o/pretrain_valid/part-00003-of-00008.tfrecord.gz"
+    assert [writing.num_shards(n) for n in rows] == [1, 1, 1, 4, 8, 40, writing.MAX_SHARDS]
+    assert [writing.shard_of(k, 8) for k in (0, 2**60 - 1, 2**60, 2**62, 2**63 - 1)] == [0, 0, 1, 4, 7]
+    assert (
+        writing.shard_path("o", "pretrain_valid", 3, 8) == "o/pretrain_valid/part-00003-of-00008.tfrecord.gz"
+    )
 
 
 def test_mark_cold_items_counts_what_the_model_trained_on():
@@ -216,10 +232,10 @@ def test_mark_cold_items_counts_what_the_model_trained_on():
         [("pretrain_train", {"item_id": "hot"})] * 3
         + [("pretrain_train", {"item_id": "rare"})]
         + [("coldstart_finetune", {"item_id": "kid"})] * 3
-        + [(s, {"item_id": i}) for s in bs.HELD_OUT_SPLITS for i in ("hot", "rare", "kid", "new")]
+        + [(s, {"item_id": i}) for s in bsplits.HELD_OUT_SPLITS for i in ("hot", "rare", "kid", "new")]
     )
-    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-        marked = p | beam.Create(rows) | bs.MarkColdItems(max_train_count=1)
+    with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
+        marked = p | beam.Create(rows) | bsplits.MarkColdItems(max_train_count=1)
         assert_that(
             marked | beam.Map(lambda sr: (sr[0], sr[1]["item_id"], sr[1].get("is_cold_item"))),
             equal_to(
@@ -252,8 +268,8 @@ def test_write_vocabularies_most_frequent_first(tmp_path):
         ]
     ]
     (tmp_path / layout.VOCAB_DIR).mkdir()
-    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-        sizes = p | beam.Create(records) | bs.WriteVocabularies(str(tmp_path), min_frequency=2)
+    with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
+        sizes = p | beam.Create(records) | vocabularies.WriteVocabularies(str(tmp_path), min_frequency=2)
         assert_that(
             sizes,
             equal_to(
@@ -292,8 +308,8 @@ def test_embed_texts_encodes_each_unique_text_once(tmp_path, encoder_dir):
         {"query_text": q, "item_title": t}
         for q, t in [("", "A (1990)"), ("space", "A (1990)"), ("space", "B (1991)")]
     ]
-    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-        tables = p | beam.Create(records) | bs.EmbedTexts(encoder_dir, str(tmp_path), TEXT_DIM)
+    with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
+        tables = p | beam.Create(records) | text_features.EmbedTexts(encoder_dir, str(tmp_path), TEXT_DIM)
         assert_that(
             tables["query_text"]
             | "Q" >> beam.Map(lambda kv: (kv[0], len(tf.train.Feature.FromString(kv[1]).float_list.value))),
@@ -321,7 +337,7 @@ def test_embed_texts_encodes_each_unique_text_once(tmp_path, encoder_dir):
 
 
 def test_build_manifest_reconciles():
-    spec = FeatureSpec.default(text_dim=TEXT_DIM)
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=TEXT_DIM)
     stats = {
         ("read", "ratings"): 10,
         ("used", "ratings"): 7,
@@ -354,7 +370,7 @@ def test_build_manifest_reconciles():
         "coldstart_finetune_rows": 5,
         "shuffle_seed": 3,
     }
-    manifest = bs.build_manifest(stats, spec, {"name": "tiny"}, "tfsr preprocess --x", options)
+    manifest = bmanifest.build_manifest(stats, spec, {"name": "tiny"}, "tfsr preprocess --x", options)
     assert manifest["split_cutoffs"] == {
         "pretrain": {
             "mode": "global",
@@ -376,7 +392,7 @@ def test_build_manifest_reconciles():
     assert manifest["shards"] == {
         split: {"pretrain_train": 8, "coldstart_eval": 1}.get(split, 0) for split in layout.SPLITS
     }
-    per_user = bs.build_manifest(stats, spec, {}, "", options | {"split_mode": "per_user"})
+    per_user = bmanifest.build_manifest(stats, spec, {}, "", options | {"split_mode": "per_user"})
     assert "eval_cutoff" not in per_user["split_cutoffs"]["pretrain"]  # one cutoff per user
     assert manifest["counts"]["pretrain_train"]["rec_drama"] == {
         "samples": 4,
@@ -395,7 +411,7 @@ def test_build_manifest_reconciles():
     assert manifest["reconciliation"]["balanced"]
     assert FeatureSpec.from_json(manifest["feature_spec"]) == spec
     stats[("used", "ratings")] = 6  # a row lost without a trace must show
-    assert not bs.build_manifest(stats, spec, {}, "", {})["reconciliation"]["balanced"]
+    assert not bmanifest.build_manifest(stats, spec, {}, "", {})["reconciliation"]["balanced"]
 
 
 # -------------------------------------------------------------------------------------- end to end
@@ -446,7 +462,7 @@ def test_corrupted_movielens_finishes_dead_letters_each_bad_row_and_keeps_good_r
     }
     assert {k: d["reason"] for k, d in dead.items()} == expected
     assert expected[("ratings", 25)] == expected[("tags", 12)] == "field_too_long"
-    assert all(len(d["raw"]) <= bs.RAW_SNIPPET_CHARS and d["detail"] for d in dead.values())
+    assert all(len(d["raw"]) <= reading.RAW_SNIPPET_CHARS and d["detail"] for d in dead.values())
 
     manifest = layout.read_manifest(out)
     rows = manifest["reconciliation"]["rows"]

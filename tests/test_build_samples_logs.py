@@ -4,14 +4,15 @@ samples built from the same rows do not depend on the order of the logs."""
 import pathlib
 
 from tfsr import data, layout
-from tfsr.datasets import RowError
+from tfsr.contract import RowError
 from tfsr.datasets.logs import CSV_HEADER, format_log_line, log_format, parse_log_line
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import FeatureSpec
 
 import numpy as np
 import pytest
 
-SPEC = FeatureSpec.default()
+SPEC = FeatureSpec.default(MOVIELENS_DOMAINS)
 SEARCH = {
     "domain": "search_tags",
     "user_id": "u1",

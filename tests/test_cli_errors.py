@@ -142,8 +142,8 @@ CASES = [
     ),
     (
         "encode-text-weights",
-        "encode-text identity --weights-dir {file}",
-        "tfsr encode-text: error: --weights-dir {file}: is a file, not a directory",
+        "encode-text identity --weights_dir {file}",
+        "tfsr encode-text: error: --weights_dir {file}: is a file, not a directory",
     ),
 ]
 

@@ -3,13 +3,14 @@
 import collections
 
 from tfsr import data, layout
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import FeatureSpec
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-SPEC = FeatureSpec.default(text_dim=4)
+SPEC = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=4)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_domain_sampling_weights(samples_dir):
 
 
 def test_bad_records_fail_fast_naming_the_feature(tmp_path):
-    other = FeatureSpec.default(text_dim=3)  # the embeddings are one value short
+    other = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=3)  # the embeddings are one value short
     pattern = data.write_synthetic_samples(tmp_path / "bad", other, 5, num_shards=1)
     with pytest.raises(ValueError, match="item_title_embedding|query_text_embedding"):
         data.make_dataset(pattern, SPEC, 4)

@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 
 from tfsr import data
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import Domain, FeatureSpec
 from tfsr.models import ModelConfig, build_model, load_model, save_model
 
@@ -24,7 +25,7 @@ example = _load_example()
 
 
 def test_hooks_are_used_and_the_model_round_trips(tmp_path):
-    spec = FeatureSpec.default(text_dim=8)
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=8)
     config = ModelConfig(
         "team_search_example",
         embedding_dim=4,

@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import tfsr.export as export
-from tfsr.export import testing as T
 
 import numpy as np
 import pytest
+import serving_doubles as T
 import tensorflow as tf
 
 TEXT_DIM = 16

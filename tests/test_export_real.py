@@ -4,10 +4,10 @@ import os
 
 import tfsr.export as export
 from tfsr import layout
-from tfsr.export import testing as T
 
 import numpy as np
 import pytest
+import serving_doubles as T
 import tensorflow as tf
 
 TEXT_DIM = 32

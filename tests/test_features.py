@@ -5,14 +5,9 @@ import os
 import subprocess
 import sys
 
-from tfsr.features import (
-    MOVIELENS_DOMAINS,
-    Domain,
-    DomainRegistry,
-    Feature,
-    FeatureSpec,
-    FeatureValidationError,
-)
+from tfsr.contract import RowError
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
+from tfsr.features import Domain, DomainRegistry, Feature, FeatureSpec
 
 import numpy as np
 import pytest
@@ -23,7 +18,7 @@ TEXT_DIM = 4
 
 @pytest.fixture
 def spec() -> FeatureSpec:
-    return FeatureSpec.default(text_dim=TEXT_DIM)
+    return FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=TEXT_DIM)
 
 
 def full_record(**overrides):
@@ -90,7 +85,7 @@ def test_defaults_fill_optional_features_in_python_and_in_parsing(spec):
     ],
 )
 def test_validator_names_field_and_problem(spec, overrides, field, problem):
-    with pytest.raises(FeatureValidationError) as err:
+    with pytest.raises(RowError) as err:
         spec.validate(full_record(**overrides))
     assert err.value.field == field
     assert problem in err.value.problem
@@ -98,14 +93,14 @@ def test_validator_names_field_and_problem(spec, overrides, field, problem):
 
 
 def test_validator_rejects_non_mapping(spec):
-    with pytest.raises(FeatureValidationError, match="expected a mapping"):
+    with pytest.raises(RowError, match="expected a mapping"):
         spec.validate(["not", "a", "dict"])
 
 
 def test_missing_derived_feature_says_how_to_compute_it(spec):
     record = full_record()
     del record["item_title_embedding"]
-    with pytest.raises(FeatureValidationError, match="compute it from 'item_title'"):
+    with pytest.raises(RowError, match="compute it from 'item_title'"):
         spec.validate(record)
     # ...but a raw-only record (what logs carry) does not need it.
     assert "item_title_embedding" not in spec.validate(record, roles=("raw", "label", "meta"))

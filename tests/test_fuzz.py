@@ -20,14 +20,15 @@ import random
 import socket
 
 from beam_jobs import build_samples as bs
+from beam_jobs import core
 from serving import client as client_lib
 from tfsr import layout
 from tfsr.datasets.logs import CSV_HEADER, format_log_line
-from tfsr.export import testing as T
 
 import grpc
 import numpy as np
 import pytest
+import serving_doubles as T
 import tensorflow as tf
 from bad_inputs import fuzz
 from test_serving import _ok, _peak_rss_mb, _raw_request, env  # noqa: F401  (env: the server fixture)
@@ -104,8 +105,8 @@ def test_fuzz_log_lines_never_crash_build_samples_and_every_line_is_accounted(tm
         dead
     )
     assert set(dead_at) <= mutated  # a valid line is never dead-lettered
-    assert bs.ROW_EXCEPTION not in ledger["dead_lettered"], [
-        d for d in dead if d["reason"] == bs.ROW_EXCEPTION
+    assert core.ROW_EXCEPTION not in ledger["dead_lettered"], [
+        d for d in dead if d["reason"] == core.ROW_EXCEPTION
     ]
     assert ledger["filtered"].get("header") == 1
     assert ledger["used"] >= total - len(mutated) - 1  # every valid line kept (the header is filtered)

@@ -4,6 +4,7 @@ explicit interactions and the DeepFM / DCN-v2 baselines."""
 import json
 
 from tfsr import data
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import Domain, DomainRegistry, FeatureSpec
 from tfsr.layers import ASPECTS, ENTITIES
 from tfsr.models import (
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-SPEC = FeatureSpec.default(text_dim=6)
+SPEC = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=6)
 VOCABS = {"user_id": [f"u{i}" for i in range(10)], "item_genres": ["Action", "Comedy", "Drama"]}
 SMALL = {
     "embedding_dim": 4,
@@ -458,7 +459,8 @@ def test_field_baselines_train_and_take_a_new_domain(model_type, tmp_path):
 def test_field_baselines_export_for_serving(model_type, tmp_path):
     """tfsr.export serves the new baselines with the same scores as the in-memory model, core ops only."""
     from tfsr import export, layout
-    from tfsr.export import testing as T
+
+    import serving_doubles as T
 
     spec = T.toy_spec(8)
     encoder = T.HashingTextEncoder(8)

@@ -1,12 +1,13 @@
 """A small end-to-end training run on synthetic records with real signal."""
 
 from tfsr import data
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import FeatureSpec
 from tfsr.models import ModelConfig, build_model
 
 import pytest
 
-SPEC = FeatureSpec.default(text_dim=8)
+SPEC = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=8)
 WORLD = {"num_users": 15, "num_items": 30, "num_queries": 10}
 
 

@@ -8,8 +8,13 @@ import urllib.error
 
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
 from beam_jobs import build_samples as bs
+from beam_jobs import core, sources
+from tfsr.contract import RowError
 from tfsr.datasets import movielens as ml
-from tfsr.features import MOVIELENS_DOMAINS, FeatureSpec
+from tfsr.datasets import search_impressions as si
+from tfsr.datasets import splits
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
+from tfsr.features import FeatureSpec
 
 import apache_beam as beam
 import pytest
@@ -43,7 +48,7 @@ def test_parse_movie_with_quoted_title_and_no_genres():
     ],
 )
 def test_parse_movie_rejects_with_reason(line, reason):
-    with pytest.raises(ml.RowError) as err:
+    with pytest.raises(RowError) as err:
         ml.parse_movie(line)
     assert err.value.reason == reason
     assert err.value.detail  # a human explanation, never empty
@@ -70,7 +75,7 @@ def test_parse_rating_and_tag():
     ],
 )
 def test_parse_rating_rejects_with_reason(line, reason):
-    with pytest.raises(ml.RowError) as err:
+    with pytest.raises(RowError) as err:
         ml.parse_rating(line, MOVIES)
     assert err.value.reason == reason
     assert reason in str(err.value)
@@ -86,7 +91,7 @@ def test_parse_rating_rejects_with_reason(line, reason):
     ],
 )
 def test_parse_tag_rejects_with_reason(line, reason):
-    with pytest.raises(ml.RowError) as err:
+    with pytest.raises(RowError) as err:
         ml.parse_tag(line, MOVIES)
     assert err.value.reason == reason
 
@@ -120,7 +125,7 @@ def test_label_decade_and_query_rules():
     assert ml.decade_of("Cosmos (1980\u20131981) ") == "1980s"
     assert ml.decade_of("1984 (1956)") == "1950s"
     assert ml.normalize_query("  Dark   COMEDY\u00a0") == "dark comedy"
-    assert ml.text_tokens("The Sci-Fi of it") == ["sci"]
+    assert si.text_tokens("The Sci-Fi of it") == ["sci"]
 
 
 # -------------------------------------------------------------------- search: same_tag construction
@@ -143,12 +148,12 @@ def _same_tag_index():
         ml.Tag(13, 4, "space opera", 4),
     ]
     rating_times = {m: tuple(range(n)) for m, n in {5: 100, 4: 50, 2: 10, 1: 5, 3: 3, 6: 1}.items()}
-    return {m.movie_id: m for m in movies}, ml.build_search_index("same_tag", movies, tags, rating_times)
+    return {m.movie_id: m for m in movies}, si.build_search_index("same_tag", movies, tags, rating_times)
 
 
 def test_same_tag_negatives_prefer_retrieved_movies_and_exclude_the_click():
     movies, index = _same_tag_index()
-    assert isinstance(index, ml.SameTagIndex)
+    assert isinstance(index, si.SameTagIndex)
     tag = ml.Tag(10, 1, "space", 1)
     first = index.negatives(tag, 1, seed=0)
     assert first == [3]  # the other movie tagged "space" (tier 1)
@@ -163,13 +168,13 @@ def test_same_tag_negatives_prefer_retrieved_movies_and_exclude_the_click():
 def test_same_tag_negatives_exclude_movies_the_user_tagged_with_the_same_query():
     movies = [ml.Movie(i, f"M{i}", ()) for i in range(1, 5)]
     tags = [ml.Tag(1, 1, "x", 1), ml.Tag(1, 2, "x", 1), ml.Tag(2, 3, "x", 1)]
-    index = ml.SameTagIndex.build(movies, tags, {4: 9})
+    index = si.SameTagIndex.build(movies, tags, {4: 9})
     assert index.negatives(ml.Tag(1, 1, "x", 1), 3, seed=1) == [3, 4]
 
 
 def test_search_records_are_one_impression_list():
     movies, index = _same_tag_index()
-    records = ml.search_records(ml.Tag(10, 1, "Space", 7), movies, index, num_negatives=2, seed=0)
+    records = si.search_records(ml.Tag(10, 1, "Space", 7), movies, index, num_negatives=2, seed=0)
     assert [r["label"] for r in records] == [1, 0, 0]
     assert {(r["domain"], r["user_id"], r["query_text"], r["query_id"], r["timestamp"]) for r in records} == {
         ("search_tags", "10", "Space", "space", 7)
@@ -178,9 +183,9 @@ def test_search_records_are_one_impression_list():
 
 
 def test_build_search_index_rejects_an_unknown_construction():
-    assert ml.SEARCH_CONSTRUCTIONS[0] == "engine"  # the default of build_samples --search_impressions
+    assert si.SEARCH_CONSTRUCTIONS[0] == "engine"  # the default of build_samples --search_impressions
     with pytest.raises(ValueError, match="unknown search construction 'bm25'"):
-        ml.build_search_index("bm25", [], [], {})
+        si.build_search_index("bm25", [], [], {})
 
 
 # ---------------------------------------------------------------------- search: engine construction
@@ -213,8 +218,8 @@ def _engine_world():
 
 def test_engine_ranks_only_what_was_known_before_the_search():
     movies, tags, rating_times = _engine_world()
-    engine = ml.build_search_index("engine", movies, tags, rating_times)
-    assert isinstance(engine, ml.SearchEngine)
+    engine = si.build_search_index("engine", movies, tags, rating_times)
+    assert isinstance(engine, si.SearchEngine)
     assert engine.popularity(3, T) == 0 and engine.popularity(3, T + 11 * DAY) == 1  # rated after T only
     assert engine.popularity(4, T) == 1
     # At T the catalog is {1, 3, 4} (N = 3); "pirate" matches movie 1 (title) and movie 3 (two past
@@ -239,19 +244,19 @@ def test_engine_ranks_only_what_was_known_before_the_search():
 
 def test_engine_negatives_are_page_results_without_the_users_clicks():
     movies, tags, rating_times = _engine_world()
-    engine = ml.SearchEngine.build(movies, tags, rating_times)
+    engine = si.SearchEngine.build(movies, tags, rating_times)
     search = ml.Tag(10, 3, "pirate", T)
     assert engine.negatives(search, 5, seed=0) == [1, 4]  # the whole page, in page order
     user12 = ml.Tag(12, 1, "pirate", T)  # user 12 tagged movie 3 "pirate" before: a click, never a skip
     assert engine.negatives(user12, 5, seed=0) == [4]
-    records = ml.search_records(search, {m.movie_id: m for m in movies}, engine, num_negatives=1, seed=3)
+    records = si.search_records(search, {m.movie_id: m for m in movies}, engine, num_negatives=1, seed=3)
     assert [(r["item_id"], r["label"]) for r in records][0] == ("3", 1)
     assert len(records) == 2 and records[1]["item_id"] in {"1", "4"}
 
 
 def test_engine_impressions_decay_with_page_position():
     movies, tags, rating_times = _engine_world()
-    engine = ml.SearchEngine.build(movies, tags, rating_times)
+    engine = si.SearchEngine.build(movies, tags, rating_times)
     search = ml.Tag(10, 3, "pirate", T)
     picks = [engine.negatives(search, 1, seed=s)[0] for s in range(600)]
     # weights 1 and 1/2 for page positions 0 (movie 1) and 1 (movie 4): P(movie 1) = 2/3
@@ -261,8 +266,8 @@ def test_engine_impressions_decay_with_page_position():
 
 def test_engine_is_independent_of_input_order():
     movies, tags, rating_times = _engine_world()
-    engine = ml.SearchEngine.build(movies, tags, rating_times)
-    shuffled = ml.SearchEngine.build(
+    engine = si.SearchEngine.build(movies, tags, rating_times)
+    shuffled = si.SearchEngine.build(
         movies[::-1], tags[::-1], {m: list(reversed(ts)) for m, ts in reversed(rating_times.items())}
     )
     assert shuffled == engine
@@ -273,7 +278,7 @@ def test_engine_on_real_data_is_deterministic_and_never_shows_the_click(movielen
     rating_times = collections.defaultdict(list)
     for r in data.ratings:
         rating_times[r.movie_id].append(r.timestamp)
-    engine = ml.SearchEngine.build(data.movies.values(), data.tags, rating_times)
+    engine = si.SearchEngine.build(data.movies.values(), data.tags, rating_times)
     sample = data.tags[::97]
     negatives = [engine.negatives(t, 4, seed=0) for t in sample]
     assert negatives == [engine.negatives(t, 4, seed=0) for t in sample]
@@ -284,14 +289,16 @@ def test_engine_on_real_data_is_deterministic_and_never_shows_the_click(movielen
 
 
 def test_user_eval_cutoff_keeps_ties_in_training():
-    assert ml.user_eval_cutoff([1, 2, 3, 4, 5], 0.2) == 4
-    assert ml.user_eval_cutoff([5, 1, 4, 2, 3, 6, 7, 8, 9, 10], 0.2) == 8
-    assert ml.user_eval_cutoff([3, 3, 3, 3, 3], 0.2) == 3  # all ties -> training only
-    assert ml.user_eval_cutoff([1, 2, 2, 2], 0.5) == 2
-    assert ml.split_of(5, 4, "eval", "train") == "eval" and ml.split_of(4, 4, "eval", "train") == "train"
+    assert splits.user_eval_cutoff([1, 2, 3, 4, 5], 0.2) == 4
+    assert splits.user_eval_cutoff([5, 1, 4, 2, 3, 6, 7, 8, 9, 10], 0.2) == 8
+    assert splits.user_eval_cutoff([3, 3, 3, 3, 3], 0.2) == 3  # all ties -> training only
+    assert splits.user_eval_cutoff([1, 2, 2, 2], 0.5) == 2
+    assert (
+        splits.split_of(5, 4, "eval", "train") == "eval" and splits.split_of(4, 4, "eval", "train") == "train"
+    )
     with pytest.raises(ValueError, match="eval_fraction"):
-        ml.user_eval_cutoff([1], 1.0)
-    assert ml.is_cold_item(2, 2) == 1 and ml.is_cold_item(3, 2) == 0
+        splits.user_eval_cutoff([1], 1.0)
+    assert splits.is_cold_item(2, 2) == 1 and splits.is_cold_item(3, 2) == 0
 
 
 # ------------------------------------------------------------------------------------------ reader
@@ -364,7 +371,7 @@ def _write_engine_world(folder: pathlib.Path) -> None:
     )
 
 
-@pytest.mark.parametrize("construction", ml.SEARCH_CONSTRUCTIONS)
+@pytest.mark.parametrize("construction", si.SEARCH_CONSTRUCTIONS)
 def test_build_samples_constructs_the_chosen_search_impressions(tmp_path, construction):
     """build_samples' --search_impressions reaches read_movielens, whose Beam side-input index gives the
     same impressions as the in-memory rules."""
@@ -377,15 +384,17 @@ def test_build_samples_constructs_the_chosen_search_impressions(tmp_path, constr
 
     _write_engine_world(tmp_path)
     movies, tags, rating_times = _engine_world()
-    index = ml.build_search_index(construction, movies, tags, rating_times)
+    index = si.build_search_index(construction, movies, tags, rating_times)
     table = {m.movie_id: m for m in movies}
     expected = [
         (r["user_id"], r["timestamp"], r["item_id"], r["label"])
         for t in tags
-        for r in ml.search_records(t, table, index, num_negatives=2, seed=5)
+        for r in si.search_records(t, table, index, num_negatives=2, seed=5)
     ]
-    with test_pipeline.TestPipeline(runner=bs.LOCAL_RUNNER) as p:
-        branches = bs.read_movielens(p, str(tmp_path), FeatureSpec.default(), 2, 5, args.search_impressions)
+    with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
+        branches = sources.read_movielens(
+            p, str(tmp_path), FeatureSpec.default(MOVIELENS_DOMAINS), 2, 5, args.search_impressions
+        )
         (search,) = [b.used for b in branches if b.source == "tags"]
         got = search | beam.FlatMap(
             lambda row: [(r["user_id"], r["timestamp"], r["item_id"], r["label"]) for r in row[1]]

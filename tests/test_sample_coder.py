@@ -3,6 +3,7 @@ other key layouts (a team's extended schema) fall back to the dict encoding and 
 
 from beam_jobs.sample_coder import DEFAULT_FIELDS, SampleCoder, SampleRecord, SplitRecord
 from tfsr.datasets import logs
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import FeatureSpec
 
 import apache_beam as beam
@@ -16,7 +17,7 @@ LINE = (
 
 @pytest.fixture(scope="module")
 def record():
-    return logs.parse_log_line(LINE, "jsonl", FeatureSpec.default())
+    return logs.parse_log_line(LINE, "jsonl", FeatureSpec.default(MOVIELENS_DOMAINS))
 
 
 def test_parsed_records_have_the_default_field_layout(record):

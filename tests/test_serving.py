@@ -12,13 +12,14 @@ import urllib.error
 import urllib.request
 
 from serving import client as client_lib
+from serving import config as config_lib
 from serving import server as server_lib
 from tfsr.cli import subprocess_command
-from tfsr.export import testing as T
 
 import grpc
 import numpy as np
 import pytest
+import serving_doubles as T
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, predict_pb2
 
@@ -33,7 +34,7 @@ def env(tmp_path_factory):
     toy = T.export_toy_model(root, TEXT_DIM)
     spec, encoder, samples, model, path = toy.spec, toy.encoder, toy.samples_dir, toy.model, toy.path
     server = server_lib.ModelServer(
-        [server_lib.ModelConfig("toy", str(path.parent))],
+        [config_lib.ModelConfig("toy", str(path.parent))],
         port=0,
         rest_api_port=0,
         max_batch_size=MAX_BATCH,
@@ -279,7 +280,7 @@ def test_model_config_parsing(tmp_path):
         'model_version_policy { latest { num_versions: 2 } } version_labels { key: "stable" value: 1 } } '
         'config { name: "b" base_path: "/abs/b" model_version_policy { specific { versions: 3 } } } }'
     )
-    a, b = server_lib.read_model_config(text, relative_to="/base")
+    a, b = config_lib.read_model_config(text, relative_to="/base")
     assert (a.name, a.base_path, a.policy, a.num_versions, dict(a.version_labels)) == (
         "a",
         "/base/rel/a",
@@ -289,8 +290,8 @@ def test_model_config_parsing(tmp_path):
     )
     assert (b.base_path, b.policy, b.versions) == ("/abs/b", "specific", (3,))
     assert a.wanted([1, 2, 3]) == [2, 3] and b.wanted([1, 2, 3]) == [3]
-    configs = server_lib.read_model_config(
-        os.path.join(os.path.dirname(server_lib.__file__), "models.config")
+    configs = config_lib.read_model_config(
+        os.path.join(os.path.dirname(config_lib.__file__), "models.config")
     )
     assert configs[0].name == "tfsr"
 
@@ -307,7 +308,7 @@ def test_hot_swap_and_broken_version(env, tmp_path):
     base.mkdir()
     _copy_version(env["path"], base, 1)
     server = server_lib.ModelServer(
-        [server_lib.ModelConfig("hot", str(base))], port=0, poll_wait_s=0.1, num_threads=4
+        [config_lib.ModelConfig("hot", str(base))], port=0, poll_wait_s=0.1, num_threads=4
     ).start()
     client = client_lib.ScoringClient(server.target, "hot", deadline_s=10.0)
     request = client.predict_request(client.examples(T.toy_records(16, seed=2)))
@@ -420,7 +421,7 @@ HOSTILE_CONNECTIONS = 6
 def hostile(env):
     """A second server on the same model with short REST timeouts and small limits."""
     server = server_lib.ModelServer(
-        [server_lib.ModelConfig("toy", str(env["path"].parent))],
+        [config_lib.ModelConfig("toy", str(env["path"].parent))],
         port=0,
         rest_api_port=0,
         max_batch_size=MAX_BATCH,

@@ -16,12 +16,13 @@ import time
 
 import tfsr.export as export
 from serving import client as client_lib
+from serving import config as config_lib
 from serving import server as server_lib
-from tfsr.export import testing as T
 
 import grpc
 import numpy as np
 import pytest
+import serving_doubles as T
 import tensorflow as tf
 
 TEXT_DIM = 16
@@ -57,7 +58,7 @@ def test_eight_clients_through_hot_swap_and_broken_version(tmp_path):
     expected = {1: [_expected_ctr(v1, s) for s in serialized]}
 
     server = server_lib.ModelServer(
-        [server_lib.ModelConfig("load", str(base / "load"))], port=0, poll_wait_s=0.2, num_threads=CLIENTS
+        [config_lib.ModelConfig("load", str(base / "load"))], port=0, poll_wait_s=0.2, num_threads=CLIENTS
     ).start()
     assert server.wait_until_available("load") == 1
 

@@ -10,8 +10,9 @@ import json
 from tfsr import data as samples
 from tfsr.datasets import synthetic
 from tfsr.datasets.logs import parse_log_line
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.evaluation import auc
-from tfsr.features import MOVIELENS_DOMAINS, FeatureSpec
+from tfsr.features import FeatureSpec
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def test_generate_is_a_seeded_stream_of_exactly_n_rows():
 
 
 def test_rows_validate_against_the_feature_spec_and_cover_every_domain():
-    spec = FeatureSpec.default()
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS)
     rows = list(synthetic.generate(5000, seed=0, config=SMALL))
     for row in rows:
         spec.validate(row, roles=("raw", "label", "meta"))
@@ -68,7 +69,7 @@ def test_write_logs_round_trips_through_the_generic_parser(tmp_path, fmt, compre
     assert [p.name for p in paths] == [
         f"synthetic-0000{i}-of-00003.{fmt}" + (".gz" if compress else "") for i in range(3)
     ]
-    spec = FeatureSpec.default()
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS)
     parsed = []
     for path in paths:
         data = path.read_bytes()
@@ -97,7 +98,7 @@ def test_bad_arguments_are_named():
 
 
 # ------------------------------------------------------------------ planted aspect informativeness
-SPEC8 = FeatureSpec.default(text_dim=8)
+SPEC8 = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=8)
 PLANTED = samples.PLANTED_ASPECTS
 
 

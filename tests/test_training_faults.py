@@ -3,6 +3,7 @@ input feature or in the loss stops the run naming the step (and the feature) and
 checkpoint; TFRecords that do not match the feature spec fail fast naming the feature."""
 
 import math
+import re
 import signal
 import subprocess
 import time
@@ -73,7 +74,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(samples, tmp_pa
     )
     killed_at = None
     for line in victim.stderr:  # the progress lines: one per step
-        if "train: step 22 " in line:  # mid epoch 2 (16 steps per epoch), after ckpt-16 and ckpt-20
+        if re.search(
+            r"train: step 22\b", line
+        ):  # mid epoch 2 (16 steps per epoch), after ckpt-16 and ckpt-20
             victim.send_signal(signal.SIGKILL)
             killed_at = 22
             break

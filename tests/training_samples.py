@@ -7,6 +7,7 @@ import subprocess
 
 from tfsr import data, layout
 from tfsr.cli import subprocess_command
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import FeatureSpec
 
 import tensorflow as tf
@@ -30,7 +31,7 @@ MODEL_FLAGS = [
 
 def write_samples_dir(root: pathlib.Path, rows: int = 600, text_dim: int = 4, shards: int = 2, seed: int = 0):
     """feature_spec.json + pretrain_train/part-*.tfrecord.gz of synthetic records. Returns (root, spec)."""
-    spec = FeatureSpec.default(text_dim=text_dim)
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=text_dim)
     root.mkdir(parents=True, exist_ok=True)
     (root / layout.FEATURE_SPEC).write_text(spec.dumps(), encoding="utf-8")
     data.write_synthetic_samples(root / layout.PRETRAIN_TRAIN, spec, rows, seed=seed, num_shards=shards)

@@ -9,16 +9,24 @@ and exits with status 2, without a traceback unless ``--verbose`` is given. Path
 here, before the command's module is imported (several import TensorFlow or Beam, 2–10 s), so a typo
 is answered in about a second; checks that need the command's own logic (a path from a config file,
 the MovieLens lookup, a glob) are made by the command, which raises :class:`UsageError` too.
+
+Output is quiet by default (:func:`configure_output`, called first by every entry point): tfsr's own
+INFO lines, no TensorFlow C++ logging (the CUDA probing lines a CPU machine prints), no third-party
+warnings. ``-v`` / ``--verbose`` shows them.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import json
 import logging
 import os
 import pathlib
+import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -31,6 +39,115 @@ from tfsr import layout
 # rather than imported, because those modules import TensorFlow.
 MODEL_CONFIG_FILE = "model_config.json"
 MODEL_SUBDIR = "model"
+
+
+# ----------------------------------------------------------------------------- quiet by default
+# Loggers of the libraries tfsr drives: their INFO and WARNING lines are noise for a tfsr user.
+THIRD_PARTY_LOGGERS = ("apache_beam", "absl", "tensorflow", "tf_keras", "h5py", "grpc", "py.warnings")
+_OWN_PACKAGES = ("tfsr", "beam_jobs", "serving", "benchmarks")
+# What TensorFlow's C++ runtime writes straight to fd 2 while it loads, before any log level applies: the
+# absl pre-initialisation warning and the CUDA probing (``cudart_stub.cc:31] Could not find cuda
+# drivers``). Only I/W/E lines of that form are dropped; anything else written meanwhile is kept.
+_ABSL_PREINIT = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_CPP_LOG_LINE = re.compile(r"^[IWE]\d{4} [\d:.]+ +\d+ [\w.+-]+:\d+\] ")
+
+
+def _is_load_noise(line: str) -> bool:
+    return line.startswith(_ABSL_PREINIT) or bool(_CPP_LOG_LINE.match(line))
+
+
+class _ThirdPartyRootRecords(logging.Filter):
+    """Drops root-logger records below ERROR emitted by library code outside tfsr's packages (e.g.
+    Beam's ``logging.warning("apitools not found, ...")`` when its BigQuery client is imported)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "root" or record.levelno >= logging.ERROR:
+            return True
+        parts = pathlib.PurePath(record.pathname).parts
+        for i, part in enumerate(parts[:-1]):
+            if part in ("site-packages", "dist-packages"):
+                return parts[i + 1] in _OWN_PACKAGES
+        return True
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    """Executes a module with fd 2 captured, then writes back what was captured minus the load noise."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+b") as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                self._loader.exec_module(module)
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                kept = [
+                    line
+                    for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not _is_load_noise(line)
+                ]
+                if kept:
+                    sys.stderr.write("".join(kept))
+                    sys.stderr.flush()
+
+    def __getattr__(self, name):  # resource readers and the like: the real loader's
+        return getattr(self._loader, name)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` once, with a loader that filters what its C++ runtime prints while it loads."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+def configure_output(verbose: bool = False) -> None:
+    """Sets up logging for a tfsr command: quiet by default, everything with `verbose`.
+
+    The one place that decides what a command prints, called first by every entry point (:func:`main`,
+    and the ``python -m`` entry of the stages). By default: tfsr's INFO lines; third-party loggers
+    (Beam, absl, TensorFlow, ...) and Python warnings at ERROR only; unless the environment sets
+    ``TF_CPP_MIN_LOG_LEVEL`` (then TensorFlow's C++ logging is left as it says), ``TF_CPP_MIN_LOG_LEVEL=3``
+    (the CUDA lines a CPU machine prints) and the lines TensorFlow's C++ runtime writes while it loads,
+    before any level applies, filtered out. With `verbose`, none of that: the libraries' warnings and
+    TensorFlow's own log levels.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for handler in root.handlers:
+        for f in [f for f in handler.filters if isinstance(f, _ThirdPartyRootRecords)]:
+            handler.removeFilter(f)
+    for finder in [f for f in sys.meta_path if isinstance(f, _QuietTensorFlowImport)]:
+        sys.meta_path.remove(finder)
+    level = logging.WARNING if verbose else logging.ERROR
+    for name in THIRD_PARTY_LOGGERS:  # their INFO lines drown the progress lines, even with --verbose
+        logging.getLogger(name).setLevel(level)
+    logging.captureWarnings(not verbose)  # Python warnings of the libraries become py.warnings records
+    if verbose:
+        return
+    for handler in root.handlers:
+        handler.addFilter(_ThirdPartyRootRecords())
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:  # the user's choice of TensorFlow's C++ logging stands
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 class UsageError(SystemExit, ValueError):
@@ -154,7 +271,7 @@ COMMANDS: dict[str, Command] = {
         "tfsr.training.cli",
         "evaluate_main",
         "per-domain evaluation report (JSON, markdown, plots)",
-        (("--model", "model"), ("--samples_dir", "samples")),
+        (("--model_dir", "model"), ("--model", "model"), ("--samples_dir", "samples")),
     ),
     "export": Command(
         "tfsr.export",
@@ -184,19 +301,20 @@ COMMANDS: dict[str, Command] = {
         "tfsr.text.cli",
         "main",
         "export the frozen text encoder / embed texts",
-        (("--input", "file"), ("--weights-dir", "dir")),
+        (("--input", "file"), ("--weights_dir", "dir")),
     ),
 }
 
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
-    lines = ["usage: tfsr [--verbose] <command> [options]", "", "commands:"]
+    lines = ["usage: tfsr [-v | --verbose] <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items()]
     lines += [
         "",
         "Run `tfsr <command> --help` for the options of one command. A mistake in the arguments is one",
-        "line on stderr and exit status 2; --verbose (anywhere) adds its traceback.",
+        "line on stderr and exit status 2. -v / --verbose (anywhere) adds its traceback and the libraries'",
+        "own output (TensorFlow's C++ log, Beam's and absl's warnings), which is hidden by default.",
     ]
     return "\n".join(lines)
 
@@ -237,11 +355,16 @@ def _dispatch(command: Command, argv: list[str]) -> int | None:
     return getattr(importlib.import_module(command.module), command.func)(argv)
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tfsr` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = argv[:1] == ["--verbose"]
-    argv = argv[1:] if verbose else argv
+    verbose = any(a in VERBOSE_FLAGS for a in argv)
+    configure_output(verbose)  # before anything imports TensorFlow or Beam
+    if argv[:1] in (["-v"], ["--verbose"]):
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -253,15 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tfsr: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     command = COMMANDS[name]
-    if "--verbose" in rest:
-        verbose = True
-        if not command.takes_verbose:
-            rest = [a for a in rest if a != "--verbose"]
-    elif verbose and command.takes_verbose:
+    rest = [a for a in rest if a not in VERBOSE_FLAGS]
+    if verbose and command.takes_verbose:
         rest.append("--verbose")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "absl", "tensorflow"):  # their INFO lines drown the progress lines
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     return run_command(f"tfsr {name}", lambda args: _dispatch(command, args), rest, verbose)
 
 

@@ -20,6 +20,7 @@ import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 
 from tfsr import layout
+from tfsr.contract import check_positive_int
 from tfsr.features import FeatureSpec
 
 import numpy as np
@@ -103,8 +104,7 @@ def make_dataset(
       ValueError: bad arguments, or the first record of a file does not match `spec` (naming the
         feature); records further in are checked when read (TensorFlow's error names the feature).
     """
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     if domains is not None and domain_weights is not None:
         raise ValueError("give domains or domain_weights, not both")
     for name in list(domains or []) + list(domain_weights or {}):
@@ -175,30 +175,6 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def dummy_batch(spec: FeatureSpec) -> dict[str, tf.Tensor]:
-    """A two-row batch of the model features (one sample with a query, one without).
-
-    Used to build a model's variables before restoring weights or tracing.
-    """
-    search = next((d.name for d in spec.domains if d.kind == "search"), spec.domains.names[0])
-    rec = next((d.name for d in spec.domains if d.kind == "rec"), spec.domains.names[0])
-    batch = {}
-    for f in spec.model_features:
-        dtype = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}[f.dtype]
-        if f.name == "domain":
-            batch[f.name] = tf.constant([search, rec])
-        elif f.varlen:
-            values = [["a"], []] if f.dtype == "string" else [[1], []]
-            batch[f.name] = tf.ragged.constant(values, dtype=dtype, row_splits_dtype=tf.int64)
-        elif f.shape:
-            batch[f.name] = tf.concat([tf.ones([1, *f.shape], dtype), tf.zeros([1, *f.shape], dtype)], axis=0)
-        elif f.dtype == "string":
-            batch[f.name] = tf.constant(["a", ""])
-        else:
-            batch[f.name] = tf.constant([1, 0], dtype)
-    return batch
-
-
 # One planting of `synthetic_records(aspect_signal=...)` over the default spec's domains: ids carry the signal in
 # three warm rec domains, genres (sparse) in one, text in search and in the cold-start domain (all items new).
 PLANTED_ASPECTS = {
@@ -231,7 +207,7 @@ def synthetic_records(
     the rows drawn from it, so a test split is the same world with other rows.
 
     `aspect_signal` plants domain-dependent aspect informativeness, the situation Domain-Gating is
-    for (Gong et al. 2023, §3.3; DESIGN.md §4 L1): `domain name -> "id" | "text" | "sparse"` names, for
+    for (Gong et al. 2023, §3.3; docs/MODEL.md, L1): `domain name -> "id" | "text" | "sparse"` names, for
     every domain of `spec`, the one aspect of the item and the query that carries their factors there.
     The other aspects are per-row noise: ids fresh (never repeated, so uninformative), text embeddings
     those of a random factor (distributed like real ones), genres and decade random. With "sparse"

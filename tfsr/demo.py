@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _tfsr(
         "evaluate",
-        "--model",
+        "--model_dir",
         str(coldstart),
         "--samples_dir",
         str(samples),

@@ -26,10 +26,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tfsr.contract import ASPECTS, ENTITIES
+
 import numpy as np
 
-ENTITY_NAMES = ("user", "query", "item")
-ASPECT_NAMES = ("id", "text", "sparse")
 EPS = 1e-7
 
 
@@ -199,8 +199,8 @@ def evaluate_arrays(
     gate_weights=None,
     cold_domains: Iterable[str] = (),
     domain_kinds: Mapping[str, str] | None = None,
-    entity_names: Sequence[str] = ENTITY_NAMES,
-    aspect_names: Sequence[str] = ASPECT_NAMES,
+    entity_names: Sequence[str] = ENTITIES,
+    aspect_names: Sequence[str] = ASPECTS,
 ) -> dict[str, Any]:
     """The evaluation report's metrics from flat arrays (one entry per impression).
 

@@ -18,7 +18,12 @@ A feature's *role* says where it lives:
 * ``label``: the click, never a serving input;
 * ``meta``: bookkeeping carried in samples (timestamp, item-cold-start marker), not a model input.
 
-This module imports nothing else of tfsr on purpose: everything may import it.
+The spec also says which features are vocabulary features (:attr:`FeatureSpec.vocab_features`: raw ids
+and sparse values) and which text features get a derived embedding (:attr:`FeatureSpec.text_embeddings`);
+the Beam jobs and the log format derive theirs from it. The gate-weight axes and the row-error type are
+owned by :mod:`tfsr.contract`, the only module of tfsr this one imports: everything may import it.
+It is longer than most modules on purpose: the spec's definitions, validation and encodings are one
+contract, kept in one place so that they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
-ENTITIES = ("user", "query", "item", "context")
-ASPECTS = ("id", "text", "sparse")
+from tfsr import contract
+from tfsr.contract import RowError
+
+# the entities of the gate axes (tfsr.contract) plus "context": domain, label and bookkeeping features
+ENTITIES = (*contract.ENTITIES, "context")
+ASPECTS = contract.ASPECTS
 ROLES = ("raw", "derived", "label", "meta")
 # a sample record before its derived text embeddings are joined in (parsed logs, Beam samples)
 RECORD_ROLES = ("raw", "label", "meta")
@@ -45,20 +54,6 @@ DEFAULT_TEXT_DIM = 384
 # in newline-joined vocabulary files (one value a line, read back with str.splitlines), which they would
 # split or corrupt (issue 17); texts (query_text, item_title) may hold them, they are never vocabulary.
 FORBIDDEN_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-class FeatureValidationError(ValueError):
-    """A raw record does not satisfy the feature specification.
-
-    Attributes:
-      field: the offending feature name.
-      problem: what is wrong with it, in words.
-    """
-
-    def __init__(self, field: str, problem: str):
-        self.field = field
-        self.problem = problem
-        super().__init__(f"feature '{field}': {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,18 +201,6 @@ class DomainRegistry:
         return cls([Domain(**d) for d in data])
 
 
-MOVIELENS_DOMAINS = DomainRegistry(
-    [
-        Domain("search_tags", "search", 0),
-        Domain("rec_action", "rec", 1),
-        Domain("rec_comedy", "rec", 2),
-        Domain("rec_drama", "rec", 3),
-        Domain("rec_other", "rec", 4),
-        Domain("rec_children", "rec", 5, cold_start=True),
-    ]
-)
-
-
 def default_features(text_dim: int = DEFAULT_TEXT_DIM) -> list[Feature]:
     """The features of tfsr's unified search + recommendation samples."""
     return [
@@ -297,16 +280,27 @@ def default_features(text_dim: int = DEFAULT_TEXT_DIM) -> list[Feature]:
     ]
 
 
+def vocab_features(features: Iterable[Feature]) -> list[Feature]:
+    """The features with a vocabulary (built by the Beam job): raw ids and sparse values."""
+    return [f for f in features if f.role == "raw" and f.aspect in ("id", "sparse")]
+
+
+def text_embeddings(features: Iterable[Feature]) -> dict[str, str]:
+    """Text feature -> the derived feature holding its frozen-encoder embedding (its ``source``)."""
+    return {f.source: f.name for f in features if f.role == "derived" and f.aspect == "text"}
+
+
 class FeatureSpec:
     """The feature specification of a dataset and of the models trained on it.
 
     Args:
       features: the features; names must be unique.
-      domains: the domain registry; the `domain` feature takes its names.
+      domains: the domain registry; the `domain` feature takes its names. There is no default: a
+        dataset's registry comes with it (MovieLens: :data:`tfsr.datasets.movielens.MOVIELENS_DOMAINS`).
       text_dim: width of the frozen text encoder's embeddings.
 
     Example:
-      >>> spec = FeatureSpec.default()
+      >>> spec = FeatureSpec.default(domains)
       >>> example = spec.to_example(record)       # python dict -> tf.train.Example
       >>> parsed = tf.io.parse_example(serialized, spec.parse_spec())
     """
@@ -314,7 +308,7 @@ class FeatureSpec:
     def __init__(
         self,
         features: Sequence[Feature] | None = None,
-        domains: DomainRegistry = MOVIELENS_DOMAINS,
+        domains: DomainRegistry | None = None,
         text_dim: int = DEFAULT_TEXT_DIM,
     ):
         if text_dim <= 0:
@@ -328,15 +322,16 @@ class FeatureSpec:
                 raise ValueError(f"Feature {f.name!r} is derived from unknown feature {f.source!r}")
         if "domain" not in names or "label" not in names:
             raise ValueError("A FeatureSpec needs a 'domain' and a 'label' feature")
+        if not isinstance(domains, DomainRegistry):
+            raise TypeError(f"A FeatureSpec needs a DomainRegistry of its domains, got {domains!r}")
         self.features = tuple(features)
         self.domains = domains
         self.text_dim = text_dim
         self._by_name = {f.name: f for f in self.features}
 
     @classmethod
-    def default(
-        cls, domains: DomainRegistry = MOVIELENS_DOMAINS, text_dim: int = DEFAULT_TEXT_DIM
-    ) -> FeatureSpec:
+    def default(cls, domains: DomainRegistry, text_dim: int = DEFAULT_TEXT_DIM) -> FeatureSpec:
+        """tfsr's unified search + recommendation features (:func:`default_features`) over `domains`."""
         return cls(default_features(text_dim), domains, text_dim)
 
     def __getitem__(self, name: str) -> Feature:
@@ -381,6 +376,16 @@ class FeatureSpec:
         return [f for f in self.features if (f.role == "raw" and f.aspect != "text") or f.role == "derived"]
 
     @property
+    def vocab_features(self) -> list[Feature]:
+        """The features with a vocabulary (built by the Beam job): raw ids and sparse values."""
+        return vocab_features(self.features)
+
+    @property
+    def text_embeddings(self) -> dict[str, str]:
+        """Text feature -> the derived feature holding its frozen-encoder embedding (``Feature.source``)."""
+        return text_embeddings(self.features)
+
+    @property
     def sample_features(self) -> list[Feature]:
         """Everything a training sample (TFRecord) carries."""
         return list(self.features)
@@ -392,11 +397,11 @@ class FeatureSpec:
         """Checks a python record and returns it completed with defaults.
 
         Raises:
-          FeatureValidationError: naming the first field that is missing, of the wrong type or shape,
+          RowError: naming the first field that is missing, of the wrong type or shape,
             not valid UTF-8, or (for `domain`) not a registered domain.
         """
         if not isinstance(record, Mapping):
-            raise FeatureValidationError(
+            raise RowError.invalid(
                 "<record>", f"expected a mapping of feature name to value, got {type(record).__name__}"
             )
         roles = set(roles)
@@ -409,20 +414,18 @@ class FeatureSpec:
                     out[f.name] = []
                     continue
                 if f.default is None and f.role != "derived":
-                    raise FeatureValidationError(f.name, "required feature is missing")
+                    raise RowError.invalid(f.name, "required feature is missing")
                 if f.role == "derived":
-                    raise FeatureValidationError(
+                    raise RowError.invalid(
                         f.name, f"derived feature is missing (compute it from '{f.source}')"
                     )
                 out[f.name] = f.default
                 continue
             out[f.name] = _check_value(f, record[f.name])
         if "domain" in out and out["domain"] not in self.domains:
-            raise FeatureValidationError(
-                "domain", f"unknown domain {out['domain']!r}; known: {self.domains.names}"
-            )
+            raise RowError.invalid("domain", f"unknown domain {out['domain']!r}; known: {self.domains.names}")
         if "label" in out and out["label"] not in (0, 1):
-            raise FeatureValidationError("label", f"label must be 0 or 1, got {out['label']!r}")
+            raise RowError.invalid("label", f"label must be 0 or 1, got {out['label']!r}")
         return out
 
     # ----------------------------------------------------------------- tf.train.Example
@@ -519,6 +522,32 @@ class FeatureSpec:
         return cls.from_json(json.loads(text))
 
 
+def dummy_batch(spec: FeatureSpec) -> dict:
+    """A two-row batch of the model features (one sample with a query, one without), as tensors.
+
+    Used to build a model's variables before restoring weights or tracing.
+    """
+    import tensorflow as tf
+
+    search = next((d.name for d in spec.domains if d.kind == "search"), spec.domains.names[0])
+    rec = next((d.name for d in spec.domains if d.kind == "rec"), spec.domains.names[0])
+    batch = {}
+    for f in spec.model_features:
+        dtype = _tf_dtype(f.dtype)
+        if f.name == "domain":
+            batch[f.name] = tf.constant([search, rec])
+        elif f.varlen:
+            values = [["a"], []] if f.dtype == "string" else [[1], []]
+            batch[f.name] = tf.ragged.constant(values, dtype=dtype, row_splits_dtype=tf.int64)
+        elif f.shape:
+            batch[f.name] = tf.concat([tf.ones([1, *f.shape], dtype), tf.zeros([1, *f.shape], dtype)], axis=0)
+        elif f.dtype == "string":
+            batch[f.name] = tf.constant(["a", ""])
+        else:
+            batch[f.name] = tf.constant([1, 0], dtype)
+    return batch
+
+
 def _tf_dtype(dtype: str):
     import tensorflow as tf
 
@@ -531,23 +560,23 @@ def _check_scalar(f: Feature, value: Any) -> Any:
             try:
                 value = value.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise FeatureValidationError(
+                raise RowError.invalid(
                     f.name, f"bytes are not valid UTF-8 ({err.reason} at byte {err.start})"
                 ) from None
         if not isinstance(value, str):
-            raise FeatureValidationError(
+            raise RowError.invalid(
                 f.name, f"expected a string, got {type(value).__name__} {_short_repr(value)}"
             )
         try:  # e.g. a lone surrogate from a JSON "\ud800" escape is a str but has no UTF-8 encoding
             value.encode("utf-8")
         except UnicodeEncodeError as err:
-            raise FeatureValidationError(
+            raise RowError.invalid(
                 f.name, f"string is not encodable as UTF-8 ({err.reason} at {err.start})"
             ) from None
         if f.aspect in ("id", "sparse"):
             bad = FORBIDDEN_ID_CHARS.search(value)
             if bad:
-                raise FeatureValidationError(
+                raise RowError.invalid(
                     f.name,
                     f"control character or line break U+{ord(bad.group()):04X} at {bad.start()} "
                     "(ids and sparse values are vocabulary lines)",
@@ -556,18 +585,16 @@ def _check_scalar(f: Feature, value: Any) -> Any:
     if f.dtype == "int64":
         # exact: an int (1.0, True, "1" are not), so every input format accepts the same spellings
         if isinstance(value, bool) or not isinstance(value, int):
-            raise FeatureValidationError(
+            raise RowError.invalid(
                 f.name, f"expected an integer, got {type(value).__name__} {_short_repr(value)}"
             )
         if not -(2**63) <= value < 2**63:
-            raise FeatureValidationError(f.name, f"integer {_short_repr(value)} does not fit in int64")
+            raise RowError.invalid(f.name, f"integer {_short_repr(value)} does not fit in int64")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FeatureValidationError(
-            f.name, f"expected a number, got {type(value).__name__} {_short_repr(value)}"
-        )
+        raise RowError.invalid(f.name, f"expected a number, got {type(value).__name__} {_short_repr(value)}")
     if not math.isfinite(value):
-        raise FeatureValidationError(f.name, f"expected a finite number, got {value}")
+        raise RowError.invalid(f.name, f"expected a finite number, got {value}")
     return float(value)
 
 
@@ -582,11 +609,9 @@ def _check_value(f: Feature, value: Any) -> Any:
     if f.varlen or f.shape:
         # a list (tuple, array) only: a JSON object or a set would pass as its keys, in no fixed order
         if isinstance(value, str | bytes | Mapping | Set) or not isinstance(value, Sequence | Iterable):
-            raise FeatureValidationError(f.name, f"expected a list of {f.dtype}, got {type(value).__name__}")
+            raise RowError.invalid(f.name, f"expected a list of {f.dtype}, got {type(value).__name__}")
         values = [_check_scalar(f, v) for v in value]
         if f.shape and len(values) != f.size:
-            raise FeatureValidationError(
-                f.name, f"expected {f.size} values (shape {f.shape}), got {len(values)}"
-            )
+            raise RowError.invalid(f.name, f"expected {f.size} values (shape {f.shape}), got {len(values)}")
         return values
     return _check_scalar(f, value)

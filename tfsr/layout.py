@@ -42,6 +42,29 @@ DEAD_LETTERS_DIR = "dead_letters"
 TFRECORD_SUFFIX = ".tfrecord.gz"
 
 
+# Beam's file sinks write into a temp folder beside their output and move the finished files up:
+# `fileio.WriteToFiles` into `.temp<uuid>/`, which it leaves behind, empty, on a local filesystem (the
+# split shards were written with it before issue 12); `WriteToTFRecord` / `WriteToText` into
+# `beam-temp-<name>-<uuid>/`, which they delete.
+BEAM_TEMP_PATTERNS = (".temp*", "beam-temp-*")
+
+
+def remove_temp_dirs(samples_dir: str | pathlib.Path) -> list[pathlib.Path]:
+    """Deletes the empty temp folders Beam's file sinks leave in a samples directory (local paths only: an
+    object store such as ``gs://`` keeps no empty folder). Non-empty ones are kept: a file in one means a
+    sink that did not finish. Returns the folders removed."""
+    root = pathlib.Path(samples_dir)
+    if "://" in str(samples_dir) or not root.is_dir():
+        return []
+    removed = []
+    found = {p for pattern in BEAM_TEMP_PATTERNS for p in root.rglob(pattern)}
+    for path in sorted(found, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+            removed.append(path)
+    return removed
+
+
 def split_pattern(samples_dir: str | pathlib.Path, split: str) -> str:
     """Glob pattern of one split's TFRecord shards."""
     if split not in SPLITS:

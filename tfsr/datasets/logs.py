@@ -16,9 +16,11 @@ label          int     1 = clicked, 0 = shown but not clicked
 timestamp      int     event time, seconds since the epoch
 =============  ======  ==================================================================
 
-``query_id`` is derived (:func:`tfsr.datasets.movielens.normalize_query`), never read. Every row is
-validated against the :class:`~tfsr.features.FeatureSpec`; a bad row raises
-:class:`~tfsr.datasets.movielens.RowError` whose reason names the field, so it becomes a dead letter.
+The columns are derived from the feature specification (:func:`log_columns`): every raw, label and meta
+feature except those computed from others (:data:`COMPUTED`). ``query_id`` is derived
+(:func:`tfsr.datasets.rows.normalize_query`), never read. Every row is validated against the
+:class:`~tfsr.features.FeatureSpec`; a bad row raises :class:`~tfsr.contract.RowError` whose reason
+names the field, so it becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -27,27 +29,33 @@ import csv
 import io
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tfsr.datasets.movielens import MAX_TEXT_CHARS, RowError, decode_line, normalize_query, split_csv_line
-from tfsr.features import RECORD_ROLES, FeatureSpec, FeatureValidationError
+from tfsr.contract import RowError
+from tfsr.datasets.rows import MAX_TEXT_CHARS, decode_line, normalize_query, split_csv_line
+from tfsr.features import RECORD_ROLES, Feature, FeatureSpec, default_features
 
-COLUMNS = (
-    "domain",
-    "user_id",
-    "query_text",
-    "item_id",
-    "item_title",
-    "item_genres",
-    "item_decade",
-    "label",
-    "timestamp",
-)
+# Sample features a log does not carry: they are computed from the others.
+COMPUTED = {
+    "query_id": "normalised from query_text (tfsr.datasets.rows.normalize_query)",
+    "is_cold_item": "set by build_samples from the item's training samples",
+}
+
+
+def log_columns(features: Sequence[Feature]) -> tuple[Feature, ...]:
+    """The columns of the generic log format, in spec order: the raw, label and meta features not
+    :data:`COMPUTED`."""
+    return tuple(f for f in features if f.role in RECORD_ROLES and f.name not in COMPUTED)
+
+
+_COLUMN_FEATURES = log_columns(default_features())
+COLUMNS = tuple(f.name for f in _COLUMN_FEATURES)
 CSV_HEADER = ",".join(COLUMNS)
 FORMATS = ("jsonl", "csv")
-_INT_COLUMNS = ("label", "timestamp")
-_TEXT_COLUMNS = ("query_text", "item_title")
+_INT_COLUMNS = tuple(f.name for f in _COLUMN_FEATURES if f.dtype == "int64")
+_TEXT_COLUMNS = tuple(f.name for f in _COLUMN_FEATURES if f.aspect == "text")
+_LIST_COLUMNS = tuple(f.name for f in _COLUMN_FEATURES if f.varlen)
 MAX_INT_DIGITS = 20  # int64 has at most 19 digits; longer literals are rejected unconverted
 _CSV_INT = re.compile(f"-?[0-9]{{1,{MAX_INT_DIGITS}}}")
 
@@ -105,7 +113,8 @@ def _from_csv(raw: bytes | str) -> dict[str, Any]:
         if not _CSV_INT.fullmatch(record[name]):
             raise RowError(f"invalid_{name}", f"{name} {record[name][:40]!r} is not an integer")
         record[name] = int(record[name])
-    record["item_genres"] = [g for g in record["item_genres"].split("|") if g]
+    for name in _LIST_COLUMNS:
+        record[name] = [g for g in record[name].split("|") if g]
     return record
 
 
@@ -127,11 +136,8 @@ def parse_log_line(
         value = record.get(name)
         if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
             raise RowError(f"{name}_too_long", f"{name} has {len(value)} characters (max {MAX_TEXT_CHARS})")
-    try:
-        roles = RECORD_ROLES if require_label or record.get("label") is not None else ("raw", "meta")
-        values = spec.validate(record, roles=roles)
-    except FeatureValidationError as err:
-        raise RowError(f"invalid_{err.field}", err.problem) from None
+    roles = RECORD_ROLES if require_label or record.get("label") is not None else ("raw", "meta")
+    values = spec.validate(record, roles=roles)
     values["query_id"] = normalize_query(values["query_text"])
     is_search = spec.domains[values["domain"]].kind == "search"
     if is_search and not values["query_id"]:
@@ -147,7 +153,8 @@ def format_log_line(record: Mapping[str, Any], fmt: str) -> str:
     if fmt == "jsonl":
         return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
     if fmt == "csv":
-        row["item_genres"] = "|".join(row["item_genres"])
+        for name in _LIST_COLUMNS:
+            row[name] = "|".join(row[name])
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="").writerow([row[name] for name in COLUMNS])
         return buffer.getvalue()

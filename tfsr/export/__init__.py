@@ -1,4 +1,4 @@
-"""Export a trained tfsr model as a TF Serving SavedModel (DESIGN.md §6).
+"""Export a trained tfsr model as a TF Serving SavedModel (docs/SERVING.md).
 
 Layout written (TF Serving's, so the stock ``tensorflow_model_server`` and ``serving/server.py`` load it)::
 

@@ -1,11 +1,17 @@
-"""Keras layers of the S&R Multi-Domain Foundation model (Gong et al., CIKM 2023).
+"""Keras layers of the S&R Multi-Domain Foundation model (Gong et al., CIKM 2023,
+https://arxiv.org/abs/2309.08939).
 
-Levels (DESIGN.md §4): L0 aspect encoders (:mod:`.encoders`), L1 Aspect Gating Fusion
+Levels (docs/MODEL.md, "Architecture"): L0 aspect encoders (:mod:`.encoders`), L1 Aspect Gating Fusion
 (:mod:`.fusion`) and the Domain Adaptive layer with its alignment losses (:mod:`.adaptive`,
 :mod:`.alignment`), L2 explicit feature interactions (:mod:`.interactions`: dot products, FM, DCN-v2
 cross network) and multi-task expert blocks and towers (:mod:`.experts`).
 
 `ENTITIES` and `ASPECTS` (owned by :mod:`tfsr.contract`) fix the order of `gate_weights`.
+
+Every layer computes in its `compute_dtype` and hands its sublayers its dtype policy (so a
+`mixed_float16` policy works; softmax masks use :func:`~tfsr.layers.domain.large_negative`, finite in
+float16) and merges its `get_config` with `Layer.get_config`. Per-domain and shared weight containers
+(:class:`DomainWeights`, :class:`WeightBank`) get their variables from their parent layer's `build`.
 """
 
 from tfsr.contract import ASPECTS, ENTITIES

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tfsr.layers.domain import DomainWeights, WeightBank, check_positive_int, grouped_dense, select_domain
+from tfsr.contract import check_positive_int
+from tfsr.layers.domain import DomainWeights, WeightBank, grouped_dense, select_domain
 
 import tensorflow as tf
 
@@ -39,8 +40,8 @@ class DomainAdaptiveLayer(tf.keras.layers.Layer):
         self.units = check_positive_int("units", units)
         self.activation = tf.keras.activations.get(activation)
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
-        self.shared = WeightBank(name="shared")
-        self.domain_weights = DomainWeights(num_domains, name="domain_maps")
+        self.shared = WeightBank(name="shared", dtype=self.dtype_policy)
+        self.domain_weights = DomainWeights(num_domains, name="domain_maps", dtype=self.dtype_policy)
 
     @property
     def num_domains(self) -> int:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 
+from tfsr.contract import check_positive_int
+
 import tensorflow as tf
 
 
 def _domain_stats(domain_ids: tf.Tensor, num_domains: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """One-hot `[B, K]`, counts `[K]` and the mask `[K, K]` of present pairs i < j."""
-    if not isinstance(num_domains, int) or num_domains <= 0:
-        raise ValueError(f"num_domains must be a positive int, got {num_domains!r}")
+    check_positive_int("num_domains", num_domains)
     onehot = tf.one_hot(tf.cast(tf.reshape(domain_ids, [-1]), tf.int32), num_domains, dtype=tf.float32)
     counts = tf.reduce_sum(onehot, axis=0)
     present = counts > 0

@@ -14,7 +14,8 @@ so the map is strictly increasing and every ranking metric (AUC, GAUC) is unchan
 
 from __future__ import annotations
 
-from tfsr.layers.domain import DomainWeights, check_positive_int
+from tfsr.contract import check_positive_int
+from tfsr.layers.domain import DomainWeights
 
 import numpy as np
 import tensorflow as tf
@@ -44,7 +45,7 @@ class DomainCalibration(tf.keras.layers.Layer):
     def __init__(self, num_domains: int, **kwargs):
         super().__init__(**kwargs)
         self.domain_weights = DomainWeights(
-            check_positive_int("num_domains", num_domains), name="calibration"
+            check_positive_int("num_domains", num_domains), name="calibration", dtype=self.dtype_policy
         )
         self.domain_weights.add_family("scale", (), "ones", trainable=False)
         self.domain_weights.add_family("shift", (), "zeros", trainable=False)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tfsr.contract import check_positive_int
+
 import tensorflow as tf
 
 
@@ -36,18 +38,19 @@ def select_domain(per_domain: tf.Tensor, domain_ids: tf.Tensor) -> tf.Tensor:
     return tf.gather(per_domain, tf.cast(domain_ids, tf.int32), batch_dims=1)
 
 
+def large_negative(dtype) -> float:
+    """A mask value for softmax logits of `dtype`: -1e9, or the most negative finite value of a 16-bit
+    float (-1e9 overflows to -inf in float16). As Keras's `MultiHeadAttention` masks its scores."""
+    dtype = tf.as_dtype(dtype)
+    return float(dtype.min) if dtype.size < 4 else -1e9
+
+
 def check_units(name: str, units: Sequence[int]) -> tuple[int, ...]:
     """Validates a list of layer widths."""
     units = tuple(units)
     if not units or any(not isinstance(u, int) or u <= 0 for u in units):
         raise ValueError(f"{name} must be a non-empty list of positive ints, got {units!r}")
     return units
-
-
-def check_positive_int(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @tf.keras.utils.register_keras_serializable(package="tfsr")

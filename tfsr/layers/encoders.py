@@ -1,4 +1,5 @@
-"""L0 aspect encoders: one feature -> one H-wide vector (Gong et al. 2023, §3.2).
+"""L0 aspect encoders: one feature -> one H-wide vector (Gong et al., CIKM 2023, §3.2,
+https://arxiv.org/abs/2309.08939; docs/MODEL.md, "Architecture").
 
 Each entity (user, query, item) is described by up to three *aspects*: `id` (an embedding of the
 entity's id), `text` (a trainable projection of a frozen language model's embedding) and `sparse`
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tfsr.layers.domain import check_positive_int
+from tfsr.contract import check_positive_int
 
 import tensorflow as tf
 
@@ -150,12 +151,8 @@ class SparseEncoder(IdEncoder):
         return tf.RaggedTensor.from_tensor(inputs)
 
     def _value_weights(self, ragged: tf.RaggedTensor) -> tf.Tensor:
-        values = ragged.flat_values
-        return (
-            tf.cast(values != "", tf.float32)
-            if values.dtype == tf.string
-            else tf.ones_like(values, tf.float32)
-        )
+        values, dtype = ragged.flat_values, self.compute_dtype
+        return tf.cast(values != "", dtype) if values.dtype == tf.string else tf.ones_like(values, dtype)
 
     def call(self, inputs) -> tf.Tensor:
         ragged = self._as_ragged(inputs)
@@ -195,8 +192,8 @@ class TextEncoder(AspectEncoder):
       use_bias: whether the projection has a bias.
       kernel_initializer: initializer of the projection.
 
-    Input shape: `[B, T]` float32.
-    Output shape: `[B, H]`.
+    Input shape: `[B, T]` float.
+    Output shape: `[B, H]` (in the layer's `compute_dtype`).
     """
 
     def __init__(
@@ -222,7 +219,7 @@ class TextEncoder(AspectEncoder):
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        outputs = tf.matmul(tf.cast(inputs, tf.float32), self.kernel)
+        outputs = tf.matmul(tf.cast(inputs, self.compute_dtype), self.kernel)
         return outputs if self.bias is None else outputs + self.bias
 
     def presence(self, inputs: tf.Tensor) -> tf.Tensor:
@@ -242,7 +239,7 @@ class MissingEntityVector(tf.keras.layers.Layer):
     """A learned vector standing in for an entity a sample does not have (e.g. "no query").
 
     Rec-domain samples carry no query: rather than a zero vector, the query slot gets a learned
-    "no query" embedding (DESIGN §4, L0).
+    "no query" embedding (docs/MODEL.md, "Architecture").
 
     Args:
       embedding_dim: H.

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tfsr.contract import check_positive_int
 from tfsr.layers.domain import (
     DomainWeights,
     WeightBank,
-    check_positive_int,
     check_units,
     grouped_dense,
     select_domain,
@@ -70,7 +70,7 @@ class MLP(_BlockBase):
 
     def build(self, input_shape):
         self.dense_layers = [
-            tf.keras.layers.Dense(u, activation=self.activation, name=f"dense_{i}")
+            tf.keras.layers.Dense(u, activation=self.activation, name=f"dense_{i}", dtype=self.dtype_policy)
             for i, u in enumerate(self.units)
         ]
         super().build(input_shape)
@@ -134,7 +134,7 @@ class DomainTowers(_BlockBase):
 
     def __init__(self, num_domains: int, units: Sequence[int] = (32,), activation="relu", **kwargs):
         super().__init__(units, activation, **kwargs)
-        self.domain_weights = DomainWeights(num_domains, name="towers")
+        self.domain_weights = DomainWeights(num_domains, name="towers", dtype=self.dtype_policy)
 
     @property
     def num_domains(self) -> int:
@@ -176,8 +176,8 @@ class SharedTower(_BlockBase):
     """
 
     def build(self, input_shape):
-        self.mlp = MLP(self.units, self.activation, name="hidden")
-        self.logit = tf.keras.layers.Dense(1, name="logit")
+        self.mlp = MLP(self.units, self.activation, name="hidden", dtype=self.dtype_policy)
+        self.logit = tf.keras.layers.Dense(1, name="logit", dtype=self.dtype_policy)
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor, domain_ids: tf.Tensor | None = None) -> tf.Tensor:
@@ -201,8 +201,10 @@ class MMoE(_BlockBase):
 
     def __init__(self, num_experts: int, units: Sequence[int], num_domains: int, activation="relu", **kwargs):
         super().__init__(units, activation, **kwargs)
-        self.experts = ExpertBank(num_experts, self.units, activation, name="experts")
-        self.domain_weights = DomainWeights(num_domains, name="gates")
+        self.experts = ExpertBank(
+            num_experts, self.units, activation, name="experts", dtype=self.dtype_policy
+        )
+        self.domain_weights = DomainWeights(num_domains, name="gates", dtype=self.dtype_policy)
 
     @property
     def num_experts(self) -> int:
@@ -270,13 +272,20 @@ class PLE(_BlockBase):
         self.num_shared_experts = check_positive_int("num_shared_experts", num_shared_experts)
         self.num_specific_experts = check_positive_int("num_specific_experts", num_specific_experts)
         self.shared_experts = [
-            ExpertBank(num_shared_experts, self.units, activation, name=f"shared_experts_{level}")
+            ExpertBank(
+                num_shared_experts,
+                self.units,
+                activation,
+                name=f"shared_experts_{level}",
+                dtype=self.dtype_policy,
+            )
             for level in range(self.num_levels)
         ]
         self.level_weights = [
-            DomainWeights(num_domains, name=f"level_{level}") for level in range(self.num_levels)
+            DomainWeights(num_domains, name=f"level_{level}", dtype=self.dtype_policy)
+            for level in range(self.num_levels)
         ]
-        self.shared_gates = WeightBank(name="shared_gates")
+        self.shared_gates = WeightBank(name="shared_gates", dtype=self.dtype_policy)
 
     @property
     def num_domains(self) -> int:
@@ -379,8 +388,8 @@ class STAR(_BlockBase):
 
     def __init__(self, units: Sequence[int], num_domains: int, activation="relu", **kwargs):
         super().__init__(units, activation, **kwargs)
-        self.shared = WeightBank(name="shared")
-        self.domain_weights = DomainWeights(num_domains, name="domain_layers")
+        self.shared = WeightBank(name="shared", dtype=self.dtype_policy)
+        self.domain_weights = DomainWeights(num_domains, name="domain_layers", dtype=self.dtype_policy)
 
     @property
     def num_domains(self) -> int:

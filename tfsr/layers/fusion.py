@@ -1,14 +1,20 @@
-"""L1 Aspect Gating Fusion (Gong et al. 2023, §3.3, "Aspect Gating Fusion")."""
+"""L1 Aspect Gating Fusion (Gong et al., CIKM 2023, §3.3, "Aspect Gating Fusion",
+https://arxiv.org/abs/2309.08939; docs/MODEL.md, "Architecture" and "Gate scale")."""
 
 from __future__ import annotations
 
 import math
 
-from tfsr.layers.domain import DomainWeights, check_positive_int
+from tfsr.contract import check_positive_int
+from tfsr.layers.domain import DomainWeights, large_negative
 
 import tensorflow as tf
 
 GATING_STRATEGIES = ("domain", "cls", "mean")
+# The defaults of the layer and of `ModelConfig` (tfsr.models.config), which reads them from here.
+DEFAULT_GATE_SCALE = 1.0
+DEFAULT_LEARN_GATE_SCALE = True
+DEFAULT_GATE_INIT_STDDEV = 0.0
 
 
 @tf.keras.utils.register_keras_serializable(package="tfsr")
@@ -43,9 +49,10 @@ class AspectGatingFusion(tf.keras.layers.Layer):
     Args:
       strategy: "domain", "cls" or "mean".
       num_domains: K; required for "domain".
-      gate_scale: the fixed multiplier of the gate logits; None for `1 / sqrt(H)`.
-      gate_init_stddev: standard deviation of the gate vectors' normal initialisation; 0 = zeros.
-      learn_gate_scale: learn a temperature `exp(t)` multiplying `gate_scale` (per domain for "domain").
+      gate_scale: the fixed multiplier of the gate logits; None for `1 / sqrt(H)`. Default 1.0.
+      gate_init_stddev: standard deviation of the gate vectors' normal initialisation; 0 (default) = zeros.
+      learn_gate_scale: learn a temperature `exp(t)` multiplying `gate_scale` (per domain for "domain");
+        default True. The defaults are `ModelConfig`'s.
 
     Call args:
       aspects: `[B, A, H]` aspect vectors.
@@ -64,9 +71,9 @@ class AspectGatingFusion(tf.keras.layers.Layer):
         self,
         strategy: str = "domain",
         num_domains: int | None = None,
-        gate_scale: float | None = None,
-        gate_init_stddev: float = 0.0,
-        learn_gate_scale: bool = False,
+        gate_scale: float | None = DEFAULT_GATE_SCALE,
+        gate_init_stddev: float = DEFAULT_GATE_INIT_STDDEV,
+        learn_gate_scale: bool = DEFAULT_LEARN_GATE_SCALE,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -83,7 +90,9 @@ class AspectGatingFusion(tf.keras.layers.Layer):
         self.gate_init_stddev = float(gate_init_stddev)
         self.learn_gate_scale = bool(learn_gate_scale)
         self.domain_weights = (
-            DomainWeights(check_positive_int("num_domains", num_domains), name="domain_gates")
+            DomainWeights(
+                check_positive_int("num_domains", num_domains), name="domain_gates", dtype=self.dtype_policy
+            )
             if strategy == "domain"
             else None
         )
@@ -120,7 +129,7 @@ class AspectGatingFusion(tf.keras.layers.Layer):
     def call(
         self, aspects: tf.Tensor, domain_ids: tf.Tensor | None = None, aspect_mask: tf.Tensor | None = None
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        aspects = tf.cast(aspects, tf.float32)
+        aspects = tf.cast(aspects, self.compute_dtype)
         batch, num_aspects = tf.shape(aspects)[0], tf.shape(aspects)[1]
         mask = (
             tf.ones([batch, num_aspects], tf.bool)
@@ -128,7 +137,7 @@ class AspectGatingFusion(tf.keras.layers.Layer):
             else tf.broadcast_to(tf.cast(aspect_mask, tf.bool), [batch, num_aspects])
         )
         if self.strategy == "mean":
-            weights = tf.cast(mask, tf.float32)
+            weights = tf.cast(mask, aspects.dtype)
             weights = tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=1, keepdims=True))
         else:
             if self.strategy == "domain":
@@ -147,9 +156,10 @@ class AspectGatingFusion(tf.keras.layers.Layer):
             logits = tf.einsum("bh,bah->ba", query, aspects) * self._scale()
             if log_scale is not None:
                 logits = logits * tf.exp(log_scale)
-            logits = tf.where(mask, logits, tf.fill(tf.shape(logits), -1e9))
+            masked = tf.fill(tf.shape(logits), tf.constant(large_negative(logits.dtype), logits.dtype))
+            logits = tf.where(mask, logits, masked)
             # Multiplying by the mask makes absent weights exactly 0, also in rows with no aspect present.
-            weights = tf.nn.softmax(logits, axis=1) * tf.cast(mask, tf.float32)
+            weights = tf.nn.softmax(logits, axis=1) * tf.cast(mask, logits.dtype)
         fused = tf.einsum("ba,bah->bh", weights, aspects)
         return fused, weights
 

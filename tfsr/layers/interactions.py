@@ -1,4 +1,7 @@
-"""L2 explicit feature interactions between field vectors (DESIGN.md §4, L2).
+"""L2 explicit feature interactions between field vectors (docs/MODEL.md, "Explicit interactions (L2)").
+
+The S&R Foundation model's L2 (Gong et al., CIKM 2023, https://arxiv.org/abs/2309.08939) is an MMoE over
+the adapted representation; these layers add explicit interactions beside it.
 
 An MLP over a concatenation `[h_user; h_query; h_item]` has to learn a product such as `h_user · h_item`
 from ReLUs, which takes many units and much data; these layers hand it the products directly.
@@ -22,7 +25,8 @@ from __future__ import annotations
 
 import itertools
 
-from tfsr.layers.domain import DomainWeights, check_positive_int
+from tfsr.contract import check_positive_int
+from tfsr.layers.domain import DomainWeights
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -32,12 +36,14 @@ import tensorflow_recommenders as tfrs
 INTERACTIONS = ("dot", "fields", "cross", "fm")
 
 
-def masked_fields(fields: tf.Tensor, field_mask: tf.Tensor | None) -> tf.Tensor:
-    """`fields [B, F, H]` with absent fields (`field_mask [B, F]` False) set to 0."""
-    fields = tf.cast(fields, tf.float32)
+def masked_fields(fields: tf.Tensor, field_mask: tf.Tensor | None, dtype=None) -> tf.Tensor:
+    """`fields [B, F, H]` (cast to `dtype`, a layer's `compute_dtype`; None keeps theirs) with absent
+    fields (`field_mask [B, F]` False) set to 0."""
+    if dtype is not None:
+        fields = tf.cast(fields, dtype)
     if field_mask is None:
         return fields
-    return fields * tf.cast(field_mask, tf.float32)[:, :, None]
+    return fields * tf.cast(field_mask, fields.dtype)[:, :, None]
 
 
 def _known_dims(layer: str, fields_shape) -> tuple[int, int]:
@@ -70,7 +76,7 @@ class PairwiseDot(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, fields: tf.Tensor, field_mask: tf.Tensor | None = None) -> tf.Tensor:
-        fields = masked_fields(fields, field_mask)
+        fields = masked_fields(fields, field_mask, self.compute_dtype)
         gram = tf.einsum("bfh,bgh->bfg", fields, fields)
         flat = tf.reshape(gram, [tf.shape(gram)[0], -1])
         num_fields = fields.shape[1]
@@ -96,12 +102,12 @@ class FactorizationMachine(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         num_fields, width = _known_dims("FactorizationMachine", input_shape)
-        self.linear = tf.keras.layers.Dense(1, use_bias=False, name="first_order")
+        self.linear = tf.keras.layers.Dense(1, use_bias=False, name="first_order", dtype=self.dtype_policy)
         self.linear.build((None, num_fields * width))
         super().build(input_shape)
 
     def call(self, fields: tf.Tensor, field_mask: tf.Tensor | None = None) -> tf.Tensor:
-        fields = masked_fields(fields, field_mask)
+        fields = masked_fields(fields, field_mask, self.compute_dtype)
         first = self.linear(tf.reshape(fields, [tf.shape(fields)[0], -1]))[:, 0]
         summed = tf.reduce_sum(fields, axis=1)
         second = 0.5 * tf.reduce_sum(tf.square(summed) - tf.reduce_sum(tf.square(fields), axis=1), axis=1)
@@ -146,14 +152,17 @@ class CrossNetwork(tf.keras.layers.Layer):
         self.cross_layers = []
         for i in range(self.num_layers):
             layer = tfrs.layers.dcn.Cross(
-                projection_dim=self.projection_dim, diag_scale=self.diag_scale, name=f"cross_{i}"
+                projection_dim=self.projection_dim,
+                diag_scale=self.diag_scale,
+                name=f"cross_{i}",
+                dtype=self.dtype_policy,
             )
             layer.build(tf.TensorShape([None, int(width)]))
             self.cross_layers.append(layer)
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        x0 = tf.cast(inputs, tf.float32)
+        x0 = tf.cast(inputs, self.compute_dtype)
         x = x0
         for layer in self.cross_layers:
             x = layer(x0, x)
@@ -226,7 +235,9 @@ class FeatureInteractions(tf.keras.layers.Layer):
         self.domain_weights = (
             None
             if num_domains is None
-            else DomainWeights(check_positive_int("num_domains", num_domains), name="domain_field")
+            else DomainWeights(
+                check_positive_int("num_domains", num_domains), name="domain_field", dtype=self.dtype_policy
+            )
         )
         self.dot = self.dot_logit = self.cross = self.fm = None  # built in build()
 
@@ -248,19 +259,21 @@ class FeatureInteractions(tf.keras.layers.Layer):
             )
             num_fields += 1
         field_shape = tf.TensorShape([None, num_fields, width])
-        self.dot = PairwiseDot(name="dot") if "dot" in self.kinds else None
+        self.dot = PairwiseDot(name="dot", dtype=self.dtype_policy) if "dot" in self.kinds else None
         self.cross = (
-            CrossNetwork(self.num_cross_layers, self.cross_projection_dim, name="cross")
+            CrossNetwork(
+                self.num_cross_layers, self.cross_projection_dim, name="cross", dtype=self.dtype_policy
+            )
             if "cross" in self.kinds
             else None
         )
-        self.fm = FactorizationMachine(name="fm") if "fm" in self.kinds else None
+        self.fm = FactorizationMachine(name="fm", dtype=self.dtype_policy) if "fm" in self.kinds else None
         for layer in (self.dot, self.fm):
             if layer is not None:
                 layer.build(field_shape)
         if self.dot is not None:
             self.dot_logit = tf.keras.layers.Dense(
-                1, use_bias=False, kernel_initializer="ones", name="dot_logit"
+                1, use_bias=False, kernel_initializer="ones", name="dot_logit", dtype=self.dtype_policy
             )
             self.dot_logit.build((None, len(self.dot.pairs)))
         if self.cross is not None:
@@ -270,7 +283,7 @@ class FeatureInteractions(tf.keras.layers.Layer):
     def call(
         self, fields: tf.Tensor, field_mask: tf.Tensor, domain_ids: tf.Tensor | None = None
     ) -> dict[str, tf.Tensor]:
-        fields = masked_fields(fields, field_mask)
+        fields = masked_fields(fields, field_mask, self.compute_dtype)
         if self.domain_weights is not None:
             if domain_ids is None:
                 raise ValueError("FeatureInteractions with num_domains needs domain_ids in call(), got None")

@@ -1,6 +1,7 @@
 """`MultiDomainModel`: the shared harness of the S&R Foundation model and its baselines.
 
-Every model type runs the same pipeline (DESIGN.md §4), so comparisons are fair:
+Every model type runs the same pipeline (docs/MODEL.md, "Architecture"; the paper: Gong et al., CIKM 2023,
+https://arxiv.org/abs/2309.08939), so comparisons are fair:
 
 ```
 features ─► L0 aspect encoders (one per feature)  ─► per entity: aspects [B, 3, H] + presence mask
@@ -58,7 +59,9 @@ class MultiDomainModel(tfrs.models.Model):
       vocabularies: `feature name -> values` (most frequent first); features without one are hashed.
 
     Call: `model(features, training=False)` with a dict of `[B]` scalars, `[B, T]` text vectors and
-    ragged `[B, None]` lists (extra keys, e.g. `label`, are ignored) returns
+    ragged `[B, None]` lists (extra keys, e.g. `label`, are ignored) returns (float32 also under a
+    `mixed_float16` policy: the layers compute in the policy's `compute_dtype`, the calibration layer and
+    the outputs are float32, as Keras recommends for a model's last activation)
       * `"ctr"`: `[B]` float32 click probability,
       * `"logit"`: `[B]` float32,
       * `"gate_weights"`: `[B, 3, 3]` float32 aspect weights, rows `ENTITIES` (user, query, item),
@@ -121,7 +124,8 @@ class MultiDomainModel(tfrs.models.Model):
         self.interactions = self.build_interactions()
         self.experts = self.build_experts()
         self.towers = self.build_towers()
-        self.calibration = DomainCalibration(len(self.domain_registry), name="calibration")
+        # float32 whatever the global policy: the logit and the probability are the model's outputs.
+        self.calibration = DomainCalibration(len(self.domain_registry), name="calibration", dtype="float32")
         self.tasks = [self._make_task(d.name) for d in self.domain_registry]
         self.overall_task = self._make_task(None)
         self.alignment_tracker = tf.keras.metrics.Mean(name="alignment_loss")
@@ -262,11 +266,12 @@ class MultiDomainModel(tfrs.models.Model):
         its features is.
         """
         batch = tf.shape(tf.reshape(features["domain"], [-1]))[0]
+        dtype = self.compute_dtype
         vectors, masks = [], []
         for aspect in ASPECTS:
             names = self.aspect_features[entity][aspect]
             if not names:
-                vectors.append(tf.zeros([batch, self.config.embedding_dim]))
+                vectors.append(tf.zeros([batch, self.config.embedding_dim], dtype))
                 masks.append(tf.zeros([batch], tf.bool))
                 continue
             encoded, present = [], []
@@ -278,9 +283,9 @@ class MultiDomainModel(tfrs.models.Model):
                     if isinstance(encoder, AspectEncoder)
                     else tf.ones([batch], tf.bool)
                 )
-            weights = tf.cast(tf.stack(present, axis=1), tf.float32)  # [B, F]
+            weights = tf.cast(tf.stack(present, axis=1), dtype)  # [B, F]
             count = tf.reduce_sum(weights, axis=1)
-            summed = tf.einsum("bf,bfh->bh", weights, tf.stack(encoded, axis=1))
+            summed = tf.einsum("bf,bfh->bh", weights, tf.cast(tf.stack(encoded, axis=1), dtype))
             vectors.append(summed / tf.maximum(count, 1.0)[:, None])
             masks.append(count > 0)
         return tf.stack(vectors, axis=1), tf.stack(masks, axis=1)
@@ -339,11 +344,11 @@ class MultiDomainModel(tfrs.models.Model):
         logit = tf.reshape(self.towers(hidden, domain_ids, training=training), [-1])
         if interaction_logit is not None:
             logit += interaction_logit
-        logit = self.calibration(logit, domain_ids)
+        logit = tf.cast(self.calibration(logit, domain_ids), tf.float32)
         return {
             "ctr": tf.sigmoid(logit),
             "logit": logit,
-            "gate_weights": tf.stack(gate_weights, axis=1),
+            "gate_weights": tf.cast(tf.stack(gate_weights, axis=1), tf.float32),
             "representation": representation,
             "domain_ids": domain_ids,
         }
@@ -393,7 +398,10 @@ class MultiDomainModel(tfrs.models.Model):
             optimizer = tf.keras.optimizers.Adam(self.config.learning_rate)
         super().compile(optimizer=optimizer, **kwargs)
 
-    def _reset_compiled_functions(self) -> None:
+    def _forget_traced_functions(self) -> None:
+        """Drops the traced `train_function` & co. (public `tf.keras.Model` attributes; `compile()` drops
+        them too), so that a model used without re-compiling after `freeze`/`add_domain` re-traces with
+        its new variables instead of training a stale set."""
         self.train_function = self.test_function = self.predict_function = None
 
     # ------------------------------------------------------------------ transfer
@@ -418,7 +426,7 @@ class MultiDomainModel(tfrs.models.Model):
         layers = [layer for level in levels for layer in self.level_layers(level)]
         for layer in layers:
             layer.trainable = trainable
-        self._reset_compiled_functions()
+        self._forget_traced_functions()
 
     def new_domain_trainable_layers(self) -> list[tf.keras.layers.Layer]:
         """The layers whose rows for added domains stay trainable when their level is frozen.
@@ -438,7 +446,7 @@ class MultiDomainModel(tfrs.models.Model):
             return []
         variables, seen = [], set()
         for parent in self.new_domain_trainable_layers():
-            for layer in parent._flatten_layers(include_self=True):
+            for layer in (parent, *parent.submodules):
                 if isinstance(layer, DomainWeights) and not layer.trainable and id(layer) not in seen:
                     seen.add(id(layer))
                     for family in layer.families.values():
@@ -447,6 +455,13 @@ class MultiDomainModel(tfrs.models.Model):
 
     @property
     def trainable_weights(self) -> list[tf.Variable]:
+        """Keras's, plus :attr:`new_domain_variables` (and `non_trainable_weights` less them).
+
+        Kept as an override: Keras 2 freezes per layer (`layer.trainable`), and an added domain's rows live
+        in the same :class:`DomainWeights` layer as the pretrained rows they must train beside. Moving
+        them into a layer of their own changes their checkpoint paths: a fine-tuned model's checkpoint would
+        no longer match the model `load_model` rebuilds (where the added domain is an ordinary one).
+        """
         weights = super().trainable_weights
         if not self.trainable:
             return weights
@@ -484,7 +499,7 @@ class MultiDomainModel(tfrs.models.Model):
             raise ValueError(f"domain {domain.name!r} is already one of {self.domain_registry.names}")
         source = None if init_from is None else self.domain_registry[init_from].id
         added = dataclasses.replace(domain, id=len(self.domain_registry))
-        for layer in self._flatten_layers(include_self=False):
+        for layer in _unique(self.submodules):
             if isinstance(layer, DomainWeights):
                 layer.add_domain(source)
         self.domain_registry = DomainRegistry([*self.domain_registry, added])
@@ -495,12 +510,14 @@ class MultiDomainModel(tfrs.models.Model):
         self.config = self.config.replace(domains=self.domain_registry.to_json(), domain_loss_weights=weights)
         self.domain_table = self._make_domain_table()
         self.tasks.append(self._make_task(added.name))
-        self._reset_compiled_functions()
+        self._forget_traced_functions()
         return added
 
     # ------------------------------------------------------------------ serialisation
     def get_config(self) -> dict:
         return {
+            **super().get_config(),
+            "name": self.name,
             "config": self.config.to_json(),
             "spec": self.spec.to_json(),
             "vocabularies": {name: list(values) for name, values in self.vocabularies.items()},
@@ -508,8 +525,20 @@ class MultiDomainModel(tfrs.models.Model):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None):
+        config = dict(config)
         return cls(
-            ModelConfig.from_json(config["config"]),
-            FeatureSpec.from_json(config["spec"]),
-            config["vocabularies"],
+            ModelConfig.from_json(config.pop("config")),
+            FeatureSpec.from_json(config.pop("spec")),
+            config.pop("vocabularies"),
+            **config,
         )
+
+
+def _unique(modules) -> list:
+    """`modules` without repeats (a layer reachable by two attributes is listed once), in order."""
+    seen, unique = set(), []
+    for module in modules:
+        if id(module) not in seen:
+            seen.add(id(module))
+            unique.append(module)
+    return unique

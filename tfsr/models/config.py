@@ -7,9 +7,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from tfsr.contract import check_positive_int
 from tfsr.features import Domain, DomainRegistry
 from tfsr.layers.alignment import ALIGNMENTS
-from tfsr.layers.fusion import GATING_STRATEGIES
+from tfsr.layers.fusion import (
+    DEFAULT_GATE_INIT_STDDEV,
+    DEFAULT_GATE_SCALE,
+    DEFAULT_LEARN_GATE_SCALE,
+    GATING_STRATEGIES,
+)
 from tfsr.layers.interactions import INTERACTIONS
 
 ALIGNMENT_CHOICES = (*ALIGNMENTS, "none")
@@ -18,7 +24,8 @@ _TUPLE_FIELDS = ("expert_units", "tower_units")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Configuration of a multi-domain model (DESIGN.md §4 names in brackets).
+    """Configuration of a multi-domain model (docs/MODEL.md, "API"; the paper's names follow
+    Gong et al., CIKM 2023, https://arxiv.org/abs/2309.08939).
 
     Args:
       model_type: a registered model type: "srfoundation", "single_domain", "shared_bottom", "mmoe",
@@ -68,9 +75,9 @@ class ModelConfig:
     model_type: str = "srfoundation"
     embedding_dim: int = 32
     gating: str | None = None
-    gate_scale: float | None = 1.0
-    learn_gate_scale: bool = True
-    gate_init_stddev: float = 0.0
+    gate_scale: float | None = DEFAULT_GATE_SCALE
+    learn_gate_scale: bool = DEFAULT_LEARN_GATE_SCALE
+    gate_init_stddev: float = DEFAULT_GATE_INIT_STDDEV
     use_text: bool = True
     alignment: str | None = None
     alignment_weight: float = 0.1
@@ -124,9 +131,7 @@ class ModelConfig:
             "num_oov_buckets",
             "num_cross_layers",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         for name in _TUPLE_FIELDS:
             units = getattr(self, name)
             if not units or any(not isinstance(u, int) or u <= 0 for u in units):

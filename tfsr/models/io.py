@@ -6,8 +6,7 @@ import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
-from tfsr.data import dummy_batch
-from tfsr.features import FeatureSpec
+from tfsr.features import FeatureSpec, dummy_batch
 from tfsr.models.base import MultiDomainModel
 from tfsr.models.config import ModelConfig
 from tfsr.models.registry import model_class

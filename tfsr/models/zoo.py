@@ -41,7 +41,7 @@ class _MMoEHeads:
 @register_model("srfoundation")
 @tf.keras.utils.register_keras_serializable(package="tfsr")
 class SRFoundationModel(_MMoEHeads, MultiDomainModel):
-    """The S&R Multi-Domain Foundation model (Gong et al., CIKM 2023, §3).
+    """The S&R Multi-Domain Foundation model (Gong et al., CIKM 2023, §3, https://arxiv.org/abs/2309.08939).
 
     L0 id/text/sparse aspect encoders; L1 Domain-Gating Aspect Gating Fusion and a Domain Adaptive
     layer with a Jensen-Shannon (or MMD) alignment loss; L2 MMoE with one gate and one tower per
@@ -58,7 +58,7 @@ class SRFoundationModel(_MMoEHeads, MultiDomainModel):
     default_alignment = "js"
     # Dot products put user·item affinity and query·item relevance on the logit (weights start at 1, as an
     # FM's) and give them to the experts as inputs; the cross network adds every bounded-degree product of
-    # the three vectors (DESIGN.md §4, L2; measurement in docs/MODEL.md).
+    # the three vectors (docs/MODEL.md, "Explicit interactions (L2)", with the measurement).
     default_interactions = ("dot", "cross")
 
     def build_domain_adapter(self) -> tf.keras.layers.Layer:

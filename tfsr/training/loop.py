@@ -107,6 +107,55 @@ def _scalar(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_progress(
+    stage: str,
+    step: int,
+    total: int | None,
+    epoch: int,
+    epochs: int | None,
+    point: Mapping[str, Any],
+    eta_s: float | None,
+) -> str:
+    """The compact progress line logged every ``log_every`` steps (unless a progress bar is shown)::
+
+        train: step 150/1,200 12% | epoch 1/2 | loss 0.5123 | 4,210 ex/s | ETA 3m05s
+
+    `total` is the step the run stops at (None while unknown: no percentage, no ETA); `epoch` counts from 1;
+    `point` is the history point (its ``loss``, ``total_loss`` when a regularisation term makes it differ,
+    and ``examples_per_sec``).
+    """
+    parts = [f"{stage}: step {step:,}" + (f"/{total:,} {100 * step // max(total, 1)}%" if total else "")]
+    parts.append(f"epoch {epoch}" + (f"/{epochs}" if epochs else ""))
+    losses = [f"loss {point['loss']:.4f}"] if "loss" in point else []
+    total_loss = point.get("total_loss")
+    if total_loss is not None and abs(total_loss - point.get("loss", total_loss)) > 1e-6:
+        losses.append(f"total_loss {total_loss:.4f}")
+    parts += [" ".join(losses)] if losses else []
+    parts.append(f"{point.get('examples_per_sec', 0.0):,.0f} ex/s")
+    if total and eta_s is not None:
+        parts.append(f"ETA {_duration(eta_s)}")
+    return " | ".join(parts)
+
+
+def _cardinality(ds) -> int | None:
+    """Batches in a dataset when TensorFlow knows it statically (not for filtered TFRecords), else None."""
+    try:
+        n = int(ds.cardinality())
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return n if n >= 0 else None
+
+
 @dataclasses.dataclass
 class Validation:
     """Early stopping and best-epoch restore on a validation slice.
@@ -261,6 +310,7 @@ class Trainer:
         self._built = False
         self._train_fn = None
         self._writer = None
+        self._progress: dict[str, Any] = {}  # fit's epochs, max_steps, steps per epoch, start step and time
         if self.distributed:
             _allow_loss_reduction_under_strategy(model)
         with self.strategy.scope():
@@ -481,6 +531,13 @@ class Trainer:
             self.restore()
         start_epoch = int(self.epoch.numpy())
         first_epoch_ds = dataset_fn(start_epoch)
+        self._progress = {
+            "epochs": epochs,
+            "max_steps": max_steps,
+            "steps_per_epoch": _cardinality(first_epoch_ds),
+            "start_step": int(self.step.numpy()),
+            "start_time": time.perf_counter(),
+        }
         skip_first = int(self.step_in_epoch.numpy())
         if skip_first:
             first_epoch_ds = first_epoch_ds.skip(skip_first)
@@ -532,7 +589,7 @@ class Trainer:
                     if max_steps is not None and step >= max_steps:
                         break
                 else:  # the epoch ran to its end
-                    steps_per_epoch = seen
+                    steps_per_epoch = self._progress["steps_per_epoch"] = seen
                     self.epoch.assign(epoch + 1)
                     self.step_in_epoch.assign(0)
                     self.model.reset_metrics()
@@ -642,17 +699,22 @@ class Trainer:
                 if k not in ("stage", "step", "epoch", "wall_s") and isinstance(v, float | int):
                     write_scalar(k, v, step)
         if not self.verbose:
-            shown = " ".join(
-                f"{k} {point[k]:.4f}" for k in ("loss", "total_loss", "regularization_loss") if k in point
-            )
-            log.info(
-                "%s: step %d epoch %d %s (%.0f ex/s)",
-                self.stage,
-                step,
-                epoch + 1,
-                shown,
-                point["examples_per_sec"],
-            )
+            total, eta = self._total_and_eta(int(step))
+            epochs = self._progress.get("epochs")
+            log.info("%s", format_progress(self.stage, int(step), total, int(epoch) + 1, epochs, point, eta))
+
+    def _total_and_eta(self, step: int) -> tuple[int | None, float | None]:
+        """The step this fit stops at (when known) and the seconds left at this fit's pace so far."""
+        progress = self._progress
+        per_epoch, epochs, max_steps = (progress.get(k) for k in ("steps_per_epoch", "epochs", "max_steps"))
+        total = per_epoch * epochs if per_epoch and epochs else None
+        if max_steps:
+            total = min(total, max_steps) if total else max_steps
+        done = step - progress.get("start_step", step)
+        if not total or done <= 0:
+            return total, None
+        elapsed = time.perf_counter() - progress["start_time"]
+        return total, max(total - step, 0) * elapsed / done
 
 
 def load_histories(run_dir: str | pathlib.Path) -> dict[str, list[dict]]:

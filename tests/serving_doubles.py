@@ -1,4 +1,4 @@
-"""Small stand-ins honouring the model and text-encoder contracts, for export/serving tests and benchmarks.
+"""Test doubles honouring the model and text-encoder contracts, for export/serving tests and benchmarks.
 
 They let the exporter, the local server, the client and the serving benchmark be exercised without a
 trained model: :class:`ContractModel` takes the model inputs of ``spec.model_features`` and returns
@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from tfsr import layout
+from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.export import export_model
 from tfsr.features import FeatureSpec
 
@@ -121,7 +122,7 @@ class ContractModel(tf.keras.Model):
 
 
 def toy_spec(text_dim: int = 16) -> FeatureSpec:
-    return FeatureSpec.default(text_dim=text_dim)
+    return FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=text_dim)
 
 
 def write_samples_dir(
