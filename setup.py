@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     "numpy",
     "matplotlib",
     "grpcio",
+    # Keras's TensorBoard callback writes through it (TensorFlow no longer installs it).
+    "tensorboard==2.21.*",
 ]
 
 setup(

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 
+from tfsr import layout
 from tfsr.cli import subprocess_command
 from tfsr.training import distributed
 from tfsr.training.loop import read_history
@@ -16,9 +17,11 @@ import pytest
 from training_samples import (
     MODEL_FLAGS,
     checkpoint_steps,
+    read_records,
     run_tfsr,
     subprocess_env,
     train_args,
+    write_records,
     write_samples_dir,
 )
 
@@ -56,25 +59,14 @@ def test_tf_config_parsing(monkeypatch):
         distributed.tf_config()
 
 
-def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> tuple[float, float]:
-    """Runs `tfsr STAGE` single-worker, then as 2 workers on loopback; returns both wall times (s)."""
-    # the single-worker reference first: three processes at once starve the workers' collectives on 2 cores
-    started = time.perf_counter()
-    single_proc = subprocess.run(
-        subprocess_command(stage, *args, "--output_dir", single_run),
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert single_proc.returncode == 0, single_proc.stderr[-4000:]
-    single_s = time.perf_counter() - started
+def _two_workers(stage, args, run_dir) -> dict[str, tuple[int, str]]:
+    """Runs `tfsr STAGE` as 2 workers on loopback; {worker: (exit status, output)}."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = {}
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs[f"worker{index}"] = subprocess.Popen(
-            subprocess_command(stage, *args, "--output_dir", multi_run),
+            subprocess_command(stage, *args, "--output_dir", run_dir),
             env=subprocess_env(TF_CONFIG=tf_config),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -88,9 +80,27 @@ def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> t
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
+    return {name: (proc.returncode, outputs.get(name, "")) for name, proc in procs.items()}
+
+
+def _single_then_two_workers(stage: str, args: list, single_run, multi_run) -> tuple[float, float]:
+    """Runs `tfsr STAGE` single-worker, then as 2 workers on loopback; returns both wall times (s)."""
+    # the single-worker reference first: three processes at once starve the workers' collectives on 2 cores
+    started = time.perf_counter()
+    single_proc = subprocess.run(
+        subprocess_command(stage, *args, "--output_dir", single_run),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert single_proc.returncode == 0, single_proc.stderr[-4000:]
+    single_s = time.perf_counter() - started
+    outcomes = _two_workers(stage, args, multi_run)
     multi_s = time.perf_counter() - started - single_s
-    for name, proc in procs.items():
-        assert proc.returncode == 0, f"{name} failed:\n{outputs[name][-4000:]}"
+    for name, (returncode, output) in outcomes.items():
+        assert returncode == 0, f"{name} failed:\n{output[-4000:]}"
+    outputs = {name: output for name, (_, output) in outcomes.items()}
     assert "MultiWorkerMirroredStrategy: 2 workers" in outputs["worker1"]
     return single_s, multi_s
 
@@ -153,3 +163,26 @@ def test_two_workers_finetune_from_a_pretrained_model_match_single_worker(tmp_pa
     ]
     _single_then_two_workers("finetune", args, tmp_path / "single", tmp_path / "multi")
     _assert_same_losses(tmp_path / "single", tmp_path / "multi", min_steps=4)
+
+
+@pytest.mark.slow
+def test_a_nan_input_on_one_worker_stops_both_naming_the_feature(tmp_path):
+    samples, _ = write_samples_dir(tmp_path / "samples", rows=600, shards=1)
+    examples = read_records(samples)
+    examples[300].features.feature["item_title_embedding"].float_list.value[1] = float("nan")
+    write_records(next((samples / layout.PRETRAIN_TRAIN).glob("*.tfrecord.gz")), examples)
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    outcomes = _two_workers("train", ["--samples_dir", samples, *MODEL_FLAGS, *FLAGS], run)
+    assert time.perf_counter() - started < 120  # neither worker waits forever for the other
+    errors = {
+        name: [line for line in output.splitlines() if "tfsr train: error:" in line]
+        for name, (_, output) in outcomes.items()
+    }
+    assert all(returncode == 1 for returncode, _ in outcomes.values()), outcomes
+    lines = [line for found in errors.values() for line in found]
+    # the worker that read the row names it; the other says a worker failed; both at the same step
+    assert any("NaN/Inf in input feature 'item_title_embedding'" in line for line in lines), lines
+    assert any("another worker failed" in line for line in lines), lines
+    steps = {int(line.split("train: step ")[1].split()[0]) for line in lines}
+    assert len(steps) == 1 and max(checkpoint_steps(run)) < steps.pop()

@@ -20,6 +20,7 @@ import tensorflow_recommenders as tfrs
 from training_samples import (
     checkpoint_steps,
     checkpoint_values,
+    read_records,
     subprocess_env,
     train_args,
     write_records,
@@ -33,20 +34,11 @@ def samples(tmp_path_factory):
     return root
 
 
-def _examples(samples):
-    files = sorted((samples / layout.PRETRAIN_TRAIN).glob("*.tfrecord.gz"))
-    out = []
-    for path in files:
-        for raw in tf.data.TFRecordDataset(str(path), compression_type="GZIP"):
-            out.append(tf.train.Example.FromString(raw.numpy()))
-    return out
-
-
 def _copy_with(samples, dst, edit):
     """A copy of the samples dir whose pretrain_train is one shard, with `edit(examples)` applied."""
     dst.mkdir(parents=True)
     (dst / layout.FEATURE_SPEC).write_text((samples / layout.FEATURE_SPEC).read_text())
-    examples = _examples(samples)
+    examples = read_records(samples)
     edit(examples)
     write_records(dst / layout.PRETRAIN_TRAIN / "part-00000.tfrecord.gz", examples)
     return dst

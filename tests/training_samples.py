@@ -38,6 +38,15 @@ def write_samples_dir(root: pathlib.Path, rows: int = 600, text_dim: int = 4, sh
     return root, spec
 
 
+def read_records(samples: pathlib.Path) -> list[tf.train.Example]:
+    """Every example of a samples directory's pretrain_train shards, in shard order."""
+    out = []
+    for path in sorted((samples / layout.PRETRAIN_TRAIN).glob("*.tfrecord.gz")):
+        for raw in tf.data.TFRecordDataset(str(path), compression_type="GZIP"):
+            out.append(tf.train.Example.FromString(raw.numpy()))
+    return out
+
+
 def write_records(path: pathlib.Path, examples) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path), tf.io.TFRecordOptions(compression_type="GZIP")) as writer:

@@ -16,6 +16,10 @@ features ─► L0 aspect encoders (one per feature)  ─► per entity: aspects
 and differs only in what the hooks `build_fusion`, `build_domain_adapter`, `build_interactions`,
 `build_experts` and `build_towers` return (and in `interaction_fields`: the interactions act on the
 fused entity vectors, or on the unfused L0 aspect vectors for the field models DeepFM and DCN-v2). Teams subclass a model and override a hook (see `examples/`).
+
+The module is one class, over 500 lines because a subclassable model's hooks, forward pass, loss and
+transfer methods (`freeze`, `add_domain`) belong on the class that teams subclass; the train step, the
+configuration and the I/O live in their own modules (`train_step`, `config`, `io`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tfsr.layers import (
     TextEncoder,
 )
 from tfsr.models.config import ModelConfig
+from tfsr.models.train_step import train_step
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -226,8 +231,12 @@ class MultiDomainModel(tfrs.models.Model):
 
     def _make_task(self, domain: str | None) -> tfrs.tasks.Ranking:
         name = "auc" if domain is None else f"{domain}_auc"
+        # SUM, divided by the domain's rows in `compute_loss`: the mean over the domain's samples, and a
+        # reduction that Keras accepts under a distribution strategy (SUM_OVER_BATCH_SIZE raises there).
         return tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            loss=tf.keras.losses.BinaryCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.SUM
+            ),
             metrics=[tf.keras.metrics.AUC(from_logits=True, name=name)],
             name=f"{domain or 'overall'}_task",
         )
@@ -384,13 +393,19 @@ class MultiDomainModel(tfrs.models.Model):
             domain_loss = task(
                 tf.boolean_mask(labels, mask), tf.boolean_mask(logits, mask), training=training
             )
-            loss += self.config.loss_weight(domain.name) * domain_loss
+            rows = tf.reduce_sum(tf.cast(mask, tf.float32))
+            loss += self.config.loss_weight(domain.name) * tf.math.divide_no_nan(domain_loss, rows)
         self.overall_task(labels, logits, training=training)
         if self.config.alignment != "none":
             reg = self.alignment_loss(outputs["representation"], domain_ids)
             self.alignment_tracker.update_state(reg)
             loss += self.config.alignment_weight * reg
         return loss
+
+    def train_step(self, inputs) -> dict[str, tf.Tensor]:
+        """TFRS's step, checked and replica-safe (:mod:`tfsr.models.train_step`): a NaN / Inf input fails
+        the step before any weight changes, and the loss is divided by the replicas under a strategy."""
+        return train_step(self, inputs)
 
     def compile(self, optimizer=None, **kwargs):
         """Keras `compile`; without an optimizer, Adam with `config.learning_rate`."""

@@ -131,11 +131,11 @@ def _prepare(cfg: TrainConfig, args: argparse.Namespace) -> bool:
 
 def _run_stage(prog: str, fn, cfg):
     """Runs a stage; a data or numeric fault becomes one line on stderr and exit status 1."""
-    from tfsr.training.loop import NonFiniteError
+    from tfsr.training.loop import NonFiniteError, PeerWorkerError
 
     try:
         return fn(cfg), 0
-    except (NonFiniteError, ValueError, FileNotFoundError) as err:
+    except (NonFiniteError, PeerWorkerError, ValueError, FileNotFoundError) as err:
         log.debug("%s failed", prog, exc_info=True)
         print(f"{prog}: error: {err}", file=sys.stderr)
         return None, 1
