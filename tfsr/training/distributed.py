@@ -115,7 +115,12 @@ def strategy_from_env(communication: str = "auto") -> tf.distribute.Strategy:
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:
-    return strategy is not None and strategy.extended._in_multi_worker_mode()  # noqa: SLF001
+    """Whether `strategy` spans several tasks (its public ``cluster_resolver`` names more than one)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    cluster = resolver.cluster_spec()
+    return sum(cluster.num_tasks(job) for job in cluster.jobs) > 1
 
 
 def write_dir(directory: str | pathlib.Path, strategy: tf.distribute.Strategy | None = None) -> pathlib.Path:
