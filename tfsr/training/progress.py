@@ -105,7 +105,7 @@ class ProgressLog(tf.keras.callbacks.Callback):
         self._loaded = False
         self._interval: dict[str, list[float]] = {}
         self._interval_steps = 0
-        self._interval_start = time.perf_counter()
+        self._interval_start = self._last_batch_end = time.perf_counter()
         self._epoch = 0
         self._epoch_steps = 0
         self._bar: tf.keras.utils.Progbar | None = None
@@ -152,6 +152,7 @@ class ProgressLog(tf.keras.callbacks.Callback):
                 self._interval.setdefault(k, []).append(v)
         self._interval_steps += 1
         self._epoch_steps += 1
+        self._last_batch_end = time.perf_counter()
         step = int(self.checkpoints.step.numpy())
         if self._bar is not None:
             losses = [(k, v) for k, v in values.items() if v is not None and "loss" in k]
@@ -178,7 +179,8 @@ class ProgressLog(tf.keras.callbacks.Callback):
         self.write()
 
     def _point(self, step: int) -> None:
-        elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
+        # up to the interval's last step: an epoch-end point comes after the validation and the checkpoint
+        elapsed = max(self._last_batch_end - self._interval_start, 1e-9)
         point: dict[str, Any] = {"stage": self.stage, "step": step, "epoch": self._epoch + 1}
         for k, vs in self._interval.items():
             point[k] = float(np.mean(vs))
