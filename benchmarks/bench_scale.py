@@ -6,6 +6,12 @@ streams from the TFRecords, so its memory should stay flat as the data grows; th
 keeps intermediate collections in memory, so its peak grows with the input.
 
     python benchmarks/bench_scale.py --rows 500000 1000000 --out benchmarks/results/scale.json
+
+Text-feature scale at one row count (distinct titles and queries, not rows, grow):
+
+    python benchmarks/bench_scale.py --rows 1000000 --out benchmarks/results/scale_texts.json \
+        --synth_flags "--num_items 100000 --popularity_exponent 0" \
+                      "--num_items 1000000 --popularity_exponent 0 --search_fraction 1 --impressions_per_search 1 --query_tail 10000000"
 """
 
 from __future__ import annotations
@@ -52,14 +58,18 @@ def train_samples(samples_dir: pathlib.Path) -> int:
     return sum(v["samples"] for v in manifest["counts"]["pretrain_train"].values())
 
 
-def measure(rows: int, workdir: pathlib.Path, seed: int) -> dict:
+def measure(rows: int, workdir: pathlib.Path, seed: int, synth_flags: list[str] = ()) -> dict:
+    """One size end to end; `synth_flags` are extra `tfsr synth` flags (catalogue size, query tail...)."""
     logs, samples, run = workdir / "logs", workdir / "samples", workdir / "run"
-    result = {"rows": rows}
-    result["synth"] = run_stage(["synth", "--rows", str(rows), "--out", str(logs), "--seed", str(seed)])
+    result = {"rows": rows, "synth_flags": " ".join(synth_flags)}
+    result["synth"] = run_stage(
+        ["synth", "--rows", str(rows), "--out", str(logs), "--seed", str(seed), *synth_flags]
+    )
     result["preprocess"] = run_stage(
         ["preprocess", "--logs", str(logs / "*"), "--output_dir", str(samples), "--text_encoder", "tiny"]
     )
     result["train_samples"] = train_samples(samples)
+    result["distinct_texts"] = json.loads((samples / "manifest.json").read_text())["text_embeddings"]
     result["preprocess"]["input_shards"] = len(list(logs.iterdir()))
     result["preprocess"]["output_shards"] = len(list(samples.glob(f"*/*{layout.TFRECORD_SUFFIX}")))
     result["train_1_epoch"] = run_stage(
@@ -109,31 +119,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[500_000, 1_000_000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/scale.json")
+    parser.add_argument(
+        "--synth_flags",
+        nargs="+",
+        default=[""],
+        help="one quoted set of extra `tfsr synth` flags per variant, each run at every --rows, e.g. "
+        "'--num_items 100000 --popularity_exponent 0' '--num_items 1000000 --popularity_exponent 0': "
+        "text-feature scale at the same row count",
+    )
     args = parser.parse_args(argv)
 
     results = []
     for rows in args.rows:
-        workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"tfsr_scale_{rows}_"))
-        try:
-            results.append(measure(rows, workdir, args.seed))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        r = results[-1]
-        print(
-            f"{rows:>10,} rows: synth {r['synth']['wall_s']} s, preprocess {r['preprocess']['wall_s']} s "
-            f"({r['preprocess']['peak_rss_mib']} MiB), train {r['train_1_epoch']['wall_s']} s "
-            f"({r['train_1_epoch']['peak_rss_mib']} MiB)",
-            flush=True,
-        )
+        for flags in args.synth_flags:
+            workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"tfsr_scale_{rows}_"))
+            try:
+                results.append(measure(rows, workdir, args.seed, flags.split()))
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            r = results[-1]
+            print(
+                f"{rows:>10,} rows {r['synth_flags']}: distinct texts {r['distinct_texts']}; synth "
+                f"{r['synth']['wall_s']} s, preprocess {r['preprocess']['wall_s']} s "
+                f"({r['preprocess']['peak_rss_mib']} MiB), train {r['train_1_epoch']['wall_s']} s "
+                f"({r['train_1_epoch']['peak_rss_mib']} MiB)",
+                flush=True,
+            )
 
-    print("\n| rows | stage | wall s | rows/s | peak RSS MiB |\n|---|---|---|---|---|")
+    print("\n| rows | synth flags | distinct texts | stage | wall s | rows/s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
+        texts = ", ".join(f"{k} {v:,}" for k, v in sorted(r["distinct_texts"].items()))
         for stage in ("synth", "preprocess", "train_1_epoch"):
             s = r[stage]
             print(
-                f"| {r['rows']:,} | {stage} | {s['wall_s']} | {s['rows_per_s']:,} | {s['peak_rss_mib']:,} |"
+                f"| {r['rows']:,} | {r['synth_flags'] or '-'} | {texts} | {stage} | {s['wall_s']} | "
+                f"{s['rows_per_s']:,} | {s['peak_rss_mib']:,} |"
             )
-    growth = marginal_costs(results)
+    # per extra row: between consecutive sizes of the same synth variant
+    growth = [
+        cost
+        for flags in args.synth_flags
+        for cost in marginal_costs([r for r in results if r["synth_flags"] == " ".join(flags.split())])
+    ]
     for g in growth:
         print(
             f"{g['from_rows']:,} -> {g['to_rows']:,} rows: preprocess {g['preprocess_us_per_row']} us and "

@@ -6,7 +6,8 @@ encoder*) and (2) towers whose logit adds a per-domain linear term to a shared M
 per-domain weights in :class:`tfsr.layers.DomainWeights`, so `add_domain()` extends it too. The
 class is registered under its own `model_type`, so `tfsr.models.load_model` rebuilds it.
 
-Run: `python examples/team_subclass.py` (trains a few steps on synthetic records).
+Run: `python examples/team_subclass.py` (trains a few steps on synthetic records with plain `model.fit`
+and tfsr's run callbacks: checkpoints, NaN/Inf stop, progress and history).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import Feature, FeatureSpec
 from tfsr.layers import AspectEncoder, DomainWeights, select_domain
 from tfsr.models import ModelConfig, SRFoundationModel, build_model, load_model, register_model, save_model
+from tfsr.training.callbacks import NonFiniteLossStop, ResumableCheckpoints
+from tfsr.training.progress import ProgressLog
 
 import tensorflow as tf
 
@@ -107,7 +110,22 @@ def main(num_rows: int = 400, epochs: int = 2, workdir: str | None = None) -> di
     )
     model = build_model(config, spec)
     model.compile()
-    history = model.fit(data.make_dataset(pattern, spec, 64), epochs=epochs, verbose=0)
+    # Plain Keras `fit`, with the callbacks `tfsr train` uses: checkpoints every 100 steps and at each epoch
+    # end (re-running resumes at the last one), a NaN/Inf loss stops before it is checkpointed, progress
+    # lines and history.json. The model's own train step refuses NaN/Inf inputs (docs/TRAINING.md).
+    train = data.make_dataset(pattern, spec, 64)
+    model(next(iter(train)))  # builds the weights, so that a checkpoint can be restored into them
+    model.optimizer.build(model.trainable_variables)
+    run_dir = f"{workdir}/run"
+    checkpoints = ResumableCheckpoints(model, run_dir, checkpoint_every=100)
+    callbacks = [
+        NonFiniteLossStop(checkpoints),
+        checkpoints,
+        ProgressLog(run_dir, checkpoints, log_every=5, batch_size=64),
+    ]
+    history = model.fit(
+        train, epochs=epochs, initial_epoch=checkpoints.restore(), verbose=0, callbacks=callbacks
+    )
     restored = load_model(save_model(model, f"{workdir}/model"))
     batch = next(iter(data.make_dataset(pattern, spec, 8, shuffle=False)))
     gates = restored(batch)["gate_weights"].numpy().mean(axis=0).round(3)

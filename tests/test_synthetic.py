@@ -81,6 +81,34 @@ def test_write_logs_round_trips_through_the_generic_parser(tmp_path, fmt, compre
     assert [{k: p[k] for k in expected[0]} for p in parsed] == expected
 
 
+def test_catalogue_scale_options_give_about_one_distinct_text_per_row():
+    # every event a one-impression search over a uniform catalogue: text features at a search engine's scale
+    config = synthetic.SyntheticConfig(
+        num_users=300,
+        num_items=2000,
+        chunk_size=512,
+        search_fraction=1.0,
+        impressions_per_search=1,
+        popularity_exponent=0.0,
+        query_tail=10**7,
+    )
+    rows = list(synthetic.generate(3000, seed=0, config=config))
+    assert len({r["query_text"] for r in rows}) >= 2990  # ~3000 draws from 10^7 tail tokens x topic words
+    # 3000 uniform draws over 2000 titles: 2000 * (1 - e^-1.5) = 1554 distinct expected
+    assert 1450 < len({r["item_title"] for r in rows}) < 1650
+    stems = [r["query_text"].rsplit(" q", 1) for r in rows]
+    assert all(len(parts) == 2 and parts[1].isdigit() for parts in stems)
+    # the topic words still carry the click signal
+    match = [
+        any(w in r["item_title"].lower() for w in stem.split())
+        for r, (stem, _) in zip(rows, stems, strict=True)
+    ]
+    labels = np.array([r["label"] for r in rows])
+    assert labels[np.array(match)].mean() > labels[~np.array(match)].mean()
+    with pytest.raises(ValueError, match="query_tail and popularity_exponent must be >= 0"):
+        synthetic.SyntheticConfig(query_tail=-1)
+
+
 def test_main_cli(tmp_path):
     assert (
         synthetic.main(["--rows", "50", "--out", str(tmp_path), "--num_users", "10", "--num_items", "100"])
@@ -88,6 +116,13 @@ def test_main_cli(tmp_path):
     )
     data = (tmp_path / "synthetic-00000-of-00001.jsonl.gz").read_bytes()
     assert len(gzip.decompress(data).splitlines()) == 50
+    args = ["--rows", "40", "--out", str(tmp_path / "tail"), "--num_users", "10", "--num_items", "100"]
+    args += ["--search_fraction", "1", "--impressions_per_search", "1", "--query_tail", "1000000"]
+    assert synthetic.main([*args, "--popularity_exponent", "0"]) == 0
+    lines = gzip.decompress(
+        (tmp_path / "tail" / "synthetic-00000-of-00001.jsonl.gz").read_bytes()
+    ).splitlines()
+    assert len({json.loads(line)["query_text"] for line in lines}) == 40
 
 
 def test_bad_arguments_are_named():

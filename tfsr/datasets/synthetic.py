@@ -92,7 +92,11 @@ class SyntheticConfig:
       factor_dim: width of the latent factors.
       search_fraction: share of events that are searches (each gives `impressions_per_search` rows).
       impressions_per_search: items shown per search.
-      popularity_exponent: Zipf exponent of item popularity (>1: a few hits, a long cold tail).
+      popularity_exponent: Zipf exponent of item popularity (>1: a few hits, a long cold tail; 0: uniform,
+        so that most of a large catalogue's titles appear in the rows).
+      query_tail: 0, or the size of a long tail of query tokens: each search query gets one drawn from
+        it (``"wizard castle q123456"``), so a run of n searches holds about n distinct queries (the
+        text-feature scale of a real search engine; the topic words still carry the signal).
       text_signal: score bonus of a shown item whose topic is the query's.
       start_time / seconds_per_event: event timestamps increase by about this much per event.
       chunk_size: events generated per vectorised chunk.
@@ -108,11 +112,16 @@ class SyntheticConfig:
     start_time: int = 1_500_000_000
     seconds_per_event: int = 60
     chunk_size: int = 4096
+    query_tail: int = 0
 
     def __post_init__(self):
         for name in ("num_users", "num_items", "factor_dim", "impressions_per_search", "chunk_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.query_tail < 0 or self.popularity_exponent < 0:
+            raise ValueError(
+                f"query_tail and popularity_exponent must be >= 0, got {self.query_tail}, {self.popularity_exponent}"
+            )
         if not 0.0 <= self.search_fraction <= 1.0:
             raise ValueError(f"search_fraction must be in [0, 1], got {self.search_fraction}")
 
@@ -142,6 +151,7 @@ class _World:
         # Zipf popularity over a random permutation of items: rank r has weight (r + 1) ** -a.
         weights = np.arange(1, config.num_items + 1, dtype=np.float64) ** -config.popularity_exponent
         self.popular_order = rng.permutation(config.num_items)
+        self.uniform_popularity = config.popularity_exponent == 0
         self.popularity_cdf = np.cumsum(weights) / weights.sum()
         self.topic_items = [
             np.flatnonzero(self.item_topic[self.popular_order] == t) for t in range(len(names))
@@ -164,6 +174,8 @@ class _World:
 
     def topic_item(self, rng: np.random.Generator, topic: int) -> int:
         ranks = self.topic_items[topic]
+        if self.uniform_popularity:
+            return int(self.popular_order[ranks[rng.integers(len(ranks))]])
         # within a topic, popularity rank still matters: a geometric draw over its popularity order
         position = min(int(rng.geometric(min(1.0, 20.0 / len(ranks)))) - 1, len(ranks) - 1)
         return int(self.popular_order[ranks[position]])
@@ -231,6 +243,8 @@ def _search_event(
     topic = int(np.argmax(affinity + rng.gumbel(size=len(affinity))))
     words = world.topic_words[topic]
     query = " ".join(rng.choice(words, size=int(rng.integers(1, 3)), replace=False))
+    if config.query_tail:  # drawn only then: the default world's records stay as they were
+        query = f"{query} q{int(rng.integers(config.query_tail))}"
     shown = [
         world.topic_item(rng, topic) if rng.random() < 0.6 else int(world.popular_items(rng, 1)[0])
         for _ in range(config.impressions_per_search)
@@ -312,9 +326,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows_per_shard", type=int, default=250_000)
     parser.add_argument("--no_compress", action="store_true", help="write plain text instead of gzip")
     parser.add_argument("--num_users", type=int, default=SyntheticConfig.num_users)
-    parser.add_argument("--num_items", type=int, default=SyntheticConfig.num_items)
+    parser.add_argument(
+        "--num_items", type=int, default=SyntheticConfig.num_items, help="distinct item titles"
+    )
+    parser.add_argument("--search_fraction", type=float, default=SyntheticConfig.search_fraction)
+    parser.add_argument("--impressions_per_search", type=int, default=SyntheticConfig.impressions_per_search)
+    parser.add_argument(
+        "--popularity_exponent",
+        type=float,
+        default=SyntheticConfig.popularity_exponent,
+        help="Zipf exponent of item popularity (0: uniform, every title about as likely)",
+    )
+    parser.add_argument(
+        "--query_tail",
+        type=int,
+        default=SyntheticConfig.query_tail,
+        help="0, or the size of a long tail of query tokens (about one distinct query per search)",
+    )
     args = parser.parse_args(argv)
-    config = SyntheticConfig(num_users=args.num_users, num_items=args.num_items)
+    config = SyntheticConfig(
+        num_users=args.num_users,
+        num_items=args.num_items,
+        search_fraction=args.search_fraction,
+        impressions_per_search=args.impressions_per_search,
+        popularity_exponent=args.popularity_exponent,
+        query_tail=args.query_tail,
+    )
     paths = write_logs(
         args.rows, args.out, args.seed, args.format, args.rows_per_shard, not args.no_compress, config
     )
