@@ -18,7 +18,7 @@ from tfsr.training.loop import Trainer, format_progress
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
+from training_samples import ToyRankingModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(__file__).parent / "data"
@@ -227,19 +227,6 @@ def test_progress_line_format():
     assert format_progress("train", 5, 10, 1, 1, point, 7325).endswith("| ETA 2h02m")
 
 
-class _Toy(tfrs.models.Model):
-    def __init__(self):
-        super().__init__()
-        self.dense = tf.keras.layers.Dense(1)
-        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
-
-    def call(self, features, training=False):
-        return tf.squeeze(self.dense(features["x"]), -1)
-
-    def compute_loss(self, features, training=False):
-        return self.task(labels=features["label"], predictions=self(features, training=training))
-
-
 def _toy_dataset(epoch, unknown_size=False):
     x = np.random.default_rng(0).standard_normal((96, 4)).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices({"x": x, "label": (x[:, 0] > 0).astype("float32")})
@@ -256,7 +243,9 @@ PROGRESS = re.compile(
 @pytest.mark.parametrize("unknown_size", [False, True])
 def test_training_logs_one_progress_line_per_interval(tmp_path, caplog, unknown_size):
     tf.keras.utils.set_random_seed(0)
-    trainer = Trainer(_Toy(), tf.keras.optimizers.Adam(0.05), tmp_path, log_every=2, checkpoint_every=100)
+    trainer = Trainer(
+        ToyRankingModel(), tf.keras.optimizers.Adam(0.05), tmp_path, log_every=2, checkpoint_every=100
+    )
     with caplog.at_level(logging.INFO, logger="tfsr.training"):
         history = trainer.fit(lambda e: _toy_dataset(e, unknown_size), epochs=2)
     lines = [r.getMessage() for r in caplog.records if r.name == "tfsr.training"]

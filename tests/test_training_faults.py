@@ -16,8 +16,8 @@ from tfsr.training.loop import NonFiniteError, Trainer, read_history
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 from training_samples import (
+    ToyRankingModel,
     checkpoint_steps,
     checkpoint_values,
     read_records,
@@ -144,20 +144,15 @@ def test_huge_learning_rate_stops_on_non_finite_loss_keeping_last_good_checkpoin
     assert all(np.isfinite(v).all() for v in values.values() if v.dtype.kind == "f")
 
 
-class _PoisonedModel(tfrs.models.Model):
+class _PoisonedModel(ToyRankingModel):
     """A toy ranking model whose loss turns NaN from global step `poison_at` (1-based) on."""
 
     def __init__(self, poison_at):
         super().__init__()
-        self.dense = tf.keras.layers.Dense(1)
-        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
         self.poison_at = poison_at
 
-    def call(self, features, training=False):
-        return tf.squeeze(self.dense(features["x"]), -1)
-
     def compute_loss(self, features, training=False):
-        loss = self.task(labels=features["label"], predictions=self(features, training=training))
+        loss = super().compute_loss(features, training=training)
         step = self.optimizer.iterations + 1
         return loss + tf.where(step >= self.poison_at, tf.constant(math.nan), 0.0)
 

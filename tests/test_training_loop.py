@@ -8,20 +8,7 @@ from tfsr.training.loop import Trainer, Validation, read_history
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
-
-
-class ToyModel(tfrs.models.Model):
-    def __init__(self):
-        super().__init__()
-        self.dense = tf.keras.layers.Dense(1)
-        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
-
-    def call(self, features, training=False):
-        return tf.squeeze(self.dense(features["x"]), -1)
-
-    def compute_loss(self, features, training=False):
-        return self.task(labels=features["label"], predictions=self(features, training=training))
+from training_samples import ToyRankingModel
 
 
 def _dataset(epoch, seed=0, n=96, batch=16):
@@ -33,7 +20,9 @@ def _dataset(epoch, seed=0, n=96, batch=16):
 
 def _trainer(run_dir, **kw):
     tf.keras.utils.set_random_seed(0)
-    return Trainer(ToyModel(), tf.keras.optimizers.Adam(0.05), run_dir, log_every=2, checkpoint_every=4, **kw)
+    return Trainer(
+        ToyRankingModel(), tf.keras.optimizers.Adam(0.05), run_dir, log_every=2, checkpoint_every=4, **kw
+    )
 
 
 def test_fit_writes_checkpoints_history_and_tensorboard(tmp_path):

@@ -11,6 +11,7 @@ from tfsr.datasets.movielens import MOVIELENS_DOMAINS
 from tfsr.features import FeatureSpec
 
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,21 @@ MODEL_FLAGS = [
     "--set",
     "model.num_hash_bins=1000",
 ]
+
+
+class ToyRankingModel(tfrs.models.Model):
+    """The smallest TFRS ranking model: `x` [B, 4] -> Dense(1) logit, BCE on `label` (loop tests)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = tf.keras.layers.Dense(1)
+        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+
+    def call(self, features, training=False):
+        return tf.squeeze(self.dense(features["x"]), -1)
+
+    def compute_loss(self, features, training=False):
+        return self.task(labels=features["label"], predictions=self(features, training=training))
 
 
 def write_samples_dir(root: pathlib.Path, rows: int = 600, text_dim: int = 4, shards: int = 2, seed: int = 0):
