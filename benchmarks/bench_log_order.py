@@ -51,11 +51,13 @@ LOG_COLUMNS = ("domain", "user_id", "query_text", "item_id", "item_title", "item
 def sample_rows(samples_dir: pathlib.Path) -> list[dict]:
     """Every sample of a samples directory as a generic-log record (all splits)."""
     from tfsr import data, layout
+    from tfsr.text.lookup import samples_text_lookup
 
     spec = layout.read_feature_spec(samples_dir)
+    lookup = samples_text_lookup(samples_dir, spec)
     rows = []
     for split in layout.SPLITS:
-        for batch in data.make_dataset((samples_dir, split), spec, 4096, shuffle=False):
+        for batch in data.make_dataset((samples_dir, split), spec, 4096, shuffle=False, text_lookup=lookup):
             columns = {f: batch[f] for f in (*LOG_COLUMNS, "label", "timestamp")}
             genres = columns["item_genres"].to_list()
             values = {f: columns[f].numpy() for f in columns if f != "item_genres"}

@@ -94,26 +94,11 @@ def test_exported_scores_equal_in_memory_model(exported):
     assert got_cls["classes"].numpy()[0].tolist() == [b"0", b"1"]
 
 
-def test_text_embedder_table_fallback_and_empty():
-    encoder = T.HashingTextEncoder(TEXT_DIM)
-    matrix = np.full([2, TEXT_DIM], 7.0, np.float32)
-    embedder = export.TextEmbedder(TEXT_DIM, [b"known", b"also known"], matrix, encoder, empty_is_zero=True)
-    texts = tf.constant(["known", "brand new text", "", "known", "brand new text"])
-    out = embedder(texts).numpy()
-    np.testing.assert_allclose(out[0], 7.0)  # from the table, not the encoder
-    np.testing.assert_allclose(out[1], encoder(tf.constant(["brand new text"])).numpy()[0], rtol=1e-6)
-    np.testing.assert_allclose(out[2], 0.0)  # empty query -> zeros
-    np.testing.assert_allclose(out[3], out[0])
-    np.testing.assert_allclose(out[4], out[1])
-    no_fallback = export.TextEmbedder(TEXT_DIM, [b"known"], matrix[:1], None)
-    np.testing.assert_allclose(no_fallback(tf.constant(["unseen"])).numpy(), 0.0)
-
-
 def test_graph_has_only_core_tf_and_tf_text_ops(exported):
     ops = T.classify_graph_ops(exported["path"])
     assert not ops["forbidden"], f"python ops in the graph: {ops['forbidden']}"
     assert not ops["other"], f"ops neither core TF nor TF Text: {sorted(ops['other'])}"
-    assert {"ParseExampleV2", "HashTableV2", "Unique"} <= ops["all"]
+    assert {"ParseExampleV2", "MutableHashTableV2", "Unique"} <= ops["all"]
     assert "PyFunc" in T.FORBIDDEN_OPS and hasattr(
         tf.raw_ops, "PyFunc"
     )  # the allow-list alone would admit it

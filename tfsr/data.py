@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from tfsr import layout
 from tfsr.contract import check_positive_int
-from tfsr.features import FeatureSpec
+from tfsr.features import RECORD_ROLES, ROLES, FeatureSpec
 
 import numpy as np
 import tensorflow as tf
@@ -30,9 +30,13 @@ FilesArg = str | os.PathLike | Sequence[str] | tuple[str | os.PathLike, str]
 MAX_OPEN_SHARDS = 64  # files read at once by make_dataset's interleave (each holds a gzip read buffer)
 
 
+def _is_split(files: FilesArg) -> bool:
+    return isinstance(files, tuple) and len(files) == 2 and files[1] in layout.SPLITS
+
+
 def _resolve_files(files: FilesArg) -> list[str]:
     """A glob pattern, a list of files, or `(samples_dir, split)` -> sorted list of files."""
-    if isinstance(files, tuple) and len(files) == 2 and files[1] in layout.SPLITS:
+    if _is_split(files):
         pattern = layout.split_pattern(files[0], files[1])
         paths = tf.io.gfile.glob(pattern)
     elif isinstance(files, str | os.PathLike):
@@ -72,6 +76,7 @@ def make_dataset(
     drop_label: bool = False,
     shuffle_buffer: int = 10_000,
     drop_remainder: bool = False,
+    text_lookup: Callable[[dict], dict] | None = None,
 ) -> tf.data.Dataset:
     """A batched dataset of feature dicts parsed from gzip TFRecords.
 
@@ -94,6 +99,10 @@ def make_dataset(
       drop_label: drop the `label` feature (for prediction).
       shuffle_buffer: rows in the shuffle buffer.
       drop_remainder: drop the last, smaller batch.
+      text_lookup: for samples that carry their texts only (``tfsr preprocess --text_features key``, the
+        default): a callable adding the spec's derived text embeddings to a parsed batch, such as
+        :class:`tfsr.text.lookup.TextLookup` (``samples_text_lookup(samples_dir, spec)``). The records
+        are then parsed without the derived features. None: the records carry the vectors.
 
     Returns:
       A `tf.data.Dataset` of `dict[str, Tensor]` batches: scalars `[B]`, vectors `[B, n]`, varlen
@@ -115,8 +124,13 @@ def make_dataset(
             f"domain_weights must be a non-empty mapping of positive weights, got {dict(domain_weights)!r}"
         )
 
+    if text_lookup is None and _is_split(files) and layout.text_features_mode(files[0]) == layout.TEXT_KEYS:
+        raise ValueError(
+            f"the samples in {files[0]} carry text keys, not embeddings: pass "
+            "text_lookup=tfsr.text.lookup.samples_text_lookup(samples_dir, spec)"
+        )
     paths = _resolve_files(files)
-    parse_spec = spec.parse_spec()
+    parse_spec = spec.parse_spec(roles=RECORD_ROLES if text_lookup is not None else ROLES)
     for path in paths:
         _check_first_record(path, spec, parse_spec)
 
@@ -165,6 +179,8 @@ def make_dataset(
 
     def parse(serialized):
         features = tf.io.parse_example(serialized, parse_spec)
+        if text_lookup is not None:
+            features = text_lookup(features)
         if drop_label:
             features.pop("label")
         return features

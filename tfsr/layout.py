@@ -10,9 +10,13 @@
                            item_genres, item_decade)
   text_embeddings/<feature>.tfrecord.gz
                            tf.train.Examples {text: bytes, embedding: float[text_dim]} for every unique
-                           text of a text feature (query_text, item_title): the exporter's lookup table
+                           text of a text feature (query_text, item_title): the lookup table of training
+                           (key-mode samples) and of the export
   <split>/part-SSSSS-of-NNNNN.tfrecord.gz
-                           gzip TFRecords of tf.train.Example samples, one directory per split; rows
+                           gzip TFRecords of tf.train.Example samples, one directory per split. Every
+                           sample carries its texts; with manifest "text_features": "vector" it also
+                           carries their embeddings (the derived features), with "key" (the default)
+                           readers look them up in text_embeddings/ (tfsr.text.lookup). Rows
                            are spread over the shards by a seeded random key and each shard is in key
                            order, so every shard (and any read order of them) mixes domains and users
   dead_letters/*.jsonl     rows that could not be used: {"source", "line", "reason", "raw"}
@@ -40,6 +44,13 @@ VOCAB_DIR = "vocab"
 TEXT_EMBEDDINGS_DIR = "text_embeddings"
 DEAD_LETTERS_DIR = "dead_letters"
 TFRECORD_SUFFIX = ".tfrecord.gz"
+
+# How samples hold their text embeddings (manifest "text_features"): only the text, its embedding looked up
+# from text_embeddings/ when read (TEXT_KEYS), or the embedding vector itself (TEXT_VECTORS; samples
+# written before issue 14 have no such entry and are read as vectors).
+TEXT_KEYS = "key"
+TEXT_VECTORS = "vector"
+TEXT_FEATURE_MODES = (TEXT_KEYS, TEXT_VECTORS)
 
 
 # Beam's file sinks write into a temp folder beside their output and move the finished files up:
@@ -95,6 +106,15 @@ def read_manifest(samples_dir: str | pathlib.Path) -> dict:
             f"{samples_dir} is not a tfsr samples directory: {path} is missing (run `tfsr preprocess` first)"
         )
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def text_features_mode(samples_dir: str | pathlib.Path) -> str:
+    """How the samples of `samples_dir` hold text embeddings: TEXT_KEYS or TEXT_VECTORS (the manifest's
+    "text_features"; samples without a manifest, or from before that entry, hold vectors)."""
+    path = pathlib.Path(samples_dir) / MANIFEST
+    if not path.exists():
+        return TEXT_VECTORS
+    return json.loads(path.read_text(encoding="utf-8")).get("text_features", TEXT_VECTORS)
 
 
 def read_feature_spec(samples_dir: str | pathlib.Path):

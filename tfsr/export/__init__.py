@@ -18,10 +18,11 @@ Signatures:
   ``scores`` ``[None, 2]`` (P(no click), P(click)) and ``classes`` ``[None, 2]`` (``"0"``, ``"1"``).
 
 All preprocessing is in the graph: ``tf.io.parse_example`` with the raw parse spec, the model's vocabulary
-lookups, and the text aspect: a precomputed embedding table (``StaticHashTable`` text -> row of an embedding
-matrix, read from ``<samples_dir>/text_embeddings``) with an in-graph fallback to the text encoder for texts
-the table does not hold (deduplicated within the request with ``tf.unique``); an empty query text embeds to
-zeros. Only core TF and TF Text ops end up in the graph.
+lookups, and the text aspect: :class:`tfsr.text.lookup.TextLookup`, the same lookup that training applies to
+key-mode samples — the tables of ``<samples_dir>/text_embeddings`` (a ``MutableHashTable`` text -> row and
+an embedding matrix, both variables) with an in-graph fallback to the text encoder for texts the table does
+not hold (deduplicated within the request with ``tf.unique``); an empty text embeds to zeros. Only core TF
+and TF Text ops end up in the graph.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from tfsr import layout
 from tfsr.features import FeatureSpec
+from tfsr.text.lookup import TextEmbedder, TextLookup, read_text_embeddings
 
 import tensorflow as tf
 
@@ -59,110 +61,12 @@ __all__ = [
     "SERVING_DEFAULT",
     "ServingModule",
     "TextEmbedder",
+    "TextLookup",
     "export_model",
     "list_versions",
     "main",
     "read_text_embeddings",
 ]
-
-
-# --------------------------------------------------------------------------- text embeddings
-def read_text_embeddings(path: str | os.PathLike, text_dim: int) -> tuple[list[bytes], object]:
-    """Reads a ``text_embeddings/<feature>.tfrecord.gz`` table: (unique texts, ``[n, text_dim]`` float32 array).
-
-    Duplicate texts keep their first embedding. Raises ``ValueError`` naming the file when an embedding does
-    not have ``text_dim`` values.
-    """
-    import numpy as np
-
-    spec = {"text": tf.io.FixedLenFeature([], tf.string), "embedding": tf.io.VarLenFeature(tf.float32)}
-    texts: list[bytes] = []
-    rows: list = []
-    seen: set[bytes] = set()
-    dataset = tf.data.TFRecordDataset(str(path), compression_type="GZIP").batch(4096)
-    for batch in dataset:
-        parsed = tf.io.parse_example(batch, spec)
-        emb = tf.sparse.to_dense(parsed["embedding"]).numpy()
-        if emb.shape[1] != text_dim:
-            raise ValueError(
-                f"{path}: embeddings have {emb.shape[1]} values, the feature spec's text_dim is {text_dim}"
-            )
-        for text, row in zip(parsed["text"].numpy().tolist(), emb, strict=True):
-            if text not in seen:
-                seen.add(text)
-                texts.append(text)
-                rows.append(row)
-    matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), text_dim)
-    return texts, matrix
-
-
-class TextEmbedder(tf.Module):
-    """Text -> embedding for one text feature: a precomputed table with an encoder fallback.
-
-    Args:
-      text_dim: embedding width.
-      texts: texts of the precomputed table (may be empty).
-      matrix: ``[len(texts), text_dim]`` embeddings of `texts`.
-      encoder: callable ``[K] string -> [K, text_dim]`` used for texts missing from the table, or None
-        (missing texts then embed to zeros).
-      empty_is_zero: an empty text embeds to zeros (the query of a recommendation sample).
-
-    Input ``[B]`` tf.string, output ``[B, text_dim]`` float32. Texts are deduplicated within a batch so the
-    encoder runs at most once per distinct unseen text, and not at all when every text is in the table.
-    """
-
-    def __init__(
-        self,
-        text_dim: int,
-        texts: Sequence[bytes] = (),
-        matrix=None,
-        encoder=None,
-        empty_is_zero: bool = False,
-        name: str | None = None,
-    ):
-        super().__init__(name=name)
-        self.text_dim = int(text_dim)
-        self.empty_is_zero = bool(empty_is_zero)
-        self.table_size = len(texts)
-        if texts:
-            keys = tf.constant(list(texts), tf.string)
-            self.table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(texts), dtype=tf.int64)),
-                default_value=-1,
-            )
-            self.matrix = tf.Variable(matrix, trainable=False, dtype=tf.float32, name="embeddings")
-        else:
-            self.table = None
-            self.matrix = None
-        self.encoder = encoder
-
-    def __call__(self, texts):
-        texts = tf.reshape(texts, [-1])
-        unique, index = tf.unique(texts)
-        n = tf.size(unique)
-        if self.table is not None:
-            rows = self.table.lookup(unique)
-            found = rows >= 0
-            emb = tf.gather(self.matrix, tf.maximum(rows, 0)) * tf.cast(found, tf.float32)[:, None]
-        else:
-            found = tf.zeros([n], tf.bool)
-            emb = tf.zeros([n, self.text_dim], tf.float32)
-        nonempty = tf.strings.length(unique) > 0
-        if self.encoder is not None:
-            missing = tf.logical_not(found)
-            if self.empty_is_zero:
-                missing = tf.logical_and(missing, nonempty)
-            positions = tf.where(missing)[:, 0]
-            missing_texts = tf.gather(unique, positions)
-            encoded = tf.cond(
-                tf.size(positions) > 0,
-                lambda: tf.reshape(tf.cast(self.encoder(missing_texts), tf.float32), [-1, self.text_dim]),
-                lambda: tf.zeros([0, self.text_dim], tf.float32),
-            )
-            emb = tf.tensor_scatter_nd_update(emb, positions[:, None], encoded)
-        if self.empty_is_zero:
-            emb = emb * tf.cast(nonempty, tf.float32)[:, None]
-        return tf.gather(emb, index)
 
 
 # --------------------------------------------------------------------------- the serving module
@@ -173,7 +77,7 @@ class ServingModule(tf.Module):
       model: callable ``model(features, training=False) -> {"ctr", "gate_weights", ...}`` over
         ``spec.model_features``.
       spec: the feature specification.
-      embedders: derived feature name -> :class:`TextEmbedder` computing it from its ``source`` raw feature.
+      text_lookup: computes the derived text features from their ``source`` raw features.
       vocabulary_files: feature name -> vocabulary file, saved as assets.
     """
 
@@ -181,15 +85,12 @@ class ServingModule(tf.Module):
         self,
         model,
         spec: FeatureSpec,
-        embedders: Mapping[str, TextEmbedder],
+        text_lookup: TextLookup,
         vocabulary_files: Mapping[str, str] | None = None,
     ):
         super().__init__(name="tfsr_serving")
-        missing = [f.name for f in spec.select(["derived"]) if f.name not in embedders]
-        if missing:
-            raise ValueError(f"no text embedder for derived features {missing}")
         self.model = model
-        self.embedders = dict(embedders)
+        self.text_lookup = text_lookup
         self.vocabulary_files = {k: tf.saved_model.Asset(str(v)) for k, v in (vocabulary_files or {}).items()}
         self._spec = spec
         self._parse_spec = spec.parse_spec(roles=("raw",))
@@ -206,13 +107,8 @@ class ServingModule(tf.Module):
     # the pieces, usable eagerly too
     def model_features(self, raw: Mapping[str, tf.Tensor]) -> dict:
         """Raw features (varlen ones ragged) -> the model's input features."""
-        features = {}
-        for f in self._spec.model_features:
-            if f.role == "derived":
-                features[f.name] = self.embedders[f.name](raw[f.source])
-            else:
-                features[f.name] = raw[f.name]
-        return features
+        with_text = self.text_lookup(raw)
+        return {f.name: with_text[f.name] for f in self._spec.model_features}
 
     def score_raw(self, raw: Mapping[str, tf.Tensor]) -> dict:
         out = self.model(self.model_features(raw), training=False)
@@ -337,31 +233,13 @@ def _set_method_names(export_dir: pathlib.Path, methods: Mapping[str, str]) -> N
 
 def build_serving_module(model, spec: FeatureSpec, text_encoder=None, samples_dir=None) -> ServingModule:
     """The :class:`ServingModule` of a model: text tables from ``samples_dir``, encoder fallback."""
-    if text_encoder is not None and getattr(text_encoder, "dim", spec.text_dim) != spec.text_dim:
-        raise ValueError(f"text encoder dim {text_encoder.dim} != feature spec text_dim {spec.text_dim}")
-    embedders = {}
-    for f in spec.select(["derived"]):
-        texts, matrix = [], None
-        if samples_dir is not None:
-            path = layout.text_embeddings_path(samples_dir, f.source)
-            if path.exists():
-                texts, matrix = read_text_embeddings(path, spec.text_dim)
-            else:
-                log.warning(
-                    "no precomputed embeddings for %s at %s: every text goes through the encoder",
-                    f.source,
-                    path,
-                )
-        empty_is_zero = spec[f.source].entity == "query"
-        embedders[f.name] = TextEmbedder(
-            spec.text_dim, texts, matrix, text_encoder, empty_is_zero, name=f"{f.name}_embedder"
-        )
+    text_lookup = TextLookup.from_samples(samples_dir, spec, text_encoder)
     vocab_files = {}
     if samples_dir is not None:
         vocab_dir = pathlib.Path(samples_dir) / layout.VOCAB_DIR
         if vocab_dir.is_dir():
             vocab_files = {p.stem: str(p) for p in sorted(vocab_dir.glob("*.txt"))}
-    return ServingModule(model, spec, embedders, vocab_files)
+    return ServingModule(model, spec, text_lookup, vocab_files)
 
 
 def export_model(
@@ -428,7 +306,7 @@ def export_model(
             "text_encoder": dict(getattr(text_encoder, "identity", {}) or {})
             if text_encoder is not None
             else None,
-            "text_tables": {name: e.table_size for name, e in module.embedders.items()},
+            "text_tables": module.text_lookup.table_sizes,
             "samples_dir": str(samples_dir) if samples_dir is not None else None,
             "feature_spec": spec.to_json(),
         }

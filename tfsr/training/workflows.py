@@ -93,12 +93,21 @@ def make_dataset(
     domains: Sequence[str] | None = None,
     domain_weights=None,
 ) -> tf.data.Dataset:
+    """A split of a samples directory as model-ready batches: text keys looked up in its tables when the
+    samples carry keys (:func:`tfsr.text.lookup.samples_text_lookup`, shared by the run's datasets)."""
     from tfsr import data
+    from tfsr.text.lookup import samples_text_lookup
 
     kwargs: dict[str, Any] = {"shuffle": shuffle, "seed": seed, "domains": list(domains) if domains else None}
     if domain_weights:
         kwargs["domain_weights"] = domain_weights
-    return data.make_dataset(layout.split_pattern(samples_dir, split), spec, batch_size, **kwargs)
+    return data.make_dataset(
+        layout.split_pattern(samples_dir, split),
+        spec,
+        batch_size,
+        text_lookup=samples_text_lookup(samples_dir, spec),
+        **kwargs,
+    )
 
 
 def _optimizer(cfg: TrainConfig, model_config: dict | None):
