@@ -7,13 +7,32 @@ samples directory of :mod:`tfsr.layout`. Steps, each a labelled transform:
   read (numbered lines) -> parse -> join item metadata -> assign domains / construct search
   impressions -> validate (FeatureSpec) -> splits by time (per-user or global exact quantiles: train /
   valid / eval; cold-start fine-tune / valid / eval) -> item-cold-start markers -> vocabularies ->
-  text features (unique texts -> RunInference -> join back) -> gzip TFRecords shuffled across many
-  shards by a seeded key + manifest.json (with the split cutoffs) + feature_spec.json
+  text features (unique texts -> RunInference -> text_embeddings/; with ``--text_features vector``
+  joined back into the samples by key) -> gzip TFRecords shuffled across many shards by a seeded key +
+  manifest.json (with the split cutoffs and the text-feature mode) + feature_spec.json
+
+``--text_features key`` (the default) writes samples that carry their texts only (raw, label and meta
+features); readers look the vectors up in ``text_embeddings/``. ``vector`` also writes each sample's
+derived text embeddings (zeros for an empty text), joined by a shuffle keyed by the text
+(:class:`beam_jobs.text_features.JoinTextEmbedding`).
 
 Every unusable input row becomes a dead letter (``dead_letters/*.jsonl``) with its reason and is
 counted (Beam metrics and the manifest's reconciliation: rows read = used + dead-lettered + filtered).
-Nothing collects the samples into one element or side input: only per-user groups, per-item joins
-and small reference tables (movies, the tag search index, vocabularies, unique-text embeddings).
+Nothing collects the samples or the distinct texts into one element or side input: samples and texts
+meet in per-user groups, per-item joins, per-text joins and per-shard groups. The side inputs are
+tables that stay small whatever the number of rows or distinct texts:
+
+* the shard count of each split (``WriteSplits``), the split cutoffs (the global time cutoffs, the
+  cold-start eval cutoff and slice starts) and the ledger (``StatsTable``): a few numbers each;
+* the (timestamp, row count) list behind each exact time quantile (cold-start domains; the warm domains
+  with ``--split_mode global``): one pair per distinct timestamp, bounded by the seconds the logs span;
+* MovieLens input only: the movies table, and the tag search index with its inputs (the tags, each
+  movie's sorted rating times). They grow with the MovieLens files (~10k movies, ~100k timestamps for
+  ml-latest-small), a fixed reference data set; generic logs, the input that scales, have none of them;
+* inside Beam's file sinks (dead letters, ``text_embeddings/``): the names of the files written.
+
+The text tables (one vector per distinct text) are never a side input:
+``tests/test_build_samples.py::test_no_side_input_is_built_from_the_text_tables`` checks the graph.
 
 The pipeline is this module (with its command line); each step is a module of its own:
 :mod:`beam_jobs.sources` (reading and parsing the inputs), :mod:`beam_jobs.splits`,
@@ -138,8 +157,10 @@ def build_pipeline(
     tables = records | "TextFeatures" >> EmbedTexts(encoder_dir, out, spec.text_dim, spec.text_embeddings)
     for feature, table in tables.items():
         ledger.append(count(table, f"CountTexts_{feature}", lambda _, f=feature: ("unique_texts", f)))
+    # key mode: the samples carry their texts only; vector mode: the tables are joined in by text
+    vectors = tables if args.text_features == layout.TEXT_VECTORS else None
     # the shard files join the ledger, so the manifest (and any empty-split file) comes after them
-    ledger.append(split_records | "WriteSplits" >> WriteShuffledSplits(spec, out, args.shuffle_seed, tables))
+    ledger.append(split_records | "WriteSplits" >> WriteShuffledSplits(spec, out, args.shuffle_seed, vectors))
     _ = dead_letters | "AllDeadLetters" >> beam.Flatten() | "DeadLetters" >> WriteDeadLetters(out)
     sample_stats = (
         split_records
@@ -182,6 +203,13 @@ def _parser() -> argparse.ArgumentParser:
         "--text_encoder_dir",
         help="an exported encoder SavedModel (tfsr.text.export_text_encoder); "
         "needed on Dataflow, where workers must read it",
+    )
+    parser.add_argument(
+        "--text_features",
+        choices=layout.TEXT_FEATURE_MODES,
+        default=layout.TEXT_KEYS,
+        help="what samples hold of their texts: the text only, its vector looked up in text_embeddings/ "
+        "when read (key, the default; smaller samples), or also the embedding vectors (vector)",
     )
     parser.add_argument("--domains", help="JSON file of the domain registry (default: the MovieLens domains)")
     parser.add_argument(

@@ -1,5 +1,7 @@
 """The manifest of a samples directory: counts per split and domain, the reconciliation of every source,
-the split cutoffs, shard counts, vocabulary sizes, the text encoder and the feature spec.
+the split cutoffs, shard counts, vocabulary sizes, the text-feature mode (``"text_features"``: samples
+that carry their texts, ``"key"``, or also their embeddings, ``"vector"``), the text encoder and the
+feature spec.
 
 :func:`build_manifest` is pure (unit-tested); the pipeline feeds it the ledger of ``build_samples``.
 """
@@ -89,6 +91,7 @@ def build_manifest(
         "shards": shards,
         "vocab_sizes": dict(sorted(vocab_sizes.items())),
         "text_embeddings": dict(sorted(texts.items())),
+        "text_features": options.get("text_features", layout.TEXT_KEYS),
         "text_encoder": encoder_identity,
         "reconciliation": {
             "rows": dict(sorted(rows.items())),

@@ -63,3 +63,7 @@ beam.coders.registry.register_coder(SampleRecord, SampleCoder)
 
 # (split name, record): what the split transforms emit
 SplitRecord = typehints.Tuple[str, SampleRecord]
+
+# (split name, record, text embeddings joined so far): what `WriteShuffledSplits` writes, one serialized
+# float `tf.train.Feature` per joined text feature (b"" for an empty text), in the spec's order
+EmbeddedRecord = typehints.Tuple[str, SampleRecord, typehints.Tuple[bytes, ...]]

@@ -1,19 +1,26 @@
-"""Text features of ``build_samples``: each unique text embedded once by the frozen text encoder.
+"""Text features of ``build_samples``: each unique text embedded once by the frozen text encoder, and the
+keyed join that attaches the vectors to the samples that carry them (``--text_features vector``).
 
 Which text features get an embedding, and the derived feature that holds it, is the feature spec's to
 say (:attr:`tfsr.features.FeatureSpec.text_embeddings`); :data:`TEXT_FEATURES` are those of tfsr's
 default features.
+
+The join is a shuffle keyed by the text (:class:`JoinTextEmbedding`), never a side input: a side input
+holding every distinct text's vector would have to fit on every worker (1M titles and 10M queries are
+~15 GB with a 384-wide encoder).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
+from beam_jobs.sample_coder import EmbeddedRecord
 from beam_jobs.text_inference import TextEncoderModelHandler
 from tfsr import layout
 from tfsr.features import default_features, text_embeddings
 
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 TEXT_FEATURES = tuple(text_embeddings(default_features()))
@@ -43,7 +50,8 @@ def float_feature(vector) -> bytes:
 
 class EmbedTexts(beam.PTransform):
     """Unique texts of each text feature -> RunInference (batched) -> text_embeddings/<feature>.tfrecord.gz,
-    and per feature a small table PCollection[(text, serialized float Feature)] to join into samples."""
+    and per feature a table PCollection[(text, serialized float Feature)], one element per distinct text:
+    what :class:`JoinTextEmbedding` joins into vector-carrying samples (and the ledger counts)."""
 
     def __init__(
         self, encoder_dir: str, output_dir: str, text_dim: int, text_features: Sequence[str] = TEXT_FEATURES
@@ -94,3 +102,63 @@ class EmbedTexts(beam.PTransform):
                 f"({self.text_dim},): pass a FeatureSpec text_dim equal to the encoder's dim"
             )
         return feature, (result.example, result.inference)
+
+
+# The split of the table's entry in a join group: (TABLE_ENTRY, {}, (vector,)). No sample has an empty split.
+TABLE_ENTRY = ""
+
+
+def _with_vector_of_text(element, feature: str) -> Iterator[tuple]:
+    """(text, its rows (split, record, embeddings) and the table's entry) -> the rows, the text's vector
+    appended to their embeddings.
+
+    The grouped values are read twice, lazily: up to the table's entry, then row by row. Beam's grouped
+    values can be iterated again (runners page large groups in from the shuffle), so a popular title's
+    rows are never copied into a list, as Beam's own CoGroupByKey would.
+    """
+    text, values = element
+    vector = next((emb[0] for split, _, emb in values if split == TABLE_ENTRY), None)
+    if vector is None:  # the tables are built from every sample's texts: a bug, not a bad row
+        raise ValueError(f"{feature} {text!r} has no embedding in its text table")
+    for split, record, embeddings in values:
+        if split != TABLE_ENTRY:
+            yield split, record, (*embeddings, vector)
+
+
+class JoinTextEmbedding(beam.PTransform):
+    """(split, record, embeddings) -> the same rows with the embedding of ``record[feature]`` appended:
+    a keyed shuffle join of the rows with `table` (text, serialized float Feature), on the text.
+
+    Rows with an empty text skip the shuffle and get b"" (the writer writes zeros): they would all share
+    one key. Nothing is broadcast: each text's vector meets its rows in one group, so a worker holds a
+    vector per group it processes, never the table.
+    """
+
+    def __init__(self, feature: str, table):
+        super().__init__()
+        self.feature = feature
+        self.table = table
+
+    def expand(self, rows):
+        feature = self.feature
+
+        def keyed_by_text(row) -> Iterable[tuple]:
+            return [(row[1][feature], row)] if row[1][feature] else []
+
+        def empty_text(row) -> Iterable[tuple]:
+            return [] if row[1][feature] else [(row[0], row[1], (*row[2], b""))]
+
+        keyed = rows | "KeyByText" >> beam.FlatMap(keyed_by_text).with_output_types(
+            typehints.Tuple[str, EmbeddedRecord]
+        )
+        entries = self.table | "TableEntries" >> beam.MapTuple(
+            lambda text, vector: (text, (TABLE_ENTRY, {}, (vector,)))
+        ).with_output_types(typehints.Tuple[str, EmbeddedRecord])
+        joined = (
+            (keyed, entries)
+            | "RowsAndVectors" >> beam.Flatten()
+            | "GroupByText" >> beam.GroupByKey()
+            | "AppendVector" >> beam.FlatMap(_with_vector_of_text, feature).with_output_types(EmbeddedRecord)
+        )
+        empty = rows | "EmptyText" >> beam.FlatMap(empty_text).with_output_types(EmbeddedRecord)
+        return (joined, empty) | "AllRows" >> beam.Flatten()

@@ -12,6 +12,9 @@ Text-feature scale at one row count (distinct titles and queries, not rows, grow
     python benchmarks/bench_scale.py --rows 1000000 --out benchmarks/results/scale_texts.json \
         --synth_flags "--num_items 100000 --popularity_exponent 0" \
                       "--num_items 1000000 --popularity_exponent 0 --search_fraction 1 --impressions_per_search 1 --query_tail 10000000"
+
+`--text_features {key,vector}` is passed to `tfsr preprocess` (default key, its default): samples that
+carry their texts only, or their embedding vectors too (issue 14). Each result records the mode.
 """
 
 from __future__ import annotations
@@ -58,41 +61,66 @@ def train_samples(samples_dir: pathlib.Path) -> int:
     return sum(v["samples"] for v in manifest["counts"]["pretrain_train"].values())
 
 
-def measure(rows: int, workdir: pathlib.Path, seed: int, synth_flags: list[str] = ()) -> dict:
-    """One size end to end; `synth_flags` are extra `tfsr synth` flags (catalogue size, query tail...)."""
+def measure(
+    rows: int,
+    workdir: pathlib.Path,
+    seed: int,
+    synth_flags: list[str] = (),
+    text_features: str = layout.TEXT_KEYS,
+) -> dict:
+    """One size end to end; `synth_flags` are extra `tfsr synth` flags (catalogue size, query tail...),
+    `text_features` the samples' text-feature mode (`tfsr preprocess --text_features`)."""
     logs, samples, run = workdir / "logs", workdir / "samples", workdir / "run"
-    result = {"rows": rows, "synth_flags": " ".join(synth_flags)}
+    result = {"rows": rows, "synth_flags": " ".join(synth_flags), "text_features": text_features}
     result["synth"] = run_stage(
         ["synth", "--rows", str(rows), "--out", str(logs), "--seed", str(seed), *synth_flags]
     )
     result["preprocess"] = run_stage(
-        ["preprocess", "--logs", str(logs / "*"), "--output_dir", str(samples), "--text_encoder", "tiny"]
+        [
+            "preprocess",
+            "--logs",
+            str(logs / "*"),
+            "--output_dir",
+            str(samples),
+            "--text_encoder",
+            "tiny",
+            "--text_features",
+            text_features,
+        ]
+    )
+    result["preprocess"]["samples_mib"] = round(
+        sum(p.stat().st_size for p in samples.glob(f"*/*{layout.TFRECORD_SUFFIX}")) / 2**20, 1
     )
     result["train_samples"] = train_samples(samples)
     result["distinct_texts"] = json.loads((samples / "manifest.json").read_text())["text_embeddings"]
     result["preprocess"]["input_shards"] = len(list(logs.iterdir()))
     result["preprocess"]["output_shards"] = len(list(samples.glob(f"*/*{layout.TFRECORD_SUFFIX}")))
-    result["train_1_epoch"] = run_stage(
-        [
-            "train",
-            "--samples_dir",
-            str(samples),
-            "--output_dir",
-            str(run),
-            "--epochs",
-            "1",
-            "--batch_size",
-            "1024",
-            "--log_every",
-            "200",
-        ]
-    )
+    train = [
+        "train",
+        "--samples_dir",
+        str(samples),
+        "--output_dir",
+        str(run),
+        "--epochs",
+        "1",
+        "--batch_size",
+        "1024",
+        "--log_every",
+        "200",
+    ]
+    try:
+        result["train_1_epoch"] = run_stage(train)
+    except SystemExit as err:  # keep the preprocess figures of a variant whose training fails
+        result["train_1_epoch"] = {"wall_s": None, "peak_rss_mib": None, "error": str(err)[-2000:]}
     for stage, n in (("synth", rows), ("preprocess", rows), ("train_1_epoch", result["train_samples"])):
-        result[stage]["rows_per_s"] = round(n / result[stage]["wall_s"])
+        wall = result[stage]["wall_s"]
+        result[stage]["rows_per_s"] = round(n / wall) if wall else None
     return result
 
 
-def _slope(small: dict, large: dict, stage: str, key: str, scale: float, per: int) -> float:
+def _slope(small: dict, large: dict, stage: str, key: str, scale: float, per: int) -> float | None:
+    if large[stage][key] is None or small[stage][key] is None:  # a failed stage
+        return None
     return round((large[stage][key] - small[stage][key]) * scale / per, 3)
 
 
@@ -127,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         "'--num_items 100000 --popularity_exponent 0' '--num_items 1000000 --popularity_exponent 0': "
         "text-feature scale at the same row count",
     )
+    parser.add_argument(
+        "--text_features",
+        choices=layout.TEXT_FEATURE_MODES,
+        default=layout.TEXT_KEYS,
+        help="passed to `tfsr preprocess`: samples that carry their texts only (key) or their vectors too",
+    )
     args = parser.parse_args(argv)
 
     results = []
@@ -134,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         for flags in args.synth_flags:
             workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"tfsr_scale_{rows}_"))
             try:
-                results.append(measure(rows, workdir, args.seed, flags.split()))
+                results.append(measure(rows, workdir, args.seed, flags.split(), args.text_features))
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             r = results[-1]
             print(
-                f"{rows:>10,} rows {r['synth_flags']}: distinct texts {r['distinct_texts']}; synth "
+                f"{rows:>10,} rows {r['synth_flags']} ({r['text_features']} samples, "
+                f"{r['preprocess']['samples_mib']} MiB): distinct texts {r['distinct_texts']}; synth "
                 f"{r['synth']['wall_s']} s, preprocess {r['preprocess']['wall_s']} s "
                 f"({r['preprocess']['peak_rss_mib']} MiB), train {r['train_1_epoch']['wall_s']} s "
                 f"({r['train_1_epoch']['peak_rss_mib']} MiB)",
@@ -154,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             s = r[stage]
             print(
                 f"| {r['rows']:,} | {r['synth_flags'] or '-'} | {texts} | {stage} | {s['wall_s']} | "
-                f"{s['rows_per_s']:,} | {s['peak_rss_mib']:,} |"
+                f"{s['rows_per_s'] or 0:,} | {s['peak_rss_mib'] or 0:,} |"
             )
     # per extra row: between consecutive sizes of the same synth variant
     growth = [
@@ -172,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "text_features": args.text_features,
         "results": results,
         "marginal_costs": growth,
     }

@@ -336,6 +336,33 @@ def test_embed_texts_encodes_each_unique_text_once(tmp_path, encoder_dir):
     assert sorted(p[TEXT_KEY].numpy() for p in parsed) == [b"A (1990)", b"B (1991)"]
 
 
+class _Group:
+    """Grouped values as runners give them: iterable again and again, never a list; counts the passes."""
+
+    def __init__(self, values):
+        self.values, self.passes = values, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.values)
+
+
+def test_text_join_reads_each_group_lazily_and_appends_the_vector():
+    rows = [("pretrain_train", {"item_title": "A"}, (b"q",)), ("pretrain_eval", {"item_title": "A"}, (b"",))]
+    group = _Group([rows[0], (text_features.TABLE_ENTRY, {}, (b"vector-A",)), rows[1]])
+    joined = text_features._with_vector_of_text(("A", group), "item_title")
+    assert group.passes == 0  # a generator: nothing is read before the writer asks
+    assert list(joined) == [
+        ("pretrain_train", {"item_title": "A"}, (b"q", b"vector-A")),
+        ("pretrain_eval", {"item_title": "A"}, (b"", b"vector-A")),
+    ]
+    assert group.passes == 2  # up to the table's entry, then row by row
+    only_vector = _Group([(text_features.TABLE_ENTRY, {}, (b"vector-B",))])  # a text of no written row
+    assert list(text_features._with_vector_of_text(("B", only_vector), "item_title")) == []
+    with pytest.raises(ValueError, match="item_title 'C' has no embedding"):
+        list(text_features._with_vector_of_text(("C", _Group(rows)), "item_title"))
+
+
 def test_build_manifest_reconciles():
     spec = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=TEXT_DIM)
     stats = {
@@ -410,18 +437,24 @@ def test_build_manifest_reconciles():
     }
     assert manifest["reconciliation"]["balanced"]
     assert FeatureSpec.from_json(manifest["feature_spec"]) == spec
+    assert manifest["text_features"] == layout.TEXT_KEYS  # the default of tfsr preprocess
+    vector = options | {"text_features": layout.TEXT_VECTORS}
+    assert bmanifest.build_manifest(stats, spec, {}, "", vector)["text_features"] == layout.TEXT_VECTORS
     stats[("used", "ratings")] = 6  # a row lost without a trace must show
     assert not bmanifest.build_manifest(stats, spec, {}, "", {})["reconciliation"]["balanced"]
 
 
 # -------------------------------------------------------------------------------------- end to end
 def _read_split(out: pathlib.Path, split: str) -> list[dict]:
+    """Every feature the samples carry: with their embeddings in vector mode, their texts only in key mode."""
     spec = layout.read_feature_spec(out)
-    files = tf.io.gfile.glob(layout.split_pattern(out, split))
+    vectors = layout.text_features_mode(out) == layout.TEXT_VECTORS
+    parse_spec = spec.parse_spec() if vectors else spec.parse_spec(roles=("raw", "label", "meta"))
+    files = sorted(tf.io.gfile.glob(layout.split_pattern(out, split)))
     dataset = (
         tf.data.TFRecordDataset(files, compression_type="GZIP")
         .batch(4096)
-        .map(lambda s: tf.io.parse_example(s, spec.parse_spec()))
+        .map(lambda s: tf.io.parse_example(s, parse_spec))
     )
     rows = []
     for batch in dataset:
@@ -438,8 +471,21 @@ def _dead_letters(out: pathlib.Path) -> list[dict]:
     ]
 
 
-def _run(tmp_path, encoder_dir, *args) -> pathlib.Path:
-    out = tmp_path / "samples"
+def _examples(out: pathlib.Path, split: str) -> list[tf.train.Example]:
+    """A split's samples in file order (shard after shard, each in key order)."""
+    files = sorted(tf.io.gfile.glob(layout.split_pattern(out, split)))
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, "GZIP")]
+
+
+def _text_table(out: pathlib.Path, feature: str) -> dict[bytes, np.ndarray]:
+    from tfsr.export import read_text_embeddings
+
+    texts, matrix = read_text_embeddings(layout.text_embeddings_path(out, feature), TEXT_DIM)
+    return dict(zip(texts, matrix, strict=True))
+
+
+def _run(tmp_path, encoder_dir, *args, name: str = "samples") -> pathlib.Path:
+    out = tmp_path / name
     code = bs.run(
         [*args, "--output_dir", str(out), "--text_encoder_dir", encoder_dir],
         save_main_session=False,
@@ -483,8 +529,11 @@ def test_corrupted_movielens_finishes_dead_letters_each_bad_row_and_keeps_good_r
     assert manifest["vocab_sizes"]["user_id"] == 3
 
 
-def test_corrupted_generic_logs(tmp_path, encoder_dir):
-    logs = tmp_path / "logs"
+@pytest.fixture(scope="module")
+def generic_logs_samples(tmp_path_factory, encoder_dir) -> dict[str, pathlib.Path]:
+    """The corrupted generic logs built in both text-feature modes: {mode: samples directory}."""
+    root = tmp_path_factory.mktemp("generic_logs")
+    logs = root / "logs"
     logs.mkdir()
     for name in ("logs_corrupt.jsonl", "logs_corrupt.csv"):
         shutil.copy(DATA / name, logs / name)
@@ -494,7 +543,16 @@ def test_corrupted_generic_logs(tmp_path, encoder_dir):
             + b"t" * (1 << 20)
             + b'"}\n'
         )
-    out = _run(tmp_path, encoder_dir, "--logs", str(logs / "*"))
+    return {
+        layout.TEXT_KEYS: _run(root, encoder_dir, "--logs", str(logs / "*"), name="key"),  # the default
+        layout.TEXT_VECTORS: _run(
+            root, encoder_dir, "--logs", str(logs / "*"), "--text_features", "vector", name="vector"
+        ),
+    }
+
+
+def test_corrupted_generic_logs(generic_logs_samples):
+    out = generic_logs_samples[layout.TEXT_KEYS]
     reasons = sorted((pathlib.Path(d["file"]).suffix, d["line"], d["reason"]) for d in _dead_letters(out))
     assert reasons == sorted(
         [
@@ -525,6 +583,105 @@ def test_corrupted_generic_logs(tmp_path, encoder_dir):
     written = [r for split in layout.SPLITS for r in _read_split(out, split)]
     assert len(written) == 9  # every good row is kept
     assert {r["item_title"].decode() for r in written} >= {"War Front, The (1960)", "Star Galaxy (1990)"}
+
+
+# ------------------------------------------------------------------------ text features: key or vector
+EMBEDDINGS = ("query_text_embedding", "item_title_embedding")
+
+
+def test_key_mode_samples_carry_their_texts_and_no_vectors(generic_logs_samples):
+    out = generic_logs_samples[layout.TEXT_KEYS]
+    assert layout.read_manifest(out)["text_features"] == layout.text_features_mode(out) == "key"
+    examples = [e for split in layout.SPLITS for e in _examples(out, split)]
+    assert len(examples) == 9
+    for example in examples:
+        names = set(example.features.feature)
+        assert {"item_title", "query_text"} <= names
+        assert not names & set(EMBEDDINGS), names
+    # the texts are in the lookup tables the readers use
+    tables = {f: _text_table(out, f) for f in ("item_title", "query_text")}
+    for example in examples:
+        for feature, table in tables.items():
+            (text,) = example.features.feature[feature].bytes_list.value
+            assert text in table or not text
+
+
+def test_vector_mode_samples_carry_exactly_their_texts_table_vectors(generic_logs_samples):
+    out = generic_logs_samples[layout.TEXT_VECTORS]
+    assert layout.read_manifest(out)["text_features"] == layout.text_features_mode(out) == "vector"
+    spec = layout.read_feature_spec(out)
+    tables = {source: _text_table(out, source) for source in spec.text_embeddings}
+    rows = [r for split in layout.SPLITS for r in _read_split(out, split)]
+    assert len(rows) == 9
+    empty = 0
+    for row in rows:
+        for source, derived in spec.text_embeddings.items():
+            text = row[source]
+            expected = tables[source][text] if text else np.zeros(TEXT_DIM, np.float32)
+            np.testing.assert_array_equal(row[derived], expected)
+            empty += not text
+    assert empty and empty < len(rows) * 2  # both paths: joined vectors and zeros for empty queries
+    # several rows share a title or a query: the join fans a vector out to all of them
+    assert max(collections.Counter(r["item_title"] for r in rows).values()) >= 2
+
+
+def test_both_modes_write_the_same_rows_in_the_same_order(generic_logs_samples):
+    """Vector samples are key samples plus the derived features, shard by shard, row by row."""
+
+    def raw(example: tf.train.Example) -> bytes:
+        for name in EMBEDDINGS:
+            del example.features.feature[name]
+        return example.SerializeToString(deterministic=True)
+
+    key, vector = generic_logs_samples[layout.TEXT_KEYS], generic_logs_samples[layout.TEXT_VECTORS]
+    for split in layout.SPLITS:
+        key_files = sorted(p.name for p in (key / split).glob("part-*"))
+        assert key_files == sorted(p.name for p in (vector / split).glob("part-*")), split
+        key_rows = [e.SerializeToString(deterministic=True) for e in _examples(key, split)]
+        assert key_rows == [raw(e) for e in _examples(vector, split)], split
+    manifests = [layout.read_manifest(out) for out in (key, vector)]
+    for entry in ("counts", "shards", "text_embeddings", "vocab_sizes", "reconciliation"):
+        assert manifests[0][entry] == manifests[1][entry], entry
+
+
+def _descendants(p: beam.Pipeline, root: str, ledger: str) -> tuple[set, list]:
+    """The PCollections computed from the transforms labelled `root`... (except through the `ledger`
+    transform: the manifest's counts), and every leaf transform of `p` in topological order."""
+    leaves = []
+
+    class Leaves(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            leaves.append(node)
+
+    p.visit(Leaves())
+    derived = set()
+    for node in leaves:
+        inputs = [*node.main_inputs.values(), *(s.pvalue for s in node.side_inputs)]
+        if node.full_label.startswith(ledger):
+            continue
+        if node.full_label.startswith(root) or any(pc in derived for pc in inputs):
+            derived.update(node.outputs.values())
+    return derived, leaves
+
+
+@pytest.mark.parametrize("mode", layout.TEXT_FEATURE_MODES)
+def test_no_side_input_is_built_from_the_text_tables(tmp_path, encoder_dir, mode):
+    args = bs._parser().parse_args(
+        ["--logs", str(tmp_path / "*.jsonl"), "--output_dir", str(tmp_path / "o"), "--text_features", mode]
+    )
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=TEXT_DIM)
+    p = beam.Pipeline(runner=core.LOCAL_RUNNER)  # built, never run
+    bs.build_pipeline(p, args, spec, encoder_dir, {}, "tfsr preprocess")
+    from_texts, leaves = _descendants(p, "TextFeatures/", ledger="AllStats")
+    # Beam's own file sink of text_embeddings/ passes its file names between its steps as side inputs
+    readers = [node for node in leaves if not node.full_label.startswith("TextFeatures/Write_")]
+    assert [s for node in readers for s in node.side_inputs]  # the shard counts, the split cutoffs...
+    assert not [(n.full_label, s) for n in readers for s in n.side_inputs if s.pvalue in from_texts]
+    (write,) = [node for node in leaves if node.full_label == "WriteSplits/WriteShards"]
+    assert [s.pvalue.producer.full_label for s in write.side_inputs] == ["WriteSplits/ShardsPerSplit"]
+    joins = {node.full_label.split("/")[1] for node in leaves if "/JoinEmbeddings_" in node.full_label}
+    expected = {"JoinEmbeddings_query_text", "JoinEmbeddings_item_title"} if mode == "vector" else set()
+    assert joins == expected
 
 
 @pytest.mark.slow
@@ -560,8 +717,11 @@ def test_movielens_end_to_end(tmp_path, encoder_dir, movielens_dir):
     finetune, cold_eval = _read_split(out, "coldstart_finetune"), _read_split(out, "coldstart_eval")
     assert max(r["timestamp"] for r in finetune) < min(r["timestamp"] for r in cold_eval)
     assert {r["domain"] for r in finetune + cold_eval} == {b"rec_children"}
+    assert manifest["text_features"] == "key"  # samples carry titles; their vectors are in the table
+    assert "item_title_embedding" not in evaluation[0]
+    titles = _text_table(out, "item_title")
     assert np.allclose(
-        np.linalg.norm(np.stack([r["item_title_embedding"] for r in evaluation[:100]]), axis=1),
+        np.linalg.norm(np.stack([titles[r["item_title"]] for r in evaluation[:100]]), axis=1),
         1.0,
         atol=1e-4,
     )

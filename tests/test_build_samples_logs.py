@@ -3,7 +3,7 @@ samples built from the same rows do not depend on the order of the logs."""
 
 import pathlib
 
-from tfsr import data, layout
+from tfsr import layout
 from tfsr.contract import RowError
 from tfsr.datasets.logs import CSV_HEADER, format_log_line, log_format, parse_log_line
 from tfsr.datasets.movielens import MOVIELENS_DOMAINS
@@ -11,6 +11,7 @@ from tfsr.features import FeatureSpec
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 SPEC = FeatureSpec.default(MOVIELENS_DOMAINS)
 SEARCH = {
@@ -194,9 +195,13 @@ def _write_logs(directory, rows, by_domain: bool, fmt: str):
 
 
 def _file_rows(out, path) -> list[tuple]:
-    """The rows of one shard in file order, as tuples of KEY_FEATURES."""
+    """The rows of one shard in file order, as tuples of KEY_FEATURES (what samples of either
+    --text_features mode carry)."""
+    parse_spec = layout.read_feature_spec(out).parse_spec(roles=("raw", "label", "meta"))
+    parse_spec = {f: parse_spec[f] for f in KEY_FEATURES}
     rows = []
-    for batch in data.make_dataset(str(path), layout.read_feature_spec(out), 512, shuffle=False):
+    records = tf.data.TFRecordDataset(str(path), compression_type="GZIP").batch(512)
+    for batch in records.map(lambda s: tf.io.parse_example(s, parse_spec)):
         columns = [batch[f].numpy() for f in KEY_FEATURES]
         rows += [
             tuple(c[i].decode() if isinstance(c[i], bytes) else int(c[i]) for c in columns)

@@ -25,6 +25,10 @@ def test_embedder_table_fallback_and_empty():
     np.testing.assert_allclose(out[4], out[1])
     zeros = TextEmbedder(TEXT_DIM, [b"known"], matrix[:1], None)
     np.testing.assert_allclose(zeros(tf.constant(["unseen"])).numpy(), 0.0)
+    no_table = TextEmbedder(TEXT_DIM, encoder=encoder)  # an export without samples: every text encoded
+    np.testing.assert_allclose(
+        no_table(tf.constant(["brand new text", ""])).numpy(), np.stack([out[1], out[2]]), rtol=1e-6
+    )
 
 
 def test_missing_text_fails_naming_it_under_missing_error():

@@ -46,26 +46,22 @@ def _slice_movielens(
 
 
 @pytest.fixture(scope="module")
-def samples(movielens_dir, tmp_path_factory):
+def sliced_movielens(movielens_dir, tmp_path_factory):
+    return _slice_movielens(movielens_dir, tmp_path_factory.mktemp("e2e") / "ml")
+
+
+def _preprocess(data: pathlib.Path, out: pathlib.Path, *flags: str) -> pathlib.Path:
     from beam_jobs import build_samples
 
-    root = tmp_path_factory.mktemp("e2e")
-    data = _slice_movielens(movielens_dir, root / "ml")
-    out = root / "samples"
-    rc = build_samples.run(
-        [
-            "--movielens_dir",
-            str(data),
-            "--output_dir",
-            str(out),
-            "--text_encoder",
-            "tiny",
-            "--coldstart_finetune_rows",
-            "150",
-        ]
-    )
-    assert not rc
+    args = ["--movielens_dir", str(data), "--output_dir", str(out), "--text_encoder", "tiny"]
+    assert not build_samples.run([*args, "--coldstart_finetune_rows", "150", *flags])
     return out
+
+
+@pytest.fixture(scope="module")
+def samples(sliced_movielens):
+    """The default samples: they carry text keys (issue 14)."""
+    return _preprocess(sliced_movielens, sliced_movielens.parent / "samples")
 
 
 def _train_args(samples, run, max_steps):
@@ -214,3 +210,47 @@ def test_default_finetune_leaves_warm_domain_predictions_unchanged(samples, pret
         assert tuned.calibration.domain(tuned.domain_registry[d].id) == base.calibration.domain(
             base.domain_registry[d].id
         )
+
+
+def test_key_and_vector_samples_score_the_same_in_training_and_export(
+    sliced_movielens, samples, pretrained, tmp_path
+):
+    """The same rows written carrying keys and carrying vectors: the model scores them the same through the
+    training input pipeline, and the export (whose text lookup is the training one) scores their raw
+    features the same (issue 14)."""
+    from tfsr import layout
+    from tfsr.export import export_model
+    from tfsr.features import RECORD_ROLES, ROLES
+    from tfsr.models import load_model
+    from tfsr.text.lookup import samples_text_lookup
+
+    import tensorflow as tf
+
+    vectors = _preprocess(sliced_movielens, tmp_path / "vectors", "--text_features", "vector")
+    assert layout.text_features_mode(samples) == layout.TEXT_KEYS
+    assert layout.text_features_mode(vectors) == layout.TEXT_VECTORS
+    spec = layout.read_feature_spec(samples)
+    model = load_model(pretrained / "model")
+    shard = sorted((samples / layout.PRETRAIN_EVAL).glob("part-*"))[0].name
+
+    def records(root):
+        return next(
+            iter(tf.data.TFRecordDataset(str(root / layout.PRETRAIN_EVAL / shard), "GZIP").batch(512))
+        )
+
+    key_records, vector_records = records(samples), records(vectors)
+    lookup = samples_text_lookup(samples, spec)
+    from_keys = lookup(tf.io.parse_example(key_records, spec.parse_spec(roles=RECORD_ROLES)))
+    from_vectors = tf.io.parse_example(vector_records, spec.parse_spec(roles=ROLES))
+    for derived in spec.text_embeddings.values():  # two runs batch the encoder differently: ~1 ulp apart
+        np.testing.assert_allclose(
+            from_keys[derived].numpy(), from_vectors[derived].numpy(), rtol=0, atol=1e-6
+        )
+    ctr_keys = model(from_keys, training=False)["ctr"].numpy().ravel()
+    ctr_vectors = model(from_vectors, training=False)["ctr"].numpy().ravel()
+    np.testing.assert_allclose(ctr_keys, ctr_vectors, rtol=0, atol=1e-6)
+
+    for source in (samples, vectors):  # either directory's tables serve; raw features are all it reads
+        path = export_model(model, spec, None, tmp_path / "export", f"from_{source.name}", samples_dir=source)
+        served = tf.saved_model.load(str(path)).signatures["serving_default"](examples=vector_records)
+        np.testing.assert_allclose(served["ctr"].numpy(), ctr_vectors, rtol=0, atol=1e-6)

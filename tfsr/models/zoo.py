@@ -50,7 +50,8 @@ class SRFoundationModel(_MMoEHeads, MultiDomainModel):
     Example:
       >>> model = build_model(ModelConfig("srfoundation", embedding_dim=32), spec, vocabularies)
       >>> model.compile()
-      >>> model.fit(make_dataset((samples_dir, "pretrain_train"), spec, 1024), epochs=3)
+      >>> lookup = samples_text_lookup(samples_dir, spec)  # key-mode samples: texts -> vectors
+      >>> model.fit(make_dataset((samples_dir, "pretrain_train"), spec, 1024, text_lookup=lookup), epochs=3)
       >>> model.add_domain(spec.domains["rec_children"]); model.freeze("L0", "L1"); model.compile()
     """
 

@@ -98,17 +98,17 @@ class TextEmbedder(tf.Module):
         self.table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, default_value=-1)
         if texts:
             self.table.insert(tf.constant(list(texts), tf.string), tf.range(len(texts), dtype=tf.int64))
-            matrix = np.asarray(matrix, np.float32).reshape(len(texts), self.text_dim)
-        else:
-            matrix = np.zeros([0, self.text_dim], np.float32)
-        self.matrix = tf.Variable(matrix, trainable=False, dtype=tf.float32, name="embeddings")
+        rows = np.asarray(matrix if texts else [], np.float32).reshape(len(texts), self.text_dim)
+        # one more row, of zeros, at index table_size: where texts that are not in the table look
+        padded = np.concatenate([rows, np.zeros([1, self.text_dim], np.float32)])
+        self.matrix = tf.Variable(padded, trainable=False, dtype=tf.float32, name="embeddings")
 
     def __call__(self, texts):
         texts = tf.reshape(texts, [-1])
         unique, index = tf.unique(texts)
         rows = tf.reshape(self.table.lookup(unique), [-1])  # a mutable table's lookup has no static shape
         found = rows >= 0
-        emb = tf.gather(self.matrix, tf.maximum(rows, 0)) * tf.cast(found, tf.float32)[:, None]
+        emb = tf.gather(self.matrix, tf.where(found, rows, self.table_size))
         nonempty = tf.strings.length(unique) > 0
         missing = tf.logical_and(tf.logical_not(found), nonempty)
         if self.encoder is not None:
