@@ -9,21 +9,25 @@ samples directory of :mod:`tfsr.layout`. Steps, each a labelled transform:
   valid / eval; cold-start fine-tune / valid / eval) -> item-cold-start markers -> vocabularies ->
   text features (unique texts -> RunInference -> text_embeddings/; with ``--text_features vector``
   joined back into the samples by key) -> gzip TFRecords shuffled across many shards by a seeded key +
-  manifest.json (with the split cutoffs and the text-feature mode) + feature_spec.json
+  the item catalogue (``items/``: every distinct item of the written samples once, its raw item
+  features only) + manifest.json (with the split cutoffs, the text-feature mode and the item count) +
+  feature_spec.json
 
 ``--text_features key`` (the default) writes samples that carry their texts only (raw, label and meta
 features); readers look the vectors up in ``text_embeddings/``. ``vector`` also writes each sample's
 derived text embeddings (zeros for an empty text), joined by a shuffle keyed by the text
-(:class:`beam_jobs.text_features.JoinTextEmbedding`).
+(:class:`beam_jobs.text_features.JoinTextEmbedding`). The item catalogue is the same in both modes: raw
+item features, no embeddings (:class:`beam_jobs.catalogue.WriteItemCatalogue`).
 
 Every unusable input row becomes a dead letter (``dead_letters/*.jsonl``) with its reason and is
 counted (Beam metrics and the manifest's reconciliation: rows read = used + dead-lettered + filtered).
-Nothing collects the samples or the distinct texts into one element or side input: samples and texts
-meet in per-user groups, per-item joins, per-text joins and per-shard groups. The side inputs are
-tables that stay small whatever the number of rows or distinct texts:
+Nothing collects the samples, the distinct texts or the items into one element or side input: samples
+and texts meet in per-user groups, per-item joins and combines, per-text joins and per-shard groups. The
+side inputs are tables that stay small whatever the number of rows, items or distinct texts:
 
-* the shard count of each split (``WriteSplits``), the split cutoffs (the global time cutoffs, the
-  cold-start eval cutoff and slice starts) and the ledger (``StatsTable``): a few numbers each;
+* the shard count of each split (``WriteSplits``) and of the item catalogue (``ItemCatalogue``), the
+  split cutoffs (the global time cutoffs, the cold-start eval cutoff and slice starts) and the ledger
+  (``StatsTable``): a few numbers each;
 * the (timestamp, row count) list behind each exact time quantile (cold-start domains; the warm domains
   with ``--split_mode global``): one pair per distinct timestamp, bounded by the seconds the logs span;
 * MovieLens input only: the movies table, and the tag search index with its inputs (the tags, each
@@ -36,9 +40,9 @@ The text tables (one vector per distinct text) are never a side input:
 
 The pipeline is this module (with its command line); each step is a module of its own:
 :mod:`beam_jobs.sources` (reading and parsing the inputs), :mod:`beam_jobs.splits`,
-:mod:`beam_jobs.vocabularies`, :mod:`beam_jobs.text_features`, :mod:`beam_jobs.writing` (shards) and
-:mod:`beam_jobs.manifest`, over the shared Beam core (:mod:`beam_jobs.core`, :mod:`beam_jobs.reading`)
-that ``batch_score`` uses too.
+:mod:`beam_jobs.vocabularies`, :mod:`beam_jobs.text_features`, :mod:`beam_jobs.writing` (shards),
+:mod:`beam_jobs.catalogue` (the item catalogue) and :mod:`beam_jobs.manifest`, over the shared Beam
+core (:mod:`beam_jobs.core`, :mod:`beam_jobs.reading`) that ``batch_score`` uses too.
 
 Local run::
 
@@ -66,6 +70,7 @@ import uuid
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 from beam_jobs import manifest as manifest_lib
 from beam_jobs import sources, splits
+from beam_jobs.catalogue import WriteItemCatalogue
 from beam_jobs.core import WriteDeadLetters, count, lost_inputs, pipeline_options
 from beam_jobs.reading import FILTERED, TRUNCATED_INPUT
 from beam_jobs.sample_coder import SampleRecord
@@ -161,6 +166,8 @@ def build_pipeline(
     vectors = tables if args.text_features == layout.TEXT_VECTORS else None
     # the shard files join the ledger, so the manifest (and any empty-split file) comes after them
     ledger.append(split_records | "WriteSplits" >> WriteShuffledSplits(spec, out, args.shuffle_seed, vectors))
+    # every item of the written samples once, raw item features only (both text-feature modes)
+    ledger.append(split_records | "ItemCatalogue" >> WriteItemCatalogue(spec, out))
     _ = dead_letters | "AllDeadLetters" >> beam.Flatten() | "DeadLetters" >> WriteDeadLetters(out)
     sample_stats = (
         split_records

@@ -1,7 +1,7 @@
 """The manifest of a samples directory: counts per split and domain, the reconciliation of every source,
-the split cutoffs, shard counts, vocabulary sizes, the text-feature mode (``"text_features"``: samples
-that carry their texts, ``"key"``, or also their embeddings, ``"vector"``), the text encoder and the
-feature spec.
+the split cutoffs, shard counts, the number of items in the item catalogue (``"items"``), vocabulary
+sizes, the text-feature mode (``"text_features"``: samples that carry their texts, ``"key"``, or also
+their embeddings, ``"vector"``), the text encoder and the feature spec.
 
 :func:`build_manifest` is pure (unit-tested); the pipeline feeds it the ledger of ``build_samples``.
 """
@@ -44,6 +44,7 @@ def build_manifest(
     samples = {"built": 0, "written": 0, "filtered": {}}
     vocab_sizes, texts, cutoffs = {}, {}, defaultdict(dict)
     shards = dict.fromkeys(layout.SPLITS, 0)
+    items = 0
     for key, value in stats.items():
         kind, *rest = key
         if kind == "samples":
@@ -69,6 +70,8 @@ def build_manifest(
             cutoffs[rest[0]][rest[1]] = value
         elif kind == "shards":
             shards[rest[0]] = value
+        elif kind == "items":
+            items = value
     for per_domain in counts.values():
         for entry in per_domain.values():
             entry["label_rate"] = (
@@ -89,6 +92,7 @@ def build_manifest(
         "counts": {split: dict(sorted(counts[split].items())) for split in layout.SPLITS},
         "split_cutoffs": _split_cutoffs(cutoffs, options),
         "shards": shards,
+        "items": items,
         "vocab_sizes": dict(sorted(vocab_sizes.items())),
         "text_embeddings": dict(sorted(texts.items())),
         "text_features": options.get("text_features", layout.TEXT_KEYS),

@@ -7,15 +7,17 @@ import shutil
 
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
 from beam_jobs import build_samples as bs
-from beam_jobs import core, reading, sources, text_features, vocabularies, writing
+from beam_jobs import catalogue, core, reading, sources, text_features, vocabularies, writing
 from beam_jobs import manifest as bmanifest
 from beam_jobs import splits as bsplits
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim
 from tfsr import layout
+from tfsr.data import make_items_dataset
 from tfsr.datasets import movielens as ml
 from tfsr.datasets import splits
 from tfsr.datasets.movielens import MOVIELENS_DOMAINS
-from tfsr.features import FeatureSpec
+from tfsr.features import RECORD_ROLES, FeatureSpec
+from tfsr.text.lookup import TextLookup
 
 import apache_beam as beam
 import numpy as np
@@ -386,6 +388,7 @@ def test_build_manifest_reconciles():
         ("cutoff", "coldstart", "finetune_start"): 10,
         ("shards", "pretrain_train"): 8,
         ("shards", "coldstart_eval"): 1,
+        ("items",): 6,
     }
     options = {
         "seed": 0,
@@ -419,6 +422,8 @@ def test_build_manifest_reconciles():
     assert manifest["shards"] == {
         split: {"pretrain_train": 8, "coldstart_eval": 1}.get(split, 0) for split in layout.SPLITS
     }
+    assert manifest["items"] == 6
+    assert bmanifest.build_manifest({}, spec, {}, "", options)["items"] == 0  # no item, no catalogue row
     per_user = bmanifest.build_manifest(stats, spec, {}, "", options | {"split_mode": "per_user"})
     assert "eval_cutoff" not in per_user["split_cutoffs"]["pretrain"]  # one cutoff per user
     assert manifest["counts"]["pretrain_train"]["rec_drama"] == {
@@ -527,6 +532,7 @@ def test_corrupted_movielens_finishes_dead_letters_each_bad_row_and_keeps_good_r
     assert sum(len(v) for v in written.values()) == samples["built"] - sum(samples["filtered"].values())
     assert manifest["shards"] == {split: int(bool(rows)) for split, rows in written.items()}
     assert manifest["vocab_sizes"]["user_id"] == 3
+    assert len(_check_catalogue(out)) == manifest["items"] > 0  # tagged-movie negatives included
 
 
 @pytest.fixture(scope="module")
@@ -639,9 +645,142 @@ def test_both_modes_write_the_same_rows_in_the_same_order(generic_logs_samples):
         assert key_files == sorted(p.name for p in (vector / split).glob("part-*")), split
         key_rows = [e.SerializeToString(deterministic=True) for e in _examples(key, split)]
         assert key_rows == [raw(e) for e in _examples(vector, split)], split
+    # the item catalogue holds raw item features only: the same bytes in both modes (and so in any rerun)
+    key_items, vector_items = (sorted((out / layout.ITEMS_DIR).glob("part-*")) for out in (key, vector))
+    assert [p.name for p in key_items] == [p.name for p in vector_items] != []
+    assert [p.read_bytes() for p in key_items] == [p.read_bytes() for p in vector_items]
     manifests = [layout.read_manifest(out) for out in (key, vector)]
-    for entry in ("counts", "shards", "text_embeddings", "vocab_sizes", "reconciliation"):
+    for entry in ("counts", "shards", "items", "text_embeddings", "vocab_sizes", "reconciliation"):
         assert manifests[0][entry] == manifests[1][entry], entry
+
+
+# ------------------------------------------------------------------------------------ item catalogue
+def _item_values(example_or_row, names) -> tuple:
+    """The item features of a catalogue Example or of a `_read_split` row, as tuples of bytes."""
+    if isinstance(example_or_row, tf.train.Example):
+        return tuple(tuple(example_or_row.features.feature[n].bytes_list.value) for n in names)
+    values = [example_or_row[n] for n in names]
+    return tuple(tuple(v) if isinstance(v, list) else (v,) for v in values)
+
+
+def _catalogue_examples(out: pathlib.Path) -> list[tf.train.Example]:
+    """The catalogue's Examples in file order (shard after shard)."""
+    files = sorted(tf.io.gfile.glob(layout.items_pattern(out)))
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, "GZIP")]
+
+
+def _check_catalogue(out: pathlib.Path) -> dict[bytes, tuple]:
+    """Checks ``items/`` against the samples of every split; returns item_id -> its item features."""
+    spec = layout.read_feature_spec(out)
+    names = [f.name for f in spec.select(["raw"], entity="item")]
+    assert names == ["item_id", "item_title", "item_genres", "item_decade"]
+    by_item = {}
+    for path in sorted((out / layout.ITEMS_DIR).glob(f"part-*{layout.TFRECORD_SUFFIX}")):
+        examples = [
+            tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path), "GZIP")
+        ]
+        ids = [e.features.feature["item_id"].bytes_list.value[0] for e in examples]
+        assert ids == sorted(ids), path  # each shard in item_id order
+        for example in examples:
+            assert set(example.features.feature) <= set(names)  # raw item features only: no embedding
+            item = example.features.feature["item_id"].bytes_list.value[0]
+            assert item not in by_item, item  # once each
+            by_item[item] = _item_values(example, names)
+    rows = collections.defaultdict(set)  # item -> the item features of its rows (positives, negatives)
+    for split in layout.SPLITS:
+        for row in _read_split(out, split):
+            rows[row["item_id"]].add(_item_values(row, names))
+    assert set(by_item) == set(rows)  # exactly the distinct items of all splits
+    for item, values in by_item.items():
+        # the item's features as its rows hold them; rows that disagree: the smallest, whatever their order
+        assert values == min(rows[item]), (item, values, rows[item])
+    assert layout.read_manifest(out)["items"] == len(by_item)
+    return by_item
+
+
+def test_item_catalogue_holds_every_item_of_every_split_once(generic_logs_samples):
+    out = generic_logs_samples[layout.TEXT_KEYS]
+    by_item = _check_catalogue(out)
+    assert sorted(by_item) == [b"i1", b"i2", b"i3", b"i4", b"i5"]  # i2: a negative; i5: cold-start
+    # i3's rows name it "War Front, The (1960)" and "War Front (1960)": the smallest tuple is kept
+    assert by_item[b"i3"] == ((b"i3",), (b"War Front (1960)",), (b"War", b"Drama"), (b"1960s",))
+    assert {p.name for p in (out / layout.ITEMS_DIR).iterdir()} == {"part-00000-of-00001.tfrecord.gz"}
+
+
+def test_write_item_catalogue_does_not_depend_on_row_order(tmp_path):
+    spec = FeatureSpec.default(MOVIELENS_DOMAINS, text_dim=TEXT_DIM)
+    rows = [
+        ("pretrain_train", {"item_id": "b", "item_title": "B", "item_genres": ["x", "y"]}),
+        ("pretrain_eval", {"item_id": "a", "item_title": "A (1990)", "label": 0, "item_decade": "1990s"}),
+        (
+            "coldstart_eval",
+            {"item_id": "b", "item_title": "B", "item_genres": ["x"], "domain": "rec_children"},
+        ),
+        ("pretrain_valid", {"item_id": "c", "query_id": "q", "query_text": "q", "domain": "search_tags"}),
+    ]
+    records = [
+        (split, spec.validate({**_rec("u", 1), **row}, RECORD_ROLES) | {"is_cold_item": 0})
+        for split, row in rows
+    ]
+    written = []
+    for name, order in (("forward", records), ("backward", records[::-1])):
+        with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
+            ledger = p | beam.Create(order) | catalogue.WriteItemCatalogue(spec, str(tmp_path / name))
+            assert_that(ledger, equal_to([(("items",), 3)]))
+        (path,) = (tmp_path / name / layout.ITEMS_DIR).iterdir()
+        written.append(path.read_bytes())
+    assert written[0] == written[1]
+    examples = _catalogue_examples(tmp_path / "forward")
+    assert [e.features.feature["item_id"].bytes_list.value[0] for e in examples] == [b"a", b"b", b"c"]
+    assert list(examples[1].features.feature["item_genres"].bytes_list.value) == [b"x"]  # ("x",) < ("x", "y")
+    assert sorted(examples[2].features.feature) == ["item_decade", "item_genres", "item_id", "item_title"]
+
+
+@pytest.mark.parametrize("mode", layout.TEXT_FEATURE_MODES)
+def test_make_items_dataset_reads_the_catalogue_with_title_vectors(generic_logs_samples, mode):
+    out = generic_logs_samples[mode]
+    spec = layout.read_feature_spec(out)
+    lookup = TextLookup.from_samples(out, spec, missing="error")
+    batches = list(make_items_dataset(out, spec, batch_size=2, text_lookup=lookup))
+    assert [len(b["item_id"]) for b in batches] == [2, 2, 1]
+    for batch in batches:
+        assert set(batch) == {"item_id", "item_title", "item_genres", "item_decade", "item_title_embedding"}
+        size = len(batch["item_id"])
+        for name in ("item_id", "item_title", "item_decade"):
+            assert batch[name].shape == [size] and batch[name].dtype == tf.string, name
+        assert isinstance(batch["item_genres"], tf.RaggedTensor)
+        assert batch["item_title_embedding"].shape == [size, TEXT_DIM]
+    table = _text_table(out, "item_title")
+    ids, read = [], {}
+    for batch in batches:
+        for i, item in enumerate(batch["item_id"].numpy()):
+            ids.append(item)
+            title = batch["item_title"][i].numpy()
+            np.testing.assert_array_equal(batch["item_title_embedding"][i].numpy(), table[title])
+            read[item] = (
+                (item,),
+                (title,),
+                tuple(batch["item_genres"][i].numpy()),
+                (batch["item_decade"][i].numpy(),),
+            )
+    # the file order, every pass; the features as written
+    examples = _catalogue_examples(out)
+    assert ids == [e.features.feature["item_id"].bytes_list.value[0] for e in examples]
+    assert read == _check_catalogue(out)
+    plain = list(make_items_dataset(out, spec, batch_size=8))
+    assert len(plain) == 1 and "item_title_embedding" not in plain[0]
+    assert plain[0]["item_id"].numpy().tolist() == ids
+
+
+def test_make_items_dataset_names_the_fix_for_samples_without_a_catalogue(generic_logs_samples, tmp_path):
+    source = generic_logs_samples[layout.TEXT_KEYS]
+    spec = layout.read_feature_spec(source)
+    old = tmp_path / "old"
+    shutil.copytree(source, old, ignore=shutil.ignore_patterns(layout.ITEMS_DIR))
+    with pytest.raises(FileNotFoundError, match=r"predates the catalogue; re-run `tfsr preprocess`"):
+        make_items_dataset(old, spec, batch_size=8)
+    catalogue._write_empty_catalogue(0, str(old))  # a job that wrote no item: an empty catalogue
+    assert list(make_items_dataset(old, spec, batch_size=8)) == []
 
 
 def _descendants(p: beam.Pipeline, root: str, ledger: str) -> tuple[set, list]:
@@ -700,6 +839,8 @@ def test_movielens_end_to_end(tmp_path, encoder_dir, movielens_dir):
     }
     assert manifest["text_encoder"]["dim"] == TEXT_DIM
     assert manifest["vocab_sizes"]["user_id"] == len(layout.read_vocab(out, "user_id")) == 610
+    assert len(_check_catalogue(out)) == manifest["items"]
+    assert manifest["items"] >= len(layout.read_vocab(out, "item_id"))  # the vocabulary: pretrain_train only
 
     train = _read_split(out, "pretrain_train")
     evaluation = _read_split(out, "pretrain_eval")

@@ -254,3 +254,41 @@ def test_key_and_vector_samples_score_the_same_in_training_and_export(
         path = export_model(model, spec, None, tmp_path / "export", f"from_{source.name}", samples_dir=source)
         served = tf.saved_model.load(str(path)).signatures["serving_default"](examples=vector_records)
         np.testing.assert_allclose(served["ctr"].numpy(), ctr_vectors, rtol=0, atol=1e-6)
+
+
+def test_retrieval_pretrain_finetune_evaluate_against_the_catalogue(samples, pretrained, tmp_path):
+    """`tfsr train --model_type retrieval --pretrained RANKER` → `tfsr finetune` (cold-start domain) →
+    `tfsr evaluate --compare`: every held-out click is a query over the whole catalogue, the counts
+    reconcile with the manifest, the ranker's encoders seeded the retrieval model."""
+    from tfsr import layout
+    from tfsr.models import load_model
+
+    run, cold, ids, out = (tmp_path / name for name in ("retrieval", "retrieval_cold", "ids", "report"))
+    flags = ["--model_type", "retrieval", "--pretrained", str(pretrained), "--freeze", "L0"]
+    assert cli.train_main([*_train_args(samples, run, 100), "--epochs", "1", *flags]) == 0  # one whole epoch
+    ranker, model = load_model(pretrained / "model"), load_model(run / "model")
+    for mine, theirs in zip(  # L0 frozen: still the ranker's after training
+        model.feature_encoders["user_id"].get_weights(),
+        ranker.feature_encoders["user_id"].get_weights(),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(mine, theirs)
+    assert "val_recall_at_100" in json.loads((run / "best.json").read_text())["metrics"]
+    finetune = ["--samples_dir", str(samples), "--pretrained", str(run), "--output_dir", str(cold)]
+    assert cli.finetune_main([*finetune, "--max_steps", "3", "--batch_size", "32"]) == 0
+    assert cli.train_main([*_train_args(samples, ids, 3), "--model_type", "id_two_tower"]) == 0
+    evaluate = ["--model_dir", str(cold), "--samples_dir", str(samples), "--output_dir", str(out)]
+    assert cli.evaluate_main([*evaluate, "--compare", f"ids={ids}"]) == 0
+
+    rep = json.loads((out / "retrieval.json").read_text())
+    counts = layout.read_manifest(samples)["counts"]
+    assert set(rep["splits"]) == {"pretrain_eval", "coldstart_eval"}
+    assert "rec_children" in rep["splits"]["coldstart_eval"]
+    assert rep["meta"]["catalogue_items"] > 0
+    for split, domains in rep["splits"].items():
+        for domain, methods in domains.items():
+            assert set(methods) <= {"popularity", "retrieval_cold", "ids"} and "retrieval_cold" in methods
+            for m in methods.values():
+                assert m["count"] == counts[split][domain]["positives"]  # every click is one query
+                assert 0 <= m["recall_at_10"] <= m["recall_at_100"] <= 1
+    assert (out / "retrieval.md").read_text().startswith("# Retrieval: retrieval_cold")

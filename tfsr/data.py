@@ -9,6 +9,12 @@ Example:
   ...                      domain_weights={"search_tags": 2.0, "rec_drama": 1.0})
   >>> model.fit(train, steps_per_epoch=100)
 
+`make_items_dataset` reads the item catalogue (``items/``: every item once, its raw item features) for
+two-tower retrieval:
+
+  >>> items = make_items_dataset(samples_dir, spec, batch_size=4096,
+  ...                            text_lookup=tfsr.text.lookup.TextLookup.from_samples(samples_dir, spec))
+
 `synthetic_records` / `write_synthetic_samples` make small model-ready samples with real signal (for
 tests, examples and benchmarks); the full synthetic *raw-log* generator lives in `tfsr.datasets`.
 """
@@ -51,12 +57,15 @@ def _resolve_files(files: FilesArg) -> list[str]:
 
 
 def _check_first_record(path: str, spec: FeatureSpec, parse_spec: dict) -> None:
-    """Parses the first record of a file eagerly, so a mismatching file fails here, naming the feature."""
+    """Parses the first record of a file eagerly, so a mismatching file fails here, naming the feature
+    (and, when `parse_spec` has a domain, a domain `spec` does not know)."""
     for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
         try:
             parsed = tf.io.parse_single_example(record, parse_spec)
         except tf.errors.InvalidArgumentError as err:
             raise ValueError(f"{path}: record does not match the feature spec: {err.message}") from None
+        if "domain" not in parsed:
+            return
         domain = parsed["domain"].numpy().decode("utf-8", "replace")
         if domain not in spec.domains:
             raise ValueError(
@@ -187,6 +196,65 @@ def make_dataset(
 
     dataset = records.batch(batch_size, drop_remainder=drop_remainder).map(
         parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def make_items_dataset(
+    samples_dir: str | os.PathLike,
+    spec: FeatureSpec,
+    batch_size: int,
+    text_lookup: Callable[[dict], dict] | None = None,
+) -> tf.data.Dataset:
+    """The item catalogue of a samples directory (``items/``, :func:`tfsr.layout.items_pattern`), batched.
+
+    Every item of the samples once (all splits, positives and negatives, warm and cold-start domains),
+    parsed with the spec's raw item features (``spec.select(["raw"], entity="item")``), in a fixed
+    order: the shards in name order, each in item_id order; no shuffling, so the i-th row of every pass
+    is the same item.
+
+    Args:
+      samples_dir: a directory written by ``tfsr preprocess``.
+      spec: the feature specification the samples were written with.
+      batch_size: items per batch (the last batch may be smaller).
+      text_lookup: a callable adding derived text embeddings to a parsed batch, such as
+        :class:`tfsr.text.lookup.TextLookup` (``TextLookup.from_samples(samples_dir, spec)``): it adds
+        ``item_title_embedding`` (and skips the query text, which the catalogue has not). The catalogue
+        holds no embeddings, whatever the samples' text-feature mode. None: raw features only.
+
+    Returns:
+      A `tf.data.Dataset` of `dict[str, Tensor]` batches: for the default spec `item_id`, `item_title`
+      and `item_decade` `[B]` strings, `item_genres` a `tf.RaggedTensor [B, None]`, and with a text
+      lookup `item_title_embedding` `[B, text_dim]`.
+
+    Raises:
+      FileNotFoundError: `samples_dir` has no ``items/`` (it predates the item catalogue: re-run
+        ``tfsr preprocess``).
+      ValueError: a bad batch size, or the first record of a shard does not match `spec`.
+    """
+    check_positive_int("batch_size", batch_size)
+    pattern = layout.items_pattern(samples_dir)
+    if not tf.io.gfile.glob(pattern):
+        raise FileNotFoundError(
+            f"{samples_dir} has no item catalogue ({pattern} matches no file): the samples directory "
+            f"predates the catalogue; re-run `tfsr preprocess` to write {layout.ITEMS_DIR}/"
+        )
+    paths = _resolve_files(pattern)
+    names = {f.name for f in spec.select(["raw"], entity="item")}
+    parse_spec = {name: value for name, value in spec.parse_spec(roles=("raw",)).items() if name in names}
+    for path in paths:
+        _check_first_record(path, spec, parse_spec)
+
+    def parse(serialized):
+        features = tf.io.parse_example(serialized, parse_spec)
+        return text_lookup(features) if text_lookup is not None else features
+
+    options = tf.data.Options()
+    options.deterministic = True
+    dataset = (
+        tf.data.TFRecordDataset(paths, compression_type="GZIP")
+        .batch(batch_size)
+        .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     )
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 

@@ -4,7 +4,7 @@
 <samples_dir>/
   manifest.json            schema version, feature spec, counts per domain and split, vocab sizes,
                            text-encoder identity, the command that built it, the split cutoffs
-                           and shard counts it used, reconciliation
+                           and shard counts it used, the number of items in items/, reconciliation
   feature_spec.json        FeatureSpec.to_json()
   vocab/<feature>.txt      one value per line, most frequent first (user_id, item_id, query_id,
                            item_genres, item_decade)
@@ -19,6 +19,12 @@
                            readers look them up in text_embeddings/ (tfsr.text.lookup). Rows
                            are spread over the shards by a seeded random key and each shard is in key
                            order, so every shard (and any read order of them) mixes domains and users
+  items/part-SSSSS-of-NNNNN.tfrecord.gz
+                           the item catalogue: one tf.train.Example per distinct item_id of all splits
+                           (positives and negatives, warm and cold-start domains) holding the spec's raw
+                           item features only (item_id, item_title, item_genres, item_decade; no
+                           embeddings: readers look item_title up in text_embeddings/). Items are spread
+                           over the shards by a hash of their id, each shard in item_id order
   dead_letters/*.jsonl     rows that could not be used: {"source", "line", "reason", "raw"}
 ```
 """
@@ -43,6 +49,7 @@ FEATURE_SPEC = "feature_spec.json"
 VOCAB_DIR = "vocab"
 TEXT_EMBEDDINGS_DIR = "text_embeddings"
 DEAD_LETTERS_DIR = "dead_letters"
+ITEMS_DIR = "items"  # the item catalogue (samples written before it have none: re-run `tfsr preprocess`)
 TFRECORD_SUFFIX = ".tfrecord.gz"
 
 # How samples hold their text embeddings (manifest "text_features"): only the text, its embedding looked up
@@ -81,6 +88,11 @@ def split_pattern(samples_dir: str | pathlib.Path, split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known splits: {SPLITS}")
     return str(pathlib.Path(samples_dir) / split / f"part-*{TFRECORD_SUFFIX}")
+
+
+def items_pattern(samples_dir: str | pathlib.Path) -> str:
+    """Glob pattern of the item catalogue's TFRecord shards."""
+    return str(pathlib.Path(samples_dir) / ITEMS_DIR / f"part-*{TFRECORD_SUFFIX}")
 
 
 def vocab_path(samples_dir: str | pathlib.Path, feature: str) -> pathlib.Path:

@@ -11,6 +11,7 @@ from tfsr.models.base import LEVELS, OUTPUT_KEYS, MultiDomainModel
 from tfsr.models.config import ModelConfig, warm_registry
 from tfsr.models.io import build_model, load_model, save_model
 from tfsr.models.registry import MODEL_TYPES, register_model
+from tfsr.models.retrieval import CANDIDATE_PROBABILITY, IdTwoTowerModel, RetrievalModel
 from tfsr.models.zoo import (
     MMoEModel,
     PLEModel,
@@ -21,13 +22,16 @@ from tfsr.models.zoo import (
 )
 
 __all__ = [
+    "CANDIDATE_PROBABILITY",
     "LEVELS",
     "MODEL_TYPES",
     "OUTPUT_KEYS",
+    "IdTwoTowerModel",
     "MMoEModel",
     "ModelConfig",
     "MultiDomainModel",
     "PLEModel",
+    "RetrievalModel",
     "SRFoundationModel",
     "STARModel",
     "SharedBottomModel",

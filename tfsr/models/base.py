@@ -274,7 +274,7 @@ class MultiDomainModel(tfrs.models.Model):
         An aspect's vector is the mean of its present features' encodings; it is present when any of
         its features is.
         """
-        batch = tf.shape(tf.reshape(features["domain"], [-1]))[0]
+        batch = _batch_size(features)
         dtype = self.compute_dtype
         vectors, masks = [], []
         for aspect in ASPECTS:
@@ -547,6 +547,14 @@ class MultiDomainModel(tfrs.models.Model):
             config.pop("vocabularies"),
             **config,
         )
+
+
+def _batch_size(features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """Rows of a batch: of `domain` when present (a context), else of its first feature (items alone)."""
+    value = features["domain"] if "domain" in features else next(iter(features.values()))
+    if isinstance(value, tf.RaggedTensor):
+        return tf.cast(value.nrows(), tf.int32)
+    return tf.shape(value)[0] if value.shape.rank else tf.shape(tf.reshape(value, [-1]))[0]
 
 
 def _unique(modules) -> list:

@@ -58,6 +58,11 @@ class ModelConfig:
         fields; none for the other baselines).
       num_cross_layers: layers of the DCN-v2 cross network ("cross").
       cross_projection_dim: rank of the cross layers' weight matrix; None = full rank.
+      retrieval_temperature: the softmax temperature of a retrieval model's normalised dot products
+        (`RetrievalModel`; 0.05: cosines in [-1, 1] become logits in [-20, 20]).
+      sampling_bias_correction: a retrieval model subtracts `log q(item)` (its share of the training
+        clicks) from the in-batch logits (Yi et al., RecSys 2019), so popular items are not over-penalised
+        as negatives.
       domain_loss_weights: alpha_d by domain name; missing domains weigh 1.
       learning_rate: Adam's learning rate used by `model.compile()` without an optimizer.
       num_hash_bins: hash buckets of an id/sparse feature that has no vocabulary.
@@ -93,6 +98,8 @@ class ModelConfig:
     interactions: tuple[str, ...] | None = None
     num_cross_layers: int = 2
     cross_projection_dim: int | None = None
+    retrieval_temperature: float = 0.05
+    sampling_bias_correction: bool = True
     domain_loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     learning_rate: float = 1e-3
     num_hash_bins: int = 100_000
@@ -136,7 +143,7 @@ class ModelConfig:
             units = getattr(self, name)
             if not units or any(not isinstance(u, int) or u <= 0 for u in units):
                 raise ValueError(f"{name} must be a non-empty list of positive ints, got {units!r}")
-        for name in ("temperature", "mmd_bandwidth", "learning_rate"):
+        for name in ("temperature", "mmd_bandwidth", "learning_rate", "retrieval_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.cross_projection_dim is not None and (

@@ -139,7 +139,8 @@ class TextLookup(tf.Module):
     """Raw features -> the same features plus the spec's derived text embeddings (one TextEmbedder each).
 
     ``lookup(features)`` reads each derived feature's ``source`` text (``[B]`` strings) and adds the
-    derived feature (``[B, text_dim]``); other features pass through.
+    derived feature (``[B, text_dim]``); other features pass through. A source absent from `features`
+    adds nothing (the item catalogue, :func:`tfsr.data.make_items_dataset`, has no query text).
     """
 
     def __init__(self, spec: FeatureSpec, embedders: Mapping[str, TextEmbedder]):
@@ -183,7 +184,8 @@ class TextLookup(tf.Module):
     def __call__(self, features: Mapping[str, tf.Tensor]) -> dict:
         out = dict(features)
         for name, source in self.sources.items():
-            out[name] = self.embedders[name](features[source])
+            if source in features:
+                out[name] = self.embedders[name](features[source])
         return out
 
 

@@ -145,13 +145,26 @@ def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tfsr train", description="Pretrain a model on the warm domains.")
     _common(parser, TrainConfig.split)
     parser.add_argument(
-        "--model_type", help="srfoundation | single_domain | shared_bottom | mmoe | ple | star"
+        "--model_type",
+        help="rankers: srfoundation | single_domain | shared_bottom | mmoe | ple | star | deepfm | dcn_v2; "
+        "retrieval (two-tower on the foundation's encoders) | id_two_tower (ids only)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        help="retrieval models: start from this ranker's L0 encoders and context fusions (a saved model or "
+        "a `tfsr train` run directory)",
+    )
+    parser.add_argument(
+        "--freeze", nargs="*", choices=FREEZE_LEVELS, help="with --pretrained: levels to freeze"
     )
     args = parser.parse_args(argv)
     sets = list(args.set)
     if args.model_type:
         sets.insert(0, f"model.model_type={args.model_type}")
-    cfg = _resolve({}, args, _flags(args, _COMMON_KEYS), sets)
+    flags = _flags(args, (*_COMMON_KEYS, "pretrained"))
+    if args.freeze is not None:
+        flags["freeze"] = list(args.freeze)
+    cfg = _resolve({}, args, flags, sets)
     if not _prepare(cfg, args):
         return 0
     from tfsr.training.workflows import run_train
@@ -223,13 +236,33 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", help="model name in the report")
     parser.add_argument("--no_plots", action="store_true")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL_DIR",
+        help="retrieval models: evaluate this retrieval model too, in the same table (repeatable)",
+    )
     args = parser.parse_args(argv)
+    compare = {}
+    for item in args.compare:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--compare takes NAME=MODEL_DIR, got {item!r}")
+        check_path("--compare", path, "model")
+        compare[name] = path
     from tfsr.training.workflows import run_evaluate
 
     out = args.output_dir
     if out is None:
         base = pathlib.Path(args.model)
         out = (base if (base / "model").is_dir() else base.parent) / "report"
+    if compare:
+        from tfsr.training import retrieval
+
+        rep = retrieval.run_evaluate(args.model, args.samples_dir, out, args.splits, compare, args.name)
+        print(retrieval.format_report(rep), end="")
+        return 0
     rep = run_evaluate(
         args.model,
         args.samples_dir,
@@ -240,6 +273,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         max_batches=args.max_batches,
         plots=not args.no_plots,
     )
+    if "splits" in rep:  # a retrieval model
+        from tfsr.training.retrieval import format_report
+
+        print(format_report(rep), end="")
+        return 0
     for name, m in rep["domains"].items():
         print(
             f"{name:>16}  n={m['count']:>7}  auc={m['auc']:.4f}  gauc={m.get('gauc', float('nan')):.4f}  "

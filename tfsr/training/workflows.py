@@ -147,23 +147,49 @@ def _fit(
         auto_shard=cfg.auto_shard,
     )
 
-    def dataset_fn(epoch: int):
-        return make_dataset(
-            cfg.samples_dir,
-            cfg.split,
-            spec,
-            cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed + epoch,
-            domains=domains,
-            domain_weights=cfg.domain_weights,
-        )
+    from tfsr.training import retrieval
+
+    if retrieval.is_retrieval(model):
+        # a retrieval model trains on the clicks (with their items' sampling probabilities) and is
+        # selected on its Recall@100 over the whole catalogue
+        if cfg.domain_weights:
+            raise ValueError("domain_weights are not supported for retrieval models; use domain_loss_weights")
+        probability = retrieval.candidate_probability_table(cfg.samples_dir, cfg.split, spec, domains)
+
+        def dataset_fn(epoch: int):
+            return retrieval.clicks_dataset(
+                cfg.samples_dir,
+                cfg.split,
+                spec,
+                cfg.batch_size,
+                shuffle=True,
+                seed=cfg.seed + epoch,
+                domains=domains,
+                probability=probability,
+            )
+
+        score, monitor = retrieval.validation_metrics, retrieval.MONITOR
+    else:
+
+        def dataset_fn(epoch: int):
+            return make_dataset(
+                cfg.samples_dir,
+                cfg.split,
+                spec,
+                cfg.batch_size,
+                shuffle=True,
+                seed=cfg.seed + epoch,
+                domains=domains,
+                domain_weights=cfg.domain_weights,
+            )
+
+        score, monitor = validation_metrics, cfg.monitor
 
     validation = None
     if has_split(cfg.samples_dir, cfg.validation_split, domains):
         validation = Validation(
-            lambda: validation_metrics(model, cfg.samples_dir, spec, cfg.validation_split, domains),
-            monitor=cfg.monitor,
+            lambda: score(model, cfg.samples_dir, spec, cfg.validation_split, domains),
+            monitor=monitor,
             patience=cfg.patience,
         )
     elif cfg.validation_split:
@@ -288,9 +314,13 @@ def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy) -> 
     if distributed.is_chief():
         cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, stage, domains, model_config, strategy)
+    from tfsr.training.retrieval import is_retrieval
+
     calibration = (
         calibrate(model, cfg.samples_dir, spec, cfg.validation_split, domains)
-        if cfg.calibrate and has_split(cfg.samples_dir, cfg.validation_split, domains)
+        if cfg.calibrate
+        and not is_retrieval(model)  # no CTR to calibrate
+        and has_split(cfg.samples_dir, cfg.validation_split, domains)
         else {}
     )
     if distributed.is_chief() and (trainer.best or calibration):
@@ -329,7 +359,23 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         model_config = model_config.with_registry(training_registry(spec, domains))
     with strategy.scope():
         model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
+        if cfg.pretrained:
+            _init_from_pretrained(model, cfg)
     return _run_stage(model, cfg, spec, "train", domains, strategy)
+
+
+def _init_from_pretrained(model, cfg: TrainConfig) -> None:
+    """A retrieval model trained with ``pretrained`` starts from that ranker's L0 encoders and context
+    fusions (``RetrievalModel.init_from_ranker``) and freezes ``cfg.freeze``."""
+    from tfsr.models import load_model
+    from tfsr.training.retrieval import is_retrieval
+
+    if not is_retrieval(model):
+        raise ValueError("train --pretrained initialises retrieval models only; use finetune for rankers")
+    copied = model.init_from_ranker(load_model(str(resolve_model_path(cfg.pretrained))))
+    log.info("initialised %s from the ranker %s", ", ".join(copied), cfg.pretrained)
+    if cfg.freeze:
+        model.freeze(*cfg.freeze)
 
 
 def prepare_finetune_model(
@@ -424,6 +470,7 @@ def run_evaluate(
     Returns the report dict (also written to ``output_dir`` as report.json / report.md / PNGs when given).
     """
     from tfsr.models import load_model
+    from tfsr.training import retrieval
 
     model_ref = None
     if isinstance(model, str | pathlib.Path):
@@ -431,6 +478,10 @@ def run_evaluate(
         if run_dir is None and (pathlib.Path(model) / MODEL_DIR).is_dir():
             run_dir = model
         model = load_model(str(resolve_model_path(model)))
+    if retrieval.is_retrieval(model):
+        return retrieval.run_evaluate(
+            model, samples_dir, output_dir, splits, name=name or (model_ref and pathlib.Path(model_ref).name)
+        )
     spec = layout.read_feature_spec(samples_dir)
     splits = list(splits) if splits else default_eval_splits(model, spec)
     started = time.perf_counter()
