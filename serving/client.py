@@ -30,7 +30,13 @@ from collections.abc import Mapping, Sequence
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from tfsr.cli import UsageError
-from tfsr.contract import ASPECTS, ENTITIES
+from tfsr.contract import (
+    ASPECTS,
+    ENTITIES,
+    RETRIEVAL_K_INPUT,
+    RETRIEVE_AND_RANK_SIGNATURE,
+    RETRIEVE_SIGNATURE,
+)
 
 import grpc
 import tensorflow as tf
@@ -46,6 +52,11 @@ from tensorflow_serving.apis import (
 )
 
 log = logging.getLogger("tfsr.client")
+
+# The raw context features of the default feature spec (the retrieval signatures' inputs besides `k`) and the
+# value a context without them gets (a recommendation context has no query).
+CONTEXT_INPUTS = ("domain", "user_id", "query_id", "query_text")
+CONTEXT_DEFAULTS = {"query_id": "", "query_text": ""}
 
 
 def make_example(record: Mapping[str, object], spec=None) -> example_pb2.Example:
@@ -116,6 +127,11 @@ class ScoredFuture:
         return _scored_rows(self._future.result(timeout=timeout), self._candidates, self._key)
 
 
+def _gate_dict(gates) -> dict:
+    """A ``[3, 3]`` gate-weight matrix -> ``{entity: {aspect: weight}}``."""
+    return {e: dict(zip(ASPECTS, map(float, gates[j]), strict=True)) for j, e in enumerate(ENTITIES)}
+
+
 def _scored_rows(response, candidates, key) -> list[dict]:
     ctr = tf.make_ndarray(response.outputs["ctr"])
     gates = tf.make_ndarray(response.outputs["gate_weights"]) if "gate_weights" in response.outputs else None
@@ -123,11 +139,39 @@ def _scored_rows(response, candidates, key) -> list[dict]:
     for i, candidate in enumerate(candidates):
         row = {key: candidate.get(key), "ctr": float(ctr[i])}
         if gates is not None:
-            row["gate_weights"] = {
-                e: dict(zip(ASPECTS, map(float, gates[i][j]), strict=True)) for j, e in enumerate(ENTITIES)
-            }
+            row["gate_weights"] = _gate_dict(gates[i])
         rows.append(row)
     return rows
+
+
+def _retrieved_rows(response) -> list[list[dict]]:
+    """A ``retrieve`` / ``retrieve_and_rank`` response -> per context row, its items in the server's order:
+    ``{"item_id", "score"}``, or ``{"item_id", "ctr", "retrieval_score", "gate_weights"}``."""
+    outputs = response.outputs
+    ids = tf.make_ndarray(outputs["item_ids"])
+    if "ctr" not in outputs:
+        scores = tf.make_ndarray(outputs["scores"])
+        return [
+            [{"item_id": i.decode("utf-8", "replace"), "score": float(s)} for i, s in zip(r, sc, strict=True)]
+            for r, sc in zip(ids, scores, strict=True)
+        ]
+    ctr = tf.make_ndarray(outputs["ctr"])
+    retrieval = tf.make_ndarray(outputs["retrieval_scores"])
+    gates = tf.make_ndarray(outputs["gate_weights"]) if "gate_weights" in outputs else None
+    out = []
+    for b, row_ids in enumerate(ids):
+        rows = []
+        for j, item in enumerate(row_ids):
+            row = {
+                "item_id": item.decode("utf-8", "replace"),
+                "ctr": float(ctr[b, j]),
+                "retrieval_score": float(retrieval[b, j]),
+            }
+            if gates is not None:
+                row["gate_weights"] = _gate_dict(gates[b, j])
+            rows.append(row)
+        out.append(rows)
+    return out
 
 
 class ScoringClient:
@@ -268,6 +312,57 @@ class ScoringClient:
         rows = sorted(self.score_candidates(context, candidates, key), key=lambda r: -r["ctr"])
         return rows[:top_k] if top_k else rows
 
+    # -- retrieval (an export with --retrieval_model_dir: the whole catalogue in the SavedModel)
+    def context_inputs(self) -> list[tuple[str, str | None]]:
+        """(name, default) of the retrieval signatures' context inputs: the spec's raw features whose
+        entity is not ``item`` when the client has a spec, else :data:`CONTEXT_INPUTS`."""
+        if self.spec is not None:
+            return [(f.name, f.default) for f in self.spec.raw_features if f.entity != "item"]
+        return [(name, CONTEXT_DEFAULTS.get(name)) for name in CONTEXT_INPUTS]
+
+    def retrieval_request(
+        self, contexts: Sequence[Mapping], k: int, signature_name: str = RETRIEVE_SIGNATURE
+    ) -> predict_pb2.PredictRequest:
+        """One request of `contexts` (one row each) and the scalar int32 ``k``, for ``retrieve`` or
+        ``retrieve_and_rank``. A context input missing from a context takes its default (an empty query);
+        one without a default (``domain``, ``user_id``) missing from every context is left out, for the
+        server to name."""
+        if not contexts:
+            raise ValueError("no context to retrieve for")
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValueError(f"k must be an int, got {k!r}")
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec, signature_name)
+        for name, default in self.context_inputs():
+            if default is None and not any(name in c for c in contexts):
+                continue
+            values = []
+            for c in contexts:
+                value = c.get(name, default)
+                if value is None:
+                    raise ValueError(f"context {dict(c)!r} has no {name!r}")
+                values.append(value.encode("utf-8") if isinstance(value, str) else bytes(value))
+            request.inputs[name].CopyFrom(string_tensor_proto(values))
+        request.inputs[RETRIEVAL_K_INPUT].CopyFrom(tf.make_tensor_proto(k, dtype=tf.int32))
+        return request
+
+    def retrieve_many(
+        self, contexts: Sequence[Mapping], k: int, signature_name: str = RETRIEVE_SIGNATURE
+    ) -> list[list[dict]]:
+        """One request for several contexts; per context its items, best first (see :meth:`retrieve`)."""
+        return _retrieved_rows(self.predict(self.retrieval_request(contexts, k, signature_name)))
+
+    def retrieve(self, context: Mapping, k: int) -> list[dict]:
+        """The `k` best items of the whole catalogue for one context (``domain``, ``user_id``, ``query_id``,
+        ``query_text``; no query: a recommendation), by the retrieval model alone: ``[{"item_id",
+        "score"}]``, best first; fewer when the catalogue holds fewer."""
+        return self.retrieve_many([context], k, RETRIEVE_SIGNATURE)[0]
+
+    def retrieve_and_rank(self, context: Mapping, k: int) -> list[dict]:
+        """The `k` items retrieved for one context, re-scored by the ranking model: ``[{"item_id", "ctr",
+        "retrieval_score", "gate_weights"}]`` by ``ctr`` descending."""
+        return self.retrieve_many([context], k, RETRIEVE_AND_RANK_SIGNATURE)[0]
+
     def classify(self, records: Sequence[Mapping], signature_name: str = "classify") -> list[float]:
         """P(click) per record through TF Serving's Classify API."""
         request = classification_pb2.ClassificationRequest()
@@ -339,32 +434,61 @@ class ScoringClient:
 
 # --------------------------------------------------------------------------- CLI
 def format_ranking(rows: Sequence[dict], key: str = "item_id") -> str:
-    lines = [f"{'rank':>4}  {key:<24} {'ctr':>7}  gate weights (id/text/sparse) user | query | item"]
+    """Ranked rows as a table: ctr, the retrieval score when the rows have one, the gate weights."""
+    retrieval = any("retrieval_score" in r for r in rows)
+    extra = f" {'retrieval':>9}" if retrieval else ""
+    lines = [f"{'rank':>4}  {key:<24} {'ctr':>7}{extra}  gate weights (id/text/sparse) user | query | item"]
     for i, row in enumerate(rows, 1):
         gates = row.get("gate_weights") or {}
         g = " | ".join("/".join(f"{gates[e][a]:.2f}" for a in ASPECTS) for e in ENTITIES if e in gates)
-        lines.append(f"{i:>4}  {str(row[key]):<24} {row['ctr']:7.4f}  {g}")
+        score = f" {row.get('retrieval_score', float('nan')):9.4f}" if retrieval else ""
+        lines.append(f"{i:>4}  {str(row[key]):<24} {row['ctr']:7.4f}{score}  {g}")
+    return "\n".join(lines)
+
+
+def format_retrieved(rows: Sequence[dict], key: str = "item_id") -> str:
+    """``retrieve`` rows (no ranker) as a table of rank, item and retrieval score."""
+    lines = [f"{'rank':>4}  {key:<24} {'score':>9}"]
+    lines += [f"{i:>4}  {str(row[key]):<24} {row['score']:9.4f}" for i, row in enumerate(rows, 1)]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``tfsr score``: score one context against candidate items on a model server."""
+    """``tfsr score``: score one context against candidate items on a model server, or (``--retrieve K``)
+    retrieve K items of the whole catalogue for it and rank them (an export with retrieval signatures)."""
     parser = argparse.ArgumentParser(prog="tfsr score", description=main.__doc__)
     parser.add_argument("--server", default="127.0.0.1:8500", help="host:port of the model server")
     parser.add_argument("--model_name", default="tfsr")
     parser.add_argument("--version", type=int, default=None)
     parser.add_argument("--signature_name", default="serving_default")
     parser.add_argument("--deadline_s", type=float, default=5.0)
-    parser.add_argument("--request", help='JSON file {"context": {...}, "candidates": [{...}, ...]}')
+    parser.add_argument(
+        "--request",
+        help='JSON file {"context": {...}, "candidates": [{...}, ...]} ("candidates" not with --retrieve)',
+    )
     parser.add_argument("--domain", help="domain of the context (without --request)")
     parser.add_argument("--user_id", default="")
     parser.add_argument("--query_text", default="", help="query (search domains); also used as query_id")
     parser.add_argument("--items", default="", help="comma-separated candidate item ids")
     parser.add_argument("--top_k", type=int, default=10)
+    parser.add_argument(
+        "--retrieve",
+        type=int,
+        metavar="K",
+        help="no candidates: retrieve K items of the whole catalogue for the context and rank them "
+        "(signature retrieve_and_rank; with --retrieval_only: retrieve, the retrieval scores alone)",
+    )
+    parser.add_argument(
+        "--retrieval_only", action="store_true", help="with --retrieve: the retrieval model's scores alone"
+    )
     parser.add_argument("--status", action="store_true", help="print the model's version status and exit")
     parser.add_argument("--metadata", action="store_true", help="print the model's signatures and exit")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.retrieval_only and args.retrieve is None:
+        parser.error("--retrieval_only goes with --retrieve K")
+    if args.retrieve is not None and args.items:
+        parser.error("--retrieve takes no --items: the candidates are the whole catalogue")
 
     with ScoringClient(
         args.server, args.model_name, args.signature_name, args.version, args.deadline_s
@@ -376,14 +500,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.request:
                 with open(args.request, encoding="utf-8") as f:
                     payload = json.load(f)
-                if not isinstance(payload, dict) or not {"context", "candidates"} <= payload.keys():
-                    raise UsageError(
-                        f'--request {args.request}: expected {{"context": ..., "candidates": [...]}}'
-                    )
-                context, candidates = payload["context"], payload["candidates"]
+                wanted = {"context"} if args.retrieve is not None else {"context", "candidates"}
+                if not isinstance(payload, dict) or not wanted <= payload.keys():
+                    expected = '"context": ...' + (', "candidates": [...]' if "candidates" in wanted else "")
+                    raise UsageError(f"--request {args.request}: expected {{{expected}}}")
+                context, candidates = payload["context"], payload.get("candidates")
             else:
-                if not args.domain or not args.items:
-                    parser.error("pass --request, or --domain and --items")
+                if not args.domain or (not args.items and args.retrieve is None):
+                    parser.error("pass --request, or --domain and --items (or --domain and --retrieve K)")
                 context = {
                     "domain": args.domain,
                     "user_id": args.user_id,
@@ -391,11 +515,20 @@ def main(argv: list[str] | None = None) -> int:
                     "query_id": args.query_text.strip().lower(),
                 }
                 candidates = [{"item_id": i.strip()} for i in args.items.split(",") if i.strip()]
-            rows = client.rank(context, candidates, top_k=args.top_k)
+            if args.retrieve is not None:
+                if args.retrieval_only:
+                    rows = client.retrieve(context, args.retrieve)
+                else:
+                    rows = client.retrieve_and_rank(context, args.retrieve)[: args.top_k]
+            else:
+                rows = client.rank(context, candidates, top_k=args.top_k)
         except grpc.RpcError as err:
             print(f"tfsr score: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
-    print(json.dumps(rows, indent=2) if args.json else format_ranking(rows))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_retrieved(rows) if args.retrieval_only else format_ranking(rows))
     return 0
 
 

@@ -131,6 +131,13 @@ def _json_to_arrays(
                 array = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=object)
         else:
             array = np.array(values)
+            if spec is not None and spec.dtype.is_integer and array.dtype.kind in "iu":
+                # JSON numbers decode to int64: take the signature's integer dtype (the retrieval
+                # signatures' int32 `k`) when every value fits it; a value that does not keeps int64 and
+                # is refused by the dtype check
+                cast = array.astype(spec.dtype.as_numpy_dtype)
+                if np.array_equal(cast, array):
+                    array = cast
         arrays[name] = array
     return arrays
 

@@ -37,7 +37,11 @@ def _batch_size(name: str, array: np.ndarray) -> int:
 def prepare_inputs(
     servable: Servable, signature: str, arrays: Mapping[str, np.ndarray], max_batch_size: int | None
 ) -> dict:
-    """Checks names, dtypes, ranks and batch sizes against the signature; returns tensors to call it with."""
+    """Checks names, dtypes, ranks and batch sizes against the signature; returns tensors to call it with.
+
+    An input the signature declares as a scalar (shape ``[]``, such as ``k`` of ``retrieve``) is checked
+    for its dtype and shape and takes no part in the batch-size checks.
+    """
     specs = servable.input_specs[signature]
     unknown = sorted(set(arrays) - set(specs))
     if unknown:
@@ -69,6 +73,9 @@ def prepare_inputs(
                 f"input {name!r} has shape {list(array.shape)} but signature {signature!r} "
                 f"expects {spec.shape.as_list()}",
             )
+        tensors[name] = tf.constant(array, dtype=expected)
+        if spec.shape.rank == 0:  # a scalar input (the retrieval signatures' `k`) has no batch dimension
+            continue
         size = _batch_size(name, array)
         if batch is not None and size != batch:
             raise ServingError(
@@ -76,7 +83,6 @@ def prepare_inputs(
                 f"inputs have different batch sizes ({batch} and {size} for {name!r})",
             )
         batch = size
-        tensors[name] = tf.constant(array, dtype=expected)
     if batch == 0:
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,

@@ -166,6 +166,51 @@ def write_samples_dir(
     return samples_dir
 
 
+def toy_items(n: int | None = None, seed: int = 0) -> list[dict]:
+    """The toy catalogue: one raw item record per item of ``TOY_VOCABULARIES`` (the first `n`), its title
+    from ``TOY_TITLES``, 0-3 genres and a decade drawn with `seed`."""
+    import random
+
+    rng = random.Random(seed)
+    ids = TOY_VOCABULARIES["item_id"][:n]
+    return [
+        {
+            "item_id": item,
+            "item_title": TOY_TITLES[item],
+            "item_genres": rng.sample(TOY_VOCABULARIES["item_genres"], rng.randint(0, 3)),
+            "item_decade": rng.choice(TOY_VOCABULARIES["item_decade"]),
+        }
+        for item in ids
+    ]
+
+
+def write_items(samples_dir: str | pathlib.Path, spec: FeatureSpec, items: Sequence[Mapping]) -> pathlib.Path:
+    """Writes the item catalogue ``items/part-00000-of-00001.tfrecord.gz`` (raw item features, item_id
+    order) like the Beam job; returns its path."""
+    path = pathlib.Path(layout.items_pattern(samples_dir).replace("part-*", "part-00000-of-00001"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features = [f for f in spec.select(["raw"], entity="item") if f.dtype == "string"]
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for item in sorted(items, key=lambda r: r["item_id"]):
+            values = {f.name: item.get(f.name, [] if f.varlen else f.default) for f in features}
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        name: tf.train.Feature(
+                            bytes_list=tf.train.BytesList(
+                                value=[
+                                    v.encode("utf-8") for v in (value if isinstance(value, list) else [value])
+                                ]
+                            )
+                        )
+                        for name, value in values.items()
+                    }
+                )
+            )
+            writer.write(example.SerializeToString())
+    return path
+
+
 def build_contract_model(spec: FeatureSpec, samples_dir: str | pathlib.Path, dim: int = 8) -> ContractModel:
     """A :class:`ContractModel` whose lookups read the samples directory's vocabulary files."""
     vocab = {name: str(layout.vocab_path(samples_dir, name)) for name in ID_FEATURES}
@@ -173,15 +218,30 @@ def build_contract_model(spec: FeatureSpec, samples_dir: str | pathlib.Path, dim
     return model
 
 
+def build_toy_retrieval_model(spec: FeatureSpec, samples_dir: str | pathlib.Path, warm_only: bool = True):
+    """A small untrained ``tfsr.models.RetrievalModel`` over the samples directory's vocabularies; with
+    `warm_only` it knows the warm domains only (as after ``tfsr train``: the cold-start one is unknown)."""
+    from tfsr.models import ModelConfig, build_model, warm_registry
+
+    config = ModelConfig("retrieval", embedding_dim=8, tower_units=(16, 8), num_hash_bins=64)
+    if warm_only:
+        config = config.with_registry(warm_registry(spec.domains))
+    vocabularies = {name: layout.read_vocab(samples_dir, name) for name in TOY_VOCABULARIES}
+    return build_model(config, spec, vocabularies)
+
+
 @dataclasses.dataclass
 class ToyExport:
-    """What :func:`export_toy_model` made: the spec, encoder, samples dir, model and the version dir."""
+    """What :func:`export_toy_model` made: the spec, encoder, samples dir, model and the version dir (and
+    the retrieval model and catalogue items when exported with retrieval)."""
 
     spec: FeatureSpec
     encoder: tf.Module
     samples_dir: pathlib.Path
     model: ContractModel
     path: pathlib.Path
+    retrieval_model: tf.keras.Model | None = None
+    items: list[dict] | None = None
 
 
 def export_toy_model(
@@ -191,6 +251,7 @@ def export_toy_model(
     model_name: str = "toy",
     export_base: str = "saved_models",
     with_text_tables: bool = True,
+    retrieval_items: int | None = None,
 ) -> ToyExport:
     """Writes a toy samples dir under `root` and exports a :class:`ContractModel` from it.
 
@@ -198,21 +259,29 @@ def export_toy_model(
       encoder: the text encoder (default a :class:`HashingTextEncoder` of width `text_dim`).
       with_text_tables: pass the samples dir to the exporter, so texts resolve through the precomputed
         tables; False makes every text go through the in-graph encoder fallback.
+      retrieval_items: with a number, also write a catalogue of that many items (:func:`toy_items`) and
+        export the retrieval signatures with :func:`build_toy_retrieval_model` (needs the text tables).
     """
     root = pathlib.Path(root)
     spec = toy_spec(text_dim)
     encoder = encoder if encoder is not None else HashingTextEncoder(text_dim)
     samples = write_samples_dir(root / "samples", spec, encoder)
     model = build_contract_model(spec, samples)
+    retrieval_model, items = None, None
+    if retrieval_items is not None:
+        items = toy_items(retrieval_items)
+        write_items(samples, spec, items)
+        retrieval_model = build_toy_retrieval_model(spec, samples)
     path = export_model(
         model,
         spec,
         encoder,
         root / export_base,
         model_name,
-        samples_dir=samples if with_text_tables else None,
+        samples_dir=samples if with_text_tables or retrieval_items is not None else None,
+        retrieval_model=retrieval_model,
     )
-    return ToyExport(spec, encoder, samples, model, path)
+    return ToyExport(spec, encoder, samples, model, path, retrieval_model, items)
 
 
 def toy_records(n: int, seed: int = 0, domain: str = "search_tags") -> list[dict]:

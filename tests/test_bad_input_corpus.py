@@ -375,3 +375,114 @@ def test_server_on_the_corpus_log_rows(server):
     print(json.dumps(outcomes))
     assert set(outcomes.values()) <= {"OK", "INVALID_ARGUMENT", "client refuses"}
     assert _code(server, [_example(_base())]) == grpc.StatusCode.OK
+
+
+# --------------------------------------------------------------------------- retrieval signatures
+RETRIEVAL_ITEMS = 12
+RETRIEVAL_CONTEXT = {"domain": "rec_drama", "user_id": "u1", "query_id": "", "query_text": ""}
+
+
+@pytest.fixture(scope="module")
+def retrieval_server(tmp_path_factory):
+    """A toy ranker plus an untrained warm-only retrieval model over a 12-item catalogue (tiny BERT encoder:
+    unseen query texts go through the real TF Text tokenization in the graph)."""
+    from tfsr.text import tiny_text_encoder
+
+    root = tmp_path_factory.mktemp("corpus_retrieval")
+    encoder = tiny_text_encoder(seed=0, dim=TEXT_DIM)
+    toy = T.export_toy_model(root, TEXT_DIM, encoder=encoder, retrieval_items=RETRIEVAL_ITEMS)
+    srv = server_lib.ModelServer(
+        [config_lib.ModelConfig("toy", str(toy.path.parent))], port=0, poll_wait_s=0, num_threads=4
+    ).start()
+    srv.wait_until_available("toy")
+    client = client_lib.ScoringClient(srv.target, "toy", deadline_s=30.0)
+    yield client
+    client.close()
+    srv.stop(grace_s=1.0)
+
+
+def _retrieval_code(client, request) -> grpc.StatusCode:
+    try:
+        response = client.predict(request)
+    except grpc.RpcError as err:
+        return err.code()
+    for name in ("scores", "ctr", "retrieval_scores"):
+        if name in response.outputs:
+            assert np.all(np.isfinite(tf.make_ndarray(response.outputs[name])))
+    return grpc.StatusCode.OK
+
+
+def _retrieval_request(client, context: dict, k: int = 5, signature: str = "retrieve_and_rank", raw=None):
+    request = client.retrieval_request([context], k, signature)
+    for name, value in (raw or {}).items():
+        request.inputs[name].CopyFrom(client_lib.string_tensor_proto([value]))
+    return request
+
+
+def test_server_retrieval_odd_strings_unknown_users_and_empty_queries(retrieval_server):
+    client = retrieval_server
+    outcomes = {}
+    for name, text in corpus.adversarial_strings().items():
+        for feature in ("user_id", "query_text", "domain"):
+            context = {**RETRIEVAL_CONTEXT, "domain": "search_tags", feature: text}
+            if feature == "query_text":
+                context["query_id"] = text
+            outcomes[(name, feature)] = _retrieval_code(client, _retrieval_request(client, context))
+    for name, raw in corpus.WRONG_ENCODINGS.items():
+        for feature in ("user_id", "query_text"):
+            request = _retrieval_request(
+                client, {**RETRIEVAL_CONTEXT, "domain": "search_tags"}, raw={feature: raw}
+            )
+            outcomes[(name, feature)] = _retrieval_code(client, request)
+    # the retrieval model has no OOV domain: every string that is not one of its domains is refused
+    expected = {
+        key: grpc.StatusCode.INVALID_ARGUMENT if key[1] == "domain" else grpc.StatusCode.OK
+        for key in outcomes
+    }
+    assert outcomes == expected
+
+    # an unknown user is the OOV user: a defined answer, the same for every unknown user
+    strangers = [client.retrieve({**RETRIEVAL_CONTEXT, "user_id": u}, 5) for u in ("nobody", "no_one_else")]
+    assert strangers[0] == strangers[1] and len(strangers[0]) == 5
+    # an empty query in a search domain is a recommendation-like context (the query entity is missing)
+    empty = client.retrieve_and_rank({**RETRIEVAL_CONTEXT, "domain": "search_tags"}, 5)
+    assert len(empty) == 5 and all(0 < r["ctr"] < 1 for r in empty)
+    # k over the catalogue: the whole catalogue, best first
+    everything = client.retrieve(RETRIEVAL_CONTEXT, 10 * RETRIEVAL_ITEMS)
+    assert len(everything) == RETRIEVAL_ITEMS == len({r["item_id"] for r in everything})
+    assert [r["score"] for r in everything] == sorted((r["score"] for r in everything), reverse=True)
+    huge = {**RETRIEVAL_CONTEXT, "domain": "search_tags", "query_text": "q " * 50_000, "query_id": "q"}
+    assert _retrieval_code(client, _retrieval_request(client, huge)) == grpc.StatusCode.OK
+
+
+def test_server_retrieval_malformed_requests_are_invalid_argument(retrieval_server):
+    client = retrieval_server
+    missing = _retrieval_request(client, RETRIEVAL_CONTEXT)
+    del missing.inputs["user_id"]
+    k_int64 = _retrieval_request(client, RETRIEVAL_CONTEXT, signature="retrieve")
+    k_int64.inputs["k"].CopyFrom(tf.make_tensor_proto(5, dtype=tf.int64))
+    k_vector = _retrieval_request(client, RETRIEVAL_CONTEXT)
+    k_vector.inputs["k"].CopyFrom(tf.make_tensor_proto([5, 5], dtype=tf.int32))
+    no_k = _retrieval_request(client, RETRIEVAL_CONTEXT)
+    del no_k.inputs["k"]
+    domain_int = _retrieval_request(client, RETRIEVAL_CONTEXT)
+    domain_int.inputs["domain"].CopyFrom(tf.make_tensor_proto([3], dtype=tf.int64))
+    cases = {
+        "unknown domain": _retrieval_request(client, {**RETRIEVAL_CONTEXT, "domain": "rec_nonexistent"}),
+        "cold-start domain the retrieval model lacks": _retrieval_request(
+            client, {**RETRIEVAL_CONTEXT, "domain": "rec_children"}
+        ),
+        "k = 0": _retrieval_request(client, RETRIEVAL_CONTEXT, k=0),
+        "k < 0": _retrieval_request(client, RETRIEVAL_CONTEXT, k=-7, signature="retrieve"),
+        "missing user_id": missing,
+        "missing k": no_k,
+        "k as int64": k_int64,
+        "k as a vector": k_vector,
+        "domain as int64": domain_int,
+    }
+    outcomes = {}
+    for name, request in cases.items():
+        outcomes[name] = _retrieval_code(client, request)
+        assert len(client.retrieve_and_rank(RETRIEVAL_CONTEXT, 3)) == 3  # the next good request is answered
+    assert outcomes == dict.fromkeys(cases, grpc.StatusCode.INVALID_ARGUMENT)
+    assert client.status()[0]["state"] == "AVAILABLE"

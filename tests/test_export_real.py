@@ -81,3 +81,35 @@ def test_tfsr_export_cli(real, capsys):
         )
     )
     assert out["ctr"].shape == (3,) and out["gate_weights"].shape == (3, 3, 3)
+
+
+def test_tfsr_export_cli_with_a_retrieval_model(real, capsys):
+    """`tfsr export --retrieval_model_dir`: the real ranker re-scores what the retrieval model found, with
+    the CTR it gives the same (context, item) rows in memory; a ranker is refused as the retrieval model."""
+    from tfsr.models import save_model
+
+    spec = real["spec"]
+    items = T.toy_items(20, seed=5)
+    T.write_items(real["samples"], spec, items)
+    retrieval = T.build_toy_retrieval_model(spec, real["samples"], warm_only=False)
+    retrieval_dir = save_model(retrieval, real["root"] / "retrieval_model")
+    common = ["--samples_dir", str(real["samples"]), "--export_base", str(real["root"] / "cli_retrieval")]
+    common += ["--text_encoder", "none", "--model_dir", str(real["model_dir"])]
+    assert export.main([*common, "--retrieval_model_dir", str(retrieval_dir)]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    signature = tf.saved_model.load(path).signatures["retrieve_and_rank"]
+    by_id = {item["item_id"]: item for item in items}
+    for context in (
+        {"domain": "search_tags", "user_id": "u4", "query_id": "space", "query_text": "space"},
+        {"domain": "rec_children", "user_id": "u2", "query_id": "", "query_text": ""},
+    ):
+        got = signature(**{k: tf.constant([v]) for k, v in context.items()}, k=tf.constant(6))
+        ids = [i.decode() for i in got["item_ids"].numpy()[0]]
+        expected = T.in_memory_outputs(
+            spec, real["model"], real["encoder"], [{**context, **by_id[i]} for i in ids]
+        )
+        np.testing.assert_allclose(got["ctr"].numpy()[0], expected["ctr"].numpy(), rtol=1e-4, atol=1e-5)
+        assert np.all(np.diff(got["ctr"].numpy()[0]) <= 0)
+    with pytest.raises(SystemExit):
+        export.main([*common, "--retrieval_model_dir", str(real["model_dir"])])
+    assert "is not a retrieval model" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from tfsr.models import (
     save_model,
     warm_registry,
 )
+from tfsr.models.retrieval import NEGATIVE_PREFIX
 
 import numpy as np
 import pytest
@@ -56,7 +57,8 @@ def test_towers_shapes_and_normalisation(model_type):
     np.testing.assert_allclose(model.candidate_embeddings(items).numpy(), out["candidate"].numpy(), rtol=1e-6)
 
 
-def test_loss_is_the_corrected_in_batch_softmax_over_the_clicks():
+@pytest.mark.parametrize("num_negatives", [0, 5])
+def test_loss_is_the_corrected_softmax_over_the_batch_and_the_sampled_items(num_negatives):
     model = _model(retrieval_temperature=0.1)
     _perturb(model)
     batch = _batch(12, seed=1)
@@ -70,19 +72,34 @@ def test_loss_is_the_corrected_in_batch_softmax_over_the_clicks():
         "item_id": tf.constant(items),
         CANDIDATE_PROBABILITY: tf.constant(q),
     }
+    candidates = {k: batch[k] for k in ("item_id", "item_title_embedding", "item_genres", "item_decade")}
+    if num_negatives:
+        sampled = _batch(num_negatives, seed=9)
+        sampled_ids = np.array([b"i3"] + [f"n{j}".encode() for j in range(1, num_negatives)])  # i3: a hit
+        negatives = {
+            **{k: sampled[k] for k in ("item_title_embedding", "item_genres", "item_decade")},
+            "item_id": tf.constant(sampled_ids),
+            CANDIDATE_PROBABILITY: tf.fill([num_negatives], 0.03),
+        }
+        batch.update({f"{NEGATIVE_PREFIX}{k}": v for k, v in negatives.items()})
     loss = float(model.compute_loss(batch))
 
     u = model.context_embeddings(batch).numpy()
-    v = model.candidate_embeddings(batch).numpy()
-    logits = u @ v.T / 0.1 - np.log(q)[None, :]
-    same = items[:, None] == items[None, :]
-    logits = np.where(same & ~np.eye(12, dtype=bool), -np.inf, logits)  # accidental hits removed
-    log_softmax = (
-        logits
-        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
-        - logits.max(1, keepdims=True)
-    )
-    per_row = -np.diag(log_softmax)
+    v = model.candidate_embeddings(candidates).numpy()
+    all_ids, all_q = items, q
+    if num_negatives:
+        v = np.concatenate([v, model.candidate_embeddings(negatives).numpy()])
+        all_ids, all_q = (
+            np.concatenate([items, sampled_ids]),
+            np.concatenate([q, np.full(num_negatives, 0.03)]),
+        )
+    logits = u @ v.T / 0.1 - np.log(all_q)[None, :]
+    diagonal = np.eye(12, len(all_ids), dtype=bool)
+    hits = (items[:, None] == all_ids[None, :]) & ~diagonal
+    logits = np.where(hits, -np.inf, logits)  # accidental hits removed
+    top = logits.max(1, keepdims=True)
+    log_softmax = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
+    per_row = -log_softmax[diagonal]
     expected = (per_row * labels).sum() / labels.sum()
     assert loss == pytest.approx(expected, rel=1e-4)
 

@@ -277,7 +277,7 @@ COMMANDS: dict[str, Command] = {
         "tfsr.export",
         "main",
         "export a trained model as a TF Serving SavedModel",
-        (("--model_dir", "model"), ("--samples_dir", "samples")),
+        (("--model_dir", "model"), ("--samples_dir", "samples"), ("--retrieval_model_dir", "model")),
     ),
     "batch-score": Command(
         "beam_jobs.batch_score",

@@ -8,6 +8,8 @@
   record that violates the feature specification, a request value of the wrong type. Its ``reason``
   names the cause for dead letters and reconciliations; ``field`` names the feature when one is at fault.
 * :func:`check_positive_int` is the one check of a positive integer argument (sizes, counts, widths).
+* The retrieval signatures of an export (``tfsr export --retrieval_model_dir``): their names and the name
+  of their scalar ``k`` input, shared by the exporter and the serving client.
 
 This module imports nothing: every layer of tfsr, the Beam jobs and serving may import it.
 """
@@ -18,6 +20,10 @@ from typing import Any
 
 ENTITIES: tuple[str, ...] = ("user", "query", "item")
 ASPECTS: tuple[str, ...] = ("id", "text", "sparse")
+
+RETRIEVE_SIGNATURE = "retrieve"  # context + k -> item_ids, scores [B, K]
+RETRIEVE_AND_RANK_SIGNATURE = "retrieve_and_rank"  # -> item_ids, ctr, retrieval_scores, gate_weights
+RETRIEVAL_K_INPUT = "k"  # scalar int32: items per context (K = min(k, catalogue size))
 
 
 class RowError(ValueError):

@@ -1,8 +1,11 @@
 """`make demo`: the main job end to end on the embedded default (MovieLens ml-latest-small).
 
-preprocess (Beam) → pretrain on the warm domains → cold-start fine-tune → evaluate → export a
-TF Serving SavedModel → start the local gRPC model server → score real queries and users against
-candidates and print the top items with their scores and aspect gate weights.
+preprocess (Beam) → pretrain on the warm domains → cold-start fine-tune → evaluate → two-tower retrieval
+(trained from the pretrained ranker's encoders, fine-tuned on the cold-start domain, evaluated) → export one
+TF Serving SavedModel with the ranker and an index of the whole catalogue → start the local gRPC model
+server → for real queries and users, score hand-picked candidates, then retrieve from ALL catalogue movies
+and rank (one ``retrieve_and_rank`` call each), and print the top items with their scores and aspect gate
+weights.
 
 Every stage runs through the `tfsr` command line, so the log shows the commands a user would type.
 """
@@ -80,8 +83,16 @@ def demo_requests(data: movielens.MovieLensData) -> list[tuple[str, dict, list[d
     return requests
 
 
-def serve_and_score(export_base: pathlib.Path, name: str, data: movielens.MovieLensData, top_k: int) -> None:
-    """Starts `tfsr serve` as a separate process and scores the demo requests over gRPC."""
+def serve_and_score(
+    export_base: pathlib.Path,
+    name: str,
+    data: movielens.MovieLensData,
+    top_k: int,
+    retrieve_k: int | None = None,
+) -> None:
+    """Starts `tfsr serve` as a separate process and scores the demo requests over gRPC: their hand-picked
+    candidates, then (with `retrieve_k`) the `retrieve_k` movies retrieved from the whole catalogue for
+    each context, ranked (signature ``retrieve_and_rank``)."""
     from serving.client import ScoringClient, format_ranking
 
     port = _free_port()
@@ -96,11 +107,22 @@ def serve_and_score(export_base: pathlib.Path, name: str, data: movielens.MovieL
                 client.wait_until_available(timeout_s=300, alive=lambda: server.poll() is None)
             except TimeoutError as err:
                 raise SystemExit(f"model server did not come up: {err}") from err
-            for title, context, candidates in demo_requests(data):
+            requests = demo_requests(data)
+            for title, context, candidates in requests:
                 rows = client.rank(context, candidates, top_k=top_k)
                 titles = {c["item_id"]: c["item_title"] for c in candidates}
                 print(f"\n== {title}: top {top_k} of {len(candidates)} candidates (one gRPC Predict call)")
                 print(format_ranking([{**r, "title": titles[r["item_id"]][:24]} for r in rows], key="title"))
+            if retrieve_k:
+                titles = {str(m.movie_id): m.title for m in data.movies.values()}
+                for title, context, _ in requests:
+                    rows = client.retrieve_and_rank(context, retrieve_k)[:top_k]
+                    print(
+                        f"\n== {title}: top {top_k} of the {retrieve_k} movies retrieved from the whole "
+                        "catalogue, ranked (one gRPC retrieve_and_rank call)"
+                    )
+                    named = [{**r, "title": titles.get(r["item_id"], r["item_id"])[:24]} for r in rows]
+                    print(format_ranking(named, key="title"))
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -118,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text_encoder", choices=("minilm", "tiny"), default="minilm")
     parser.add_argument("--epochs", type=int, default=2, help="pretraining epochs")
     parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--retrieval_epochs", type=int, default=3, help="retrieval model training epochs")
+    parser.add_argument(
+        "--retrieve_k",
+        type=int,
+        default=100,
+        help="movies retrieved from the catalogue per request, then ranked",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = find_movielens(args.data, "--data")
@@ -125,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = pathlib.Path(args.workdir)
     samples, pretrain, coldstart = work / "samples", work / "runs" / "pretrain", work / "runs" / "coldstart"
+    retrieval, retrieval_coldstart = work / "runs" / "retrieval", work / "runs" / "retrieval_coldstart"
     started = time.monotonic()
     _tfsr(
         "preprocess",
@@ -165,10 +195,46 @@ def main(argv: list[str] | None = None) -> int:
         "--output_dir",
         str(work / "report"),
     )
+    # two-tower retrieval: from the pretrained ranker's encoders, then the cold-start domain like the ranker
+    _tfsr(
+        "train",
+        "--model_type",
+        "retrieval",
+        "--samples_dir",
+        str(samples),
+        "--output_dir",
+        str(retrieval),
+        "--pretrained",
+        str(pretrain),
+        "--epochs",
+        str(args.retrieval_epochs),
+        "--fresh",
+    )
+    _tfsr(
+        "finetune",
+        "--samples_dir",
+        str(samples),
+        "--pretrained",
+        str(retrieval),
+        "--output_dir",
+        str(retrieval_coldstart),
+        "--fresh",
+    )
+    _tfsr(
+        "evaluate",
+        "--model_dir",
+        str(retrieval_coldstart),
+        "--samples_dir",
+        str(samples),
+        "--output_dir",
+        str(work / "report_retrieval"),
+    )
     _tfsr(
         "export",
         "--model_dir",
         str(coldstart),
+        "--retrieval_model_dir",
+        str(retrieval_coldstart),
         "--samples_dir",
         str(samples),
         "--export_base",
@@ -178,8 +244,19 @@ def main(argv: list[str] | None = None) -> int:
         "--text_encoder",
         args.text_encoder,
     )
-    serve_and_score(pathlib.Path(args.export_base), args.name, movielens.read_movielens(data), args.top_k)
-    log.info("demo finished in %.0f s; report: %s", time.monotonic() - started, work / "report" / "report.md")
+    serve_and_score(
+        pathlib.Path(args.export_base),
+        args.name,
+        movielens.read_movielens(data),
+        args.top_k,
+        retrieve_k=args.retrieve_k,
+    )
+    log.info(
+        "demo finished in %.0f s; reports: %s, %s",
+        time.monotonic() - started,
+        work / "report" / "report.md",
+        work / "report_retrieval" / "retrieval.md",
+    )
     return 0
 
 

@@ -4,7 +4,8 @@ https://arxiv.org/abs/2309.08939).
 Levels (docs/MODEL.md, "Architecture"): L0 aspect encoders (:mod:`.encoders`), L1 Aspect Gating Fusion
 (:mod:`.fusion`) and the Domain Adaptive layer with its alignment losses (:mod:`.adaptive`,
 :mod:`.alignment`), L2 explicit feature interactions (:mod:`.interactions`: dot products, FM, DCN-v2
-cross network) and multi-task expert blocks and towers (:mod:`.experts`).
+cross network) and multi-task expert blocks and towers (:mod:`.experts`); the two-tower retrieval
+towers (:mod:`.retrieval`).
 
 `ENTITIES` and `ASPECTS` (owned by :mod:`tfsr.contract`) fix the order of `gate_weights`.
 
@@ -29,6 +30,7 @@ from tfsr.layers.interactions import (
     FeatureInteractions,
     PairwiseDot,
 )
+from tfsr.layers.retrieval import RetrievalTower
 
 __all__ = [
     "ALIGNMENTS",
@@ -53,6 +55,7 @@ __all__ = [
     "MMoE",
     "MissingEntityVector",
     "PairwiseDot",
+    "RetrievalTower",
     "SharedTower",
     "SparseEncoder",
     "TextEncoder",

@@ -63,6 +63,10 @@ class ModelConfig:
       sampling_bias_correction: a retrieval model subtracts `log q(item)` (its share of the training
         clicks) from the in-batch logits (Yi et al., RecSys 2019), so popular items are not over-penalised
         as negatives.
+      catalogue_negatives: mixed negative sampling (Yang et al., WWW 2020) for a retrieval model: this many
+        items drawn uniformly from the whole catalogue join every batch's in-batch candidates as negatives,
+        so items that are rarely clicked (or never, in a new domain's slice) are still pushed away; 0 = in-batch
+        negatives only.
       domain_loss_weights: alpha_d by domain name; missing domains weigh 1.
       learning_rate: Adam's learning rate used by `model.compile()` without an optimizer.
       num_hash_bins: hash buckets of an id/sparse feature that has no vocabulary.
@@ -100,6 +104,7 @@ class ModelConfig:
     cross_projection_dim: int | None = None
     retrieval_temperature: float = 0.05
     sampling_bias_correction: bool = True
+    catalogue_negatives: int = 256
     domain_loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     learning_rate: float = 1e-3
     num_hash_bins: int = 100_000
@@ -146,6 +151,8 @@ class ModelConfig:
         for name in ("temperature", "mmd_bandwidth", "learning_rate", "retrieval_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not isinstance(self.catalogue_negatives, int) or self.catalogue_negatives < 0:
+            raise ValueError(f"catalogue_negatives must be an integer >= 0, got {self.catalogue_negatives!r}")
         if self.cross_projection_dim is not None and (
             not isinstance(self.cross_projection_dim, int)
             or isinstance(self.cross_projection_dim, bool)

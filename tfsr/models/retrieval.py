@@ -16,8 +16,12 @@ score(context, item) = <u, v> / temperature
 Training is a `tfrs.tasks.Retrieval` in-batch softmax over the clicked items of every domain (each row's
 other rows' items are its negatives, accidental hits removed), with the sampling-bias correction of
 Yi et al. (RecSys 2019): `log q(item)` subtracted from the logits, `q` the item's share of the training
-clicks, given per row as the `candidate_probability` feature (`tfsr.training.retrieval` adds it). Rows
-with `label == 0` weigh nothing; each row weighs its domain's `alpha_d` (`ModelConfig.domain_loss_weights`).
+clicks, given per row as the `candidate_probability` feature (`tfsr.training.retrieval` adds it). With
+mixed negative sampling (Yang et al., WWW 2020; `ModelConfig.catalogue_negatives`) items drawn uniformly
+from the whole catalogue join the candidates (features prefixed ``negative_``, their `q` the uniform
+draw's share), so rarely clicked items, and a new domain's items against all others, are pushed away too.
+Rows with `label == 0` weigh nothing; each row weighs its domain's `alpha_d`
+(`ModelConfig.domain_loss_weights`).
 
 As a :class:`~tfsr.models.base.MultiDomainModel` subclass it keeps the harness's `add_domain`, `freeze`,
 `save_model` / `load_model` and the checked train step; `freeze("L2_shared")` freezes the towers' shared
@@ -28,8 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tfsr.layers import AspectGatingFusion
-from tfsr.layers.retrieval import RetrievalTower
+from tfsr.layers import AspectGatingFusion, RetrievalTower
 from tfsr.models.base import MultiDomainModel
 from tfsr.models.registry import register_model
 
@@ -37,6 +40,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 CANDIDATE_PROBABILITY = "candidate_probability"
+# prefix of the item features (and their candidate_probability) of the catalogue items sampled as negatives
+NEGATIVE_PREFIX = "negative_"
 CONTEXT_ENTITIES = ("user", "query")
 CANDIDATE_ENTITY = "item"
 
@@ -60,6 +65,11 @@ class RetrievalModel(MultiDomainModel):
     default_interactions: tuple[str, ...] = ()
     sampling_bias_correction = True
     normalize = True
+
+    @property
+    def catalogue_negatives(self) -> int:
+        """Catalogue items sampled as extra negatives per batch (`config.catalogue_negatives`)."""
+        return self.config.catalogue_negatives
 
     def __init__(self, config, spec, vocabularies=None, **kwargs):
         super().__init__(config, spec, vocabularies, **kwargs)
@@ -160,12 +170,19 @@ class RetrievalModel(MultiDomainModel):
         weights = clicked * tf.gather(alphas, domain_ids)
         correct = self.sampling_bias_correction and self.config.sampling_bias_correction
         probability = inputs.get(CANDIDATE_PROBABILITY) if correct else None
+        ids = tf.reshape(inputs["item_id"], [-1])
+        negatives = {k[len(NEGATIVE_PREFIX) :]: v for k, v in inputs.items() if k.startswith(NEGATIVE_PREFIX)}
+        if negatives:
+            candidates = tf.concat([candidates, self.candidate_embeddings(negatives, training=training)], 0)
+            ids = tf.concat([ids, tf.reshape(negatives["item_id"], [-1])], 0)
+            if probability is not None:
+                probability = tf.concat([probability, negatives[CANDIDATE_PROBABILITY]], 0)
         loss = self.overall_task(
             context,
             candidates,
             sample_weight=weights,
             candidate_sampling_probability=probability,
-            candidate_ids=tf.reshape(inputs["item_id"], [-1]),
+            candidate_ids=ids,
             compute_metrics=False,
             compute_batch_metrics=False,
         )
@@ -205,7 +222,8 @@ class IdTwoTowerModel(RetrievalModel):
     """Baseline: the plain id two-tower of the TFRS retrieval tutorial, in the same harness.
 
     Ids only (user, query id, item id: no text, no sparse features), mean fusion, one linear layer per
-    tower (no hidden layers), no normalisation, no temperature and no sampling-bias correction; the domain
+    tower (no hidden layers), no normalisation, no temperature, in-batch negatives only and no sampling-bias
+    correction; the domain
     still joins the context (as a learned vector), so the comparison with :class:`RetrievalModel` isolates what the text and
     sparse aspects, the gates, the towers and the correction add.
     """
@@ -213,6 +231,7 @@ class IdTwoTowerModel(RetrievalModel):
     default_gating = "mean"
     sampling_bias_correction = False
     normalize = False
+    catalogue_negatives = 0  # in-batch negatives only, as the tutorial
 
     def _aspect_features(self) -> dict[str, dict[str, list[str]]]:
         table = super()._aspect_features()

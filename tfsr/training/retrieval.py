@@ -22,6 +22,7 @@ from typing import Any
 import tfsr
 from tfsr import data, layout, retrieval_metrics
 from tfsr.models import CANDIDATE_PROBABILITY, RetrievalModel
+from tfsr.models.retrieval import NEGATIVE_PREFIX
 from tfsr.text.lookup import TextLookup, samples_text_lookup
 from tfsr.training import workflows
 
@@ -92,16 +93,51 @@ def clicks_dataset(
     seed: int = 0,
     domains: Sequence[str] | None = None,
     probability: tf.lookup.StaticHashTable | None = None,
+    negatives: int = 0,
 ) -> tf.data.Dataset:
     """The clicks of a split in batches of `batch_size` clicks, each row with its item's
-    ``candidate_probability`` when a table is given."""
+    ``candidate_probability`` when a table is given, and `negatives` items drawn uniformly from the
+    catalogue per batch (``negative_<feature>``, with ``negative_candidate_probability``: their expected
+    count per batch row, ``negatives / (catalogue size * batch rows)``, on the scale of the clicks' `q`)."""
     rows = _clicks(
         workflows.make_dataset(samples_dir, split, spec, 1024, shuffle=shuffle, seed=seed, domains=domains)
     )
     batches = rows.batch(batch_size)
     if probability is not None:
         batches = batches.map(lambda b: {**b, CANDIDATE_PROBABILITY: probability.lookup(b["item_id"])})
+    if negatives:
+        size = catalogue_size(samples_dir, spec)
+        items = (
+            data.make_items_dataset(samples_dir, spec, 1024, text_lookup=item_lookup(samples_dir, spec))
+            .unbatch()
+            .shuffle(min(size, 100_000), seed=seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(negatives)
+        )
+
+        def join(clicks, sampled):
+            rows = tf.cast(tf.shape(clicks["item_id"])[0], tf.float32)
+            share = tf.fill([negatives], negatives / (size * rows))
+            sampled = {**sampled, CANDIDATE_PROBABILITY: share}
+            return {**clicks, **{f"{NEGATIVE_PREFIX}{k}": v for k, v in sampled.items()}}
+
+        batches = tf.data.Dataset.zip((batches, items)).map(join)
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def catalogue_size(samples_dir, spec) -> int:
+    """Items in the catalogue: the manifest's count, else counted."""
+    try:
+        counted = layout.read_manifest(samples_dir).get("items")
+    except FileNotFoundError:
+        counted = None
+    if counted is None:
+        counted = sum(
+            int(tf.shape(b["item_id"])[0]) for b in data.make_items_dataset(samples_dir, spec, 4096)
+        )
+    if not counted:
+        raise ValueError(f"the item catalogue of {samples_dir} is empty")
+    return int(counted)
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -235,7 +271,9 @@ def evaluate_split(
             scorers = {POPULARITY: popular, **scorers}
         known = [d for d in domains if d in model.domain_registry]  # a compared model may lack one
         for method, scorer in scorers.items():
-            found = retrieve_clicks(scorer, catalogue, samples_dir, split, spec, known, seen) if known else None
+            found = (
+                retrieve_clicks(scorer, catalogue, samples_dir, split, spec, known, seen) if known else None
+            )
             for domain in known:
                 mask = found["domain"].astype(str) == domain
                 if mask.any():

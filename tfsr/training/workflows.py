@@ -166,6 +166,7 @@ def _fit(
                 seed=cfg.seed + epoch,
                 domains=domains,
                 probability=probability,
+                negatives=model.catalogue_negatives,
             )
 
         score, monitor = retrieval.validation_metrics, retrieval.MONITOR
