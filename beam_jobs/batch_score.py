@@ -19,8 +19,23 @@ Steps, each a labelled transform::
   WriteDeadLetters    dead_letters/*.jsonl {source, file, line, reason, detail, raw} (as build_samples)
   WriteSummary        summary.json: rows read = scored + dead-lettered + filtered, by reason
 
-One module on purpose (its ~550 lines are one job: model, reading, parsing, scoring, summary, CLI); what
-it shares with ``build_samples`` lives in :mod:`beam_jobs.core` and :mod:`beam_jobs.reading`.
+Batch retrieval (``--retrieve_top_k K``; docs/BEAM.md "Batch retrieval"): the same job runs the export's
+``retrieve`` signature (``tfsr export --retrieval_model_dir``) on *contexts* instead, and writes the top-K
+items of the whole catalogue for each::
+
+  ReadRows | ReadUsers  the --input rows as above, or every user of <--users_from>/vocab/user_id.txt
+                        (blank lines filtered), one context per user in --domain
+  ParseContexts         a context's features (raw, not of the item: domain, user_id, query_id, query_text)
+                        from a tf.Example / JSONL / CSV log row, validated; query_id = the normalised
+                        query_text for log rows; rows of another domain than --domain -> filtered
+  RunInference          KeyedModelHandler(RetrieveHandler): batches of contexts + k -> item_ids, scores
+                        [B, K], K = min(k, catalogue); a failing batch goes row by row, a failing row ->
+                        dead letter (``unknown_domain`` when the retrieval model does not know its domain)
+  WriteRetrieved        retrieved-*.jsonl {key fields..., items: [ids], scores: [floats]}, best first (CSV:
+                        '|'-joined lists)
+
+One module on purpose (one job: model, reading, parsing, scoring, retrieval, summary, CLI); what it shares
+with ``build_samples`` lives in :mod:`beam_jobs.core` and :mod:`beam_jobs.reading`.
 
 Each row is validated *before* batching: one malformed example would otherwise fail ``tf.io.parse_example``
 for its whole batch. Local run (Beam's in-process FnApiRunner, the DirectRunner's engine)::
@@ -33,6 +48,11 @@ Dataflow (see docs/RELIABILITY.md)::
   tfsr batch-score --saved_model gs://bucket/saved_models/tfsr --input 'gs://bucket/logs/*.jsonl.gz' \\
       --output_dir gs://bucket/scores --runner DataflowRunner --project P --region R \\
       --temp_location gs://bucket/tmp --setup_file ./setup.py
+
+The top 100 items for every user of a domain::
+
+  tfsr batch-score --saved_model saved_models/tfsr --retrieve_top_k 100 --domain rec_drama \\
+      --users_from artifacts/samples --output_dir artifacts/top100_rec_drama
 """
 
 from __future__ import annotations
@@ -64,10 +84,17 @@ from beam_jobs.reading import (
 )
 from beam_jobs.saved_model_handler import SIGNATURE, SavedModelSignatureHandler
 from tfsr.cli import UsageError
-from tfsr.contract import ASPECTS, ENTITIES, RowError
+from tfsr.contract import (
+    ASPECTS,
+    ENTITIES,
+    RETRIEVAL_K_INPUT,
+    RETRIEVE_SIGNATURE,
+    RowError,
+)
 from tfsr.datasets import logs as logfmt
-from tfsr.features import FeatureSpec
-from tfsr.layout import DEAD_LETTERS_DIR
+from tfsr.datasets.rows import MAX_TEXT_CHARS, decode_line, normalize_query
+from tfsr.features import Feature, FeatureSpec
+from tfsr.layout import DEAD_LETTERS_DIR, VOCAB_DIR
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -95,6 +122,15 @@ TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
 CORRUPT_TFRECORD = "corrupt_tfrecord"
 # dead-letter reasons that mean rows were lost before they could be counted: the job fails (run() -> 1)
 INPUT_ERROR_REASONS = frozenset({TRUNCATED_INPUT, CORRUPT_TFRECORD})
+# batch retrieval (--retrieve_top_k)
+SCORES = "scores"  # the output files of scoring: scores-*.jsonl / .csv
+RETRIEVED = "retrieved"  # ... and of retrieval: retrieved-*.jsonl / .csv
+RETRIEVE_OUTPUTS = ("item_ids", "scores")
+USER_VOCAB = "user_vocab"  # the "format" of a --users_from row: one user id
+USERS_SOURCE = "users"  # the dead letters' source of those rows
+OTHER_DOMAIN = "other_domain"  # filtered: a context of another domain than --domain
+UNKNOWN_DOMAIN = "unknown_domain"  # dead letter: a domain the feature spec has but the retrieval model not
+INFERENCE_ERROR = "inference_error"
 
 
 # ---------------------------------------------------------------------------------------- the model
@@ -117,14 +153,63 @@ def resolve_saved_model(path: str) -> tuple[str, int | None]:
     return f"{path}/{max(versions)}", max(versions)
 
 
+def read_export_info(version_dir: str) -> dict:
+    """``assets.extra/tfsr_export.json`` of an export (feature spec, signatures, retrieval catalogue)."""
+    with FileSystems.open(f"{version_dir}/{EXPORT_INFO}") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
 def read_export_spec(version_dir: str) -> FeatureSpec:
     """The FeatureSpec recorded by ``tfsr.export`` in ``assets.extra/tfsr_export.json``."""
-    with FileSystems.open(f"{version_dir}/{EXPORT_INFO}") as handle:
-        info = json.loads(handle.read().decode("utf-8"))
-    return FeatureSpec.from_json(info["feature_spec"])
+    return FeatureSpec.from_json(read_export_info(version_dir)["feature_spec"])
 
 
-class SavedModelHandler(SavedModelSignatureHandler):
+class _RowByRowHandler(SavedModelSignatureHandler):
+    """A signature handler whose failing batch is retried row by row (subclasses implement ``_call``).
+
+    ``run_inference`` returns one ``PredictionResult`` per element. When the signature fails on a batch, the
+    rows are retried one by one and a row that still fails gets ``inference=None`` and the error in
+    ``model_id`` (a dead letter downstream), so one poisoned row cannot take its batch or the job down.
+    """
+
+    def _call(self, model: Any, batch: Sequence[Any]) -> list:
+        raise NotImplementedError
+
+    def run_inference(
+        self, batch: Sequence[Any], model: Any, inference_args: Mapping[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
+        import tensorflow as tf
+
+        errors = (tf.errors.OpError, ValueError, TypeError, KeyError)
+        try:
+            return [PredictionResult(x, y) for x, y in zip(batch, self._call(model, batch), strict=True)]
+        except errors as err:
+            logger.warning(
+                "batch of %d failed (%s); running its rows one by one", len(batch), error_summary(err)
+            )
+        results = []
+        for element in batch:
+            try:
+                results.append(PredictionResult(element, self._call(model, [element])[0]))
+            except errors as err:
+                results.append(PredictionResult(element, None, model_id=error_summary(err)))
+        return results
+
+
+_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node")
+
+
+def error_summary(err: BaseException, limit: int = 300) -> str:
+    """``Type: the line that says why`` of a model error: a graph assertion's message ("assertion failed:
+    [unknown domain name in the batch; ...]") rather than TensorFlow's "Graph execution error:" header."""
+    lines = [line.strip() for line in str(getattr(err, "message", err)).splitlines() if line.strip()]
+    lines = [line.replace("\\'", "'") for line in lines]
+    asserted = [line for line in lines if line.startswith("assertion failed:")]
+    useful = asserted or [line for line in lines if not line.startswith(_NOISE)] or lines or [""]
+    return f"{type(err).__name__}: {useful[0][:limit]}"
+
+
+class SavedModelHandler(_RowByRowHandler):
     """Runs an exported tfsr SavedModel's ``serving_default`` signature on batches of serialized examples.
 
     Args:
@@ -132,9 +217,7 @@ class SavedModelHandler(SavedModelSignatureHandler):
       min_batch_size / max_batch_size: Beam's batching bounds for RunInference.
 
     ``run_inference`` returns one ``PredictionResult`` per example with ``inference`` = ``{"ctr": float,
-    "gate_weights": float32 [3, 3]}``. When the signature fails on a batch, the rows are retried one by one
-    and a row that still fails gets ``inference=None`` and the error in ``model_id`` (a dead letter
-    downstream), so one poisoned row cannot take its batch or the job down.
+    "gate_weights": float32 [3, 3]}``; a failing batch goes row by row (:class:`_RowByRowHandler`).
     """
 
     def __init__(self, saved_model_dir: str, min_batch_size: int = 16, max_batch_size: int = 256):
@@ -148,23 +231,46 @@ class SavedModelHandler(SavedModelSignatureHandler):
         gates = outputs["gate_weights"].numpy()
         return [{"ctr": float(c), "gate_weights": g} for c, g in zip(ctr, gates, strict=True)]
 
-    def run_inference(
-        self, batch: Sequence[bytes], model: Any, inference_args: Mapping[str, Any] | None = None
-    ) -> Iterable[PredictionResult]:
+
+class RetrieveHandler(_RowByRowHandler):
+    """Runs an export's ``retrieve`` signature on batches of contexts: the top-`k` items of the catalogue.
+
+    Args:
+      saved_model_dir: a version directory exported with a retrieval model (``tfsr export
+        --retrieval_model_dir``).
+      k: items per context (the signature answers ``K = min(k, catalogue size)``); must be positive.
+      min_batch_size / max_batch_size: Beam's batching bounds for RunInference.
+
+    Each element is a context: a dict holding every input of the signature but ``k`` (``domain``,
+    ``user_id``, ``query_id``, ``query_text`` for the default spec). ``inference`` =
+    ``{"items": [item ids], "scores": [floats]}``, best first. A batch the signature refuses (a context
+    whose domain the retrieval model does not know fails its whole batch) goes row by row.
+    """
+
+    def __init__(self, saved_model_dir: str, k: int, min_batch_size: int = 16, max_batch_size: int = 256):
+        super().__init__(
+            saved_model_dir, min_batch_size, max_batch_size, METRICS_NAMESPACE, signature=RETRIEVE_SIGNATURE
+        )
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"k must be a positive number of items, got {k!r}")
+        self.k = k
+
+    def _call(self, model: Any, batch: Sequence[Mapping[str, Any]]) -> list[dict]:
         import tensorflow as tf
 
-        try:
-            return [PredictionResult(x, y) for x, y in zip(batch, self._call(model, batch), strict=True)]
-        except (tf.errors.OpError, ValueError, TypeError) as err:
-            logger.warning("batch of %d failed (%s); scoring its rows one by one", len(batch), err)
-        results = []
-        for example in batch:
-            try:
-                results.append(PredictionResult(example, self._call(model, [example])[0]))
-            except (tf.errors.OpError, ValueError, TypeError) as err:
-                message = str(getattr(err, "message", err)).strip().splitlines()[0][:300]
-                results.append(PredictionResult(example, None, model_id=f"{type(err).__name__}: {message}"))
-        return results
+        signature = model.signatures[RETRIEVE_SIGNATURE]
+        inputs = {
+            name: tf.constant([context[name] for context in batch], dtype=spec.dtype)
+            for name, spec in signature.structured_input_signature[1].items()
+            if name != RETRIEVAL_K_INPUT
+        }
+        inputs[RETRIEVAL_K_INPUT] = tf.constant(self.k, tf.int32)
+        outputs = signature(**inputs)
+        ids, scores = (outputs[name].numpy() for name in RETRIEVE_OUTPUTS)
+        return [
+            {"items": [i.decode("utf-8", "replace") for i in row_ids], "scores": row_scores.tolist()}
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -249,6 +355,11 @@ def parse_example_row(serialized: bytes, spec: FeatureSpec) -> dict:
       RowError: ``malformed_example`` (not an Example proto) or ``invalid_<feature>`` (missing, wrong kind,
         wrong number of values, not UTF-8, unknown domain...).
     """
+    return _validate(_example_values(serialized, spec.select(["raw", "label", "meta"])), spec)
+
+
+def _example_values(serialized: bytes, features: Iterable[Feature]) -> dict:
+    """The values of `features` in one serialized ``tf.train.Example`` (unvalidated; absent ones left out)."""
     from google.protobuf.message import DecodeError
     from tensorflow.core.example import example_pb2
 
@@ -256,12 +367,12 @@ def parse_example_row(serialized: bytes, spec: FeatureSpec) -> dict:
         example = example_pb2.Example.FromString(serialized)
     except DecodeError as err:
         raise RowError("malformed_example", f"not a serialized tf.train.Example ({err})") from None
-    features = example.features.feature
+    present = example.features.feature
     record: dict[str, Any] = {}
-    for f in spec.select(["raw", "label", "meta"]):
-        if f.name not in features:
+    for f in features:
+        if f.name not in present:
             continue
-        feature = features[f.name]
+        feature = present[f.name]
         kind = feature.WhichOneof("kind")
         values = list(getattr(feature, kind).value) if kind else []
         if f.varlen or f.shape:
@@ -270,7 +381,139 @@ def parse_example_row(serialized: bytes, spec: FeatureSpec) -> dict:
             record[f.name] = values[0]
         elif values:
             raise RowError(f"invalid_{f.name}", f"expected 1 value, got {len(values)}")
-    return _validate(record, spec)
+    return record
+
+
+# ------------------------------------------------------------------------------ retrieval contexts
+def context_inputs(spec: FeatureSpec) -> list[str]:
+    """The raw features of a retrieval context (entity not ``item``): the ``retrieve`` signature's inputs
+    besides ``k`` (``domain``, ``user_id``, ``query_id``, ``query_text`` for the default spec)."""
+    return [f.name for f in spec.raw_features if f.entity != "item"]
+
+
+def context_spec(spec: FeatureSpec) -> FeatureSpec:
+    """The part of `spec` a context row is validated with: its raw, label and meta features that are not
+    of the item (a context has no item; the label and meta features may ride along as key fields)."""
+    features = [
+        f
+        for f in spec.features
+        if f.role in ("raw", "label", "meta") and (f.entity != "item" or f.role == "label")
+    ]
+    return FeatureSpec(features, spec.domains, spec.text_dim)
+
+
+def parse_context_row(raw: bytes, fmt: str, spec: FeatureSpec, domain: str | None = None) -> dict:
+    """One input row -> a validated retrieval context (the features of :func:`context_spec`).
+
+    Args:
+      raw: a serialized ``tf.Example`` (a sample or a request: its item features are ignored), a generic
+        log line (JSONL: the item columns may be left out; CSV: every column, item ones possibly empty),
+        or, for `fmt` ``user_vocab``, one line of a user vocabulary.
+      fmt: ``tfrecord``, ``jsonl``, ``csv`` or ``user_vocab``.
+      spec: the context spec (:func:`context_spec` of the export's spec).
+      domain: the domain of a ``user_vocab`` row.
+
+    A log row's ``query_id`` is its normalised ``query_text`` (as :func:`tfsr.datasets.logs.parse_log_line`
+    computes it); a tf.Example carries its own. The search / rec query rules of logs are not applied: a
+    search domain without a query is a valid (recommendation-like) retrieval context, as for the
+    ``retrieve`` signature itself.
+
+    Raises:
+      RowError: malformed row, text too long, or a FeatureSpec violation (``invalid_<field>``, such as
+        ``invalid_domain`` for a domain the spec does not know).
+    """
+    if fmt == USER_VOCAB:
+        record: dict[str, Any] = {"domain": domain, "user_id": decode_line(raw)}
+    elif fmt == TFRECORD:
+        record = _example_values(raw, spec.features)
+    else:  # a generic log line, read as tfsr.datasets.logs reads it (unknown keys, int columns, lists)
+        record = logfmt.read_log_fields(raw, fmt)
+    for f in spec.select(["raw"], aspect="text"):
+        value = record.get(f.name)
+        if isinstance(value, str | bytes) and len(value) > MAX_TEXT_CHARS:
+            raise RowError(
+                f"{f.name}_too_long", f"{f.name} has {len(value)} characters (max {MAX_TEXT_CHARS})"
+            )
+    values = _validate(record, spec)
+    if fmt in logfmt.FORMATS and "query_id" in spec and "query_text" in spec:
+        values["query_id"] = normalize_query(values["query_text"])
+    return values
+
+
+class _ParseContextFn(beam.DoFn):
+    """(LineRef, (format, raw)) -> ((LineRef, key fields), context inputs) or a dead letter; a context of
+    another domain than `domain` (when filtering) -> FILTERED (``other_domain``)."""
+
+    def __init__(self, spec: FeatureSpec, key_fields: Sequence[str], domain: str | None, keep_domain: bool):
+        self.spec = context_spec(spec)
+        self.inputs = tuple(context_inputs(spec))
+        self.key_fields = tuple(key_fields)
+        self.domain = domain
+        self.keep_domain = keep_domain  # --input with --domain: keep only that domain's contexts
+        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.filtered = Metrics.counter(METRICS_NAMESPACE, "filtered_other_domain")
+
+    def process(self, element):
+        ref, (fmt, raw) = element
+        try:
+            record = parse_context_row(raw, fmt, self.spec, self.domain)
+        except RowError as err:
+            self.dead.inc()
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, err.reason, err.detail))
+            return
+        if self.keep_domain and record["domain"] != self.domain:
+            self.filtered.inc()
+            yield beam.pvalue.TaggedOutput(FILTERED, (ref, OTHER_DOMAIN))
+            return
+        keys = tuple(record.get(name) for name in self.key_fields)
+        yield (ref, keys), {name: record[name] for name in self.inputs}
+
+
+class _ReadUsersFn(beam.DoFn):
+    """A user vocabulary file -> (LineRef, ("user_vocab", user id bytes)) per line; blank lines filtered."""
+
+    def __init__(self):
+        self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
+
+    def process(self, path: str):
+        logger.info("reading the users of %s", path)
+        for out in numbered_lines(path, USERS_SOURCE, None, self.rows_read):
+            yield out if isinstance(out, beam.pvalue.TaggedOutput) else (out[0], (USER_VOCAB, out[1]))
+
+
+class _ToRetrievedFn(beam.DoFn):
+    """RunInference results -> rows {key fields..., items, scores}; failed contexts -> dead letters.
+
+    A context whose domain is not one of `retrieve_domains` (the export's record of what the retrieval model
+    knows) is an ``unknown_domain`` dead letter naming the domain; any other failure ``inference_error``.
+    """
+
+    def __init__(self, key_fields: Sequence[str], retrieve_domains: Sequence[str] | None):
+        self.key_fields = tuple(key_fields)
+        self.retrieve_domains = list(retrieve_domains) if retrieve_domains is not None else None
+        self.retrieved = Metrics.counter(METRICS_NAMESPACE, "retrieved")
+        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+
+    def process(self, element):
+        (ref, keys), result = element
+        if result.inference is None:
+            self.dead.inc()
+            domain = result.example.get("domain")
+            if self.retrieve_domains is not None and domain not in self.retrieve_domains:
+                reason = UNKNOWN_DOMAIN
+                detail = (
+                    f"domain {domain!r} is unknown to the retrieval model (it knows {self.retrieve_domains}): "
+                    f"{result.model_id}"
+                )
+            else:
+                reason, detail = INFERENCE_ERROR, f"domain {domain!r}: {result.model_id}"
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, reason, detail))
+            return
+        self.retrieved.inc()
+        row = dict(zip(self.key_fields, keys, strict=True))
+        row["items"] = result.inference["items"]
+        row["scores"] = result.inference["scores"]
+        yield row
 
 
 class _ParseFn(beam.DoFn):
@@ -325,6 +568,22 @@ def gate_dict(gates) -> dict | list:
     return gates.tolist()
 
 
+def retrieved_csv_columns(key_fields: Sequence[str]) -> list[str]:
+    """The CSV header of retrieval rows: key fields, items, scores ('|'-joined lists)."""
+    return [*key_fields, "items", "scores"]
+
+
+def format_retrieved(row: Mapping[str, Any], fmt: str, key_fields: Sequence[str]) -> str:
+    """One retrieval row as a JSONL or CSV line (no line ending); CSV lists are '|'-joined."""
+    if fmt == "jsonl":
+        return json.dumps(row, ensure_ascii=False)
+    values = ["" if row[k] is None else row[k] for k in key_fields]
+    lists = ["|".join(row["items"]), "|".join(map(repr, row["scores"]))]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([*values, *lists])
+    return buffer.getvalue()
+
+
 def csv_columns(key_fields: Sequence[str]) -> list[str]:
     """The CSV header of the scores: key fields, ctr, then gate_<entity>_<aspect>."""
     return [*key_fields, "ctr", *(f"gate_{e}_{a}" for e in ENTITIES for a in ASPECTS)]
@@ -376,6 +635,51 @@ def read_summary(output_dir: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the pipeline
+def _read_input(p: beam.Pipeline, pattern: str, requested_format: str):
+    """ReadRows: every file of `pattern` -> numbered rows (main "rows"), FILTERED and DEAD outputs."""
+    return (
+        p
+        | "MatchInput" >> fileio.MatchFiles(pattern)
+        | "Paths" >> beam.Map(lambda metadata: metadata.path)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadRows" >> beam.ParDo(_ReadRowsFn(requested_format)).with_outputs(FILTERED, DEAD, main="rows")
+    )
+
+
+def _ledger(read_parts, written, dead_parts, filtered_parts, out: str, info: dict) -> None:
+    """Dead letters, and summary.json: rows read = written (scored / retrieved) + dead-lettered + filtered."""
+    dead = tuple(dead_parts) | "AllDeadLetters" >> beam.Flatten()
+    _ = dead | "DeadLetters" >> WriteDeadLetters(out)
+    read = tuple(read_parts) | "AllRowsRead" >> beam.Flatten()
+    filtered = tuple(filtered_parts) | "AllFiltered" >> beam.Flatten()
+    ledger = [
+        read | "CountRead" >> beam.Map(lambda _: (("read",), 1)),
+        written | "CountScored" >> beam.Map(lambda _: (("scored",), 1)),
+        dead | "CountDead" >> beam.Map(lambda d: (("dead_lettered", d["reason"]), 1)),
+        filtered | "CountFiltered" >> beam.Map(lambda f: (("filtered", f[1]), 1)),
+    ]
+    _ = (
+        ledger
+        | "AllCounts" >> beam.Flatten()
+        | "SumCounts" >> beam.CombinePerKey(sum)
+        | "CountTable" >> beam.combiners.ToDict()
+        | "WriteSummary" >> beam.Map(_write_summary, out, info)
+    )
+
+
+def _write_rows(rows, out: str, prefix: str, fmt: str, formatter, key_fields: Sequence[str], header) -> None:
+    _ = (
+        rows
+        | "Format" + prefix.title() >> beam.Map(formatter, fmt, list(key_fields))
+        | "Write" + prefix.title()
+        >> beam.io.WriteToText(
+            f"{out}/{prefix}",
+            file_name_suffix=f".{fmt}",
+            header=",".join(header(key_fields)) if fmt == "csv" else None,
+        )
+    )
+
+
 def build_pipeline(
     p: beam.Pipeline,
     args: argparse.Namespace,
@@ -386,13 +690,7 @@ def build_pipeline(
 ) -> None:
     """Adds the batch-scoring graph to `p` (separate from run() so tests can drive it)."""
     out = args.output_dir.rstrip("/")
-    rows = (
-        p
-        | "MatchInput" >> fileio.MatchFiles(args.input)
-        | "Paths" >> beam.Map(lambda metadata: metadata.path)
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadRows" >> beam.ParDo(_ReadRowsFn(args.input_format)).with_outputs(FILTERED, DEAD, main="rows")
-    )
+    rows = _read_input(p, args.input, args.input_format)
     parsed = rows.rows | "ParseAndValidate" >> beam.ParDo(_ParseFn(spec, key_fields)).with_outputs(
         DEAD, main="rows"
     )
@@ -402,32 +700,72 @@ def build_pipeline(
         | "RunInference" >> RunInference(KeyedModelHandler(handler))
         | "ToScoreRows" >> beam.ParDo(_ToScoreFn(key_fields)).with_outputs(DEAD, main="rows")
     )
-    fmt = args.output_format
-    _ = (
-        scores.rows
-        | "FormatScores" >> beam.Map(format_score, fmt, list(key_fields))
-        | "WriteScores"
-        >> beam.io.WriteToText(
-            f"{out}/scores",
-            file_name_suffix=f".{fmt}",
-            header=",".join(csv_columns(key_fields)) if fmt == "csv" else None,
-        )
+    _write_rows(scores.rows, out, SCORES, args.output_format, format_score, key_fields, csv_columns)
+    _ledger(
+        (rows.rows, rows[FILTERED], rows[DEAD]),
+        scores.rows,
+        (rows[DEAD], parsed[DEAD], scores[DEAD]),
+        (rows[FILTERED],),
+        out,
+        info,
     )
-    dead = (rows[DEAD], parsed[DEAD], scores[DEAD]) | "AllDeadLetters" >> beam.Flatten()
-    _ = dead | "DeadLetters" >> WriteDeadLetters(out)
-    read = (rows.rows, rows[FILTERED], rows[DEAD]) | "AllRowsRead" >> beam.Flatten()
-    ledger = [
-        read | "CountRead" >> beam.Map(lambda _: (("read",), 1)),
-        scores.rows | "CountScored" >> beam.Map(lambda _: (("scored",), 1)),
-        dead | "CountDead" >> beam.Map(lambda d: (("dead_lettered", d["reason"]), 1)),
-        rows[FILTERED] | "CountFiltered" >> beam.Map(lambda f: (("filtered", f[1]), 1)),
-    ]
-    _ = (
-        ledger
-        | "AllCounts" >> beam.Flatten()
-        | "SumCounts" >> beam.CombinePerKey(sum)
-        | "CountTable" >> beam.combiners.ToDict()
-        | "WriteSummary" >> beam.Map(_write_summary, out, info)
+
+
+def users_vocab_path(samples_dir: str) -> str:
+    """The user vocabulary of a samples directory (``<samples_dir>/vocab/user_id.txt``, any filesystem)."""
+    return f"{samples_dir.rstrip('/')}/{VOCAB_DIR}/user_id.txt"
+
+
+def build_retrieval_pipeline(
+    p: beam.Pipeline,
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    version_dir: str,
+    key_fields: Sequence[str],
+    info: dict,
+    retrieve_domains: Sequence[str] | None = None,
+) -> None:
+    """Adds the batch-retrieval graph to `p`: contexts (--input rows, or every user of --users_from in
+    --domain) -> the ``retrieve`` signature -> retrieved-* rows, dead letters and summary.json."""
+    out = args.output_dir.rstrip("/")
+    if args.users_from:
+        rows = (
+            p
+            | "MatchUsers" >> fileio.MatchFiles(users_vocab_path(args.users_from))
+            | "UserPaths" >> beam.Map(lambda metadata: metadata.path)
+            | "ReadUsers" >> beam.ParDo(_ReadUsersFn()).with_outputs(FILTERED, DEAD, main="rows")
+        )
+        contexts = rows.rows | "SpreadUsers" >> beam.Reshuffle()  # one file: spread its users over workers
+    else:
+        rows = _read_input(p, args.input, args.input_format)
+        contexts = rows.rows
+    keep_domain = bool(args.domain) and not args.users_from
+    parsed = contexts | "ParseContexts" >> beam.ParDo(
+        _ParseContextFn(spec, key_fields, args.domain, keep_domain)
+    ).with_outputs(FILTERED, DEAD, main="rows")
+    handler = RetrieveHandler(version_dir, args.retrieve_top_k, args.min_batch_size, args.max_batch_size)
+    retrieved = (
+        parsed.rows
+        | "RunInference" >> RunInference(KeyedModelHandler(handler))
+        | "ToRetrievedRows"
+        >> beam.ParDo(_ToRetrievedFn(key_fields, retrieve_domains)).with_outputs(DEAD, main="rows")
+    )
+    _write_rows(
+        retrieved.rows,
+        out,
+        RETRIEVED,
+        args.output_format,
+        format_retrieved,
+        key_fields,
+        retrieved_csv_columns,
+    )
+    _ledger(
+        (rows.rows, rows[FILTERED], rows[DEAD]),
+        retrieved.rows,
+        (rows[DEAD], parsed[DEAD], retrieved[DEAD]),
+        (rows[FILTERED], parsed[FILTERED]),
+        out,
+        info,
     )
 
 
@@ -440,8 +778,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--input",
-        required=True,
-        help="glob of TFRecord samples (*.tfrecord[.gz]) or generic logs (*.jsonl/*.csv)",
+        help="glob of TFRecord samples (*.tfrecord[.gz]) or generic logs (*.jsonl/*.csv); with "
+        "--retrieve_top_k, the contexts to retrieve for (required unless --users_from)",
     )
     parser.add_argument(
         "--input_format",
@@ -450,13 +788,18 @@ def _parser() -> argparse.ArgumentParser:
         help="format of every input file; 'auto' (default) tells it from each file name",
     )
     parser.add_argument(
-        "--output_dir", required=True, help="where scores-*, dead_letters/ and summary.json go"
+        "--output_dir",
+        required=True,
+        help="where scores-* (or retrieved-*), dead_letters/ and summary.json go",
     )
-    parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="jsonl", help="scores file format")
+    parser.add_argument(
+        "--output_format", choices=OUTPUT_FORMATS, default="jsonl", help="scores / retrieved file format"
+    )
     parser.add_argument(
         "--key_fields",
-        default=",".join(DEFAULT_KEY_FIELDS),
-        help="comma-separated input features copied into each score row (e.g. add label,timestamp)",
+        help="comma-separated input features copied into each output row (e.g. add label,timestamp); "
+        f"default {','.join(DEFAULT_KEY_FIELDS)}, with --retrieve_top_k the context's domain,user_id"
+        "[,query_text]",
     )
     parser.add_argument(
         "--feature_spec", help="feature_spec.json to validate with (default: the one recorded in the export)"
@@ -464,47 +807,124 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--min_batch_size", type=int, default=1, help="RunInference's smallest batch")
     parser.add_argument("--max_batch_size", type=int, default=256, help="RunInference's largest batch")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results in --output_dir")
+    retrieval = parser.add_argument_group("batch retrieval (an export with the retrieve signature)")
+    retrieval.add_argument(
+        "--retrieve_top_k",
+        type=int,
+        metavar="K",
+        help="write the top-K items of the catalogue for each context (the export's `retrieve` signature; "
+        "K larger than the catalogue: all of it) instead of scoring rows",
+    )
+    retrieval.add_argument(
+        "--users_from",
+        metavar="SAMPLES_DIR",
+        help="retrieve for every user of SAMPLES_DIR/vocab/user_id.txt in --domain (instead of --input)",
+    )
+    retrieval.add_argument(
+        "--domain",
+        help="the domain of the --users_from contexts; with --input, only the contexts of this domain "
+        "(the others are filtered: other_domain)",
+    )
     return parser
 
 
-def _check_args(args: argparse.Namespace, spec: FeatureSpec) -> list[str]:
+def _key_fields(args: argparse.Namespace, spec: FeatureSpec) -> list[str]:
+    if args.retrieve_top_k is None:
+        allowed = [f.name for f in spec.features if f.role != "derived"]
+        default = list(DEFAULT_KEY_FIELDS)
+    else:  # a context has no item: its raw, label and meta features
+        allowed = [f.name for f in context_spec(spec).features]
+        default = ["domain", "user_id"] + ([] if args.users_from else ["query_text"])
+        default = [k for k in default if k in allowed]
+    if args.key_fields is None:
+        return default
     key_fields = [k.strip() for k in args.key_fields.split(",") if k.strip()]
-    unknown = [k for k in key_fields if k not in spec or spec[k].role == "derived"]
+    unknown = [k for k in key_fields if k not in allowed]
     if not key_fields or unknown:
-        raise UsageError(f"--key_fields: unknown or derived features {unknown or key_fields!r}")
+        what = "item, unknown or derived" if args.retrieve_top_k is not None else "unknown or derived"
+        raise UsageError(f"--key_fields: {what} features {unknown or key_fields!r}")
+    return key_fields
+
+
+def _check_retrieval_args(args: argparse.Namespace, spec: FeatureSpec, export_info: Mapping) -> None:
+    if args.retrieve_top_k is None:
+        for flag in ("users_from", "domain"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag} is for batch retrieval: pass --retrieve_top_k K too")
+        if not args.input:
+            raise UsageError("--input is required (the rows to score)")
+        return
+    if args.retrieve_top_k <= 0:
+        raise UsageError(f"--retrieve_top_k must be a positive number of items, got {args.retrieve_top_k}")
+    if RETRIEVE_SIGNATURE not in export_info.get("signatures", {}):
+        raise UsageError(
+            f"--saved_model {args.saved_model} has no {RETRIEVE_SIGNATURE!r} signature: export the ranker "
+            "with a retrieval model (`tfsr export --retrieval_model_dir ...`)"
+        )
+    if bool(args.input) == bool(args.users_from):
+        raise UsageError("--retrieve_top_k needs exactly one of --input (contexts) and --users_from")
+    if args.users_from and not args.domain:
+        raise UsageError("--users_from needs --domain (the domain to retrieve in for every user)")
+    if args.domain:
+        if args.domain not in spec.domains:
+            raise UsageError(f"--domain {args.domain!r} is not a domain of the export: {spec.domains.names}")
+        known = export_info.get("retrieval", {}).get("retrieve_domains")
+        if known is not None and args.domain not in known:
+            raise UsageError(f"--domain {args.domain!r}: the retrieval model knows only {known}")
+    inputs = export_info.get("retrieval", {}).get("context_inputs")
+    missing = sorted(set(inputs or []) - {RETRIEVAL_K_INPUT} - set(context_inputs(spec)))
+    if missing:
+        raise UsageError(
+            f"the {RETRIEVE_SIGNATURE!r} signature needs context features {missing} the spec lacks"
+        )
+    if args.users_from and not FileSystems.exists(users_vocab_path(args.users_from)):
+        raise UsageError(
+            f"--users_from {args.users_from}: no user vocabulary {users_vocab_path(args.users_from)}"
+        )
+
+
+def _check_args(args: argparse.Namespace, spec: FeatureSpec, export_info: Mapping | None = None) -> list[str]:
+    _check_retrieval_args(args, spec, export_info or {})
+    key_fields = _key_fields(args, spec)
     if not 0 < args.min_batch_size <= args.max_batch_size:
         raise UsageError("need 0 < --min_batch_size <= --max_batch_size")
-    paths = [m.path for r in FileSystems.match([args.input]) for m in r.metadata_list]
-    if not paths:
-        raise UsageError(f"--input {args.input!r} matches no file")
-    for path in paths:
-        try:
-            input_format(path, args.input_format)
-        except ValueError as err:
-            raise UsageError(f"{err} (or pass --input_format)") from None
+    if args.input:
+        paths = [m.path for r in FileSystems.match([args.input]) for m in r.metadata_list]
+        if not paths:
+            raise UsageError(f"--input {args.input!r} matches no file")
+        for path in paths:
+            try:
+                input_format(path, args.input_format)
+            except ValueError as err:
+                raise UsageError(f"{err} (or pass --input_format)") from None
     out = args.output_dir.rstrip("/")
-    if FileSystems.exists(f"{out}/{SUMMARY}") or FileSystems.match([f"{out}/scores-*"])[0].metadata_list:
+    written = [FileSystems.match([f"{out}/{prefix}-*"])[0].metadata_list for prefix in (SCORES, RETRIEVED)]
+    if FileSystems.exists(f"{out}/{SUMMARY}") or any(written):
         if not args.overwrite:
-            raise UsageError(f"{args.output_dir} already holds scores; pass --overwrite to replace them")
+            raise UsageError(f"{args.output_dir} already holds results; pass --overwrite to replace them")
         FileSystems.delete([out])
     return key_fields
 
 
 def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
-    """Runs batch scoring; returns 0 when rows read = scored + dead-lettered + filtered and every input file
-    was read to its end, else 1 (a truncated or corrupt file: the rows after the cut are lost)."""
+    """Runs batch scoring (or, with --retrieve_top_k, batch retrieval); returns 0 when rows read = written
+    + dead-lettered + filtered and every input file was read to its end, else 1 (a truncated or corrupt
+    file: the rows after the cut are lost)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, pipeline_args = _parser().parse_known_args(argv)
+    retrieving = args.retrieve_top_k is not None
     try:
         version_dir, version = resolve_saved_model(args.saved_model)
-        if not args.feature_spec:
-            spec = read_export_spec(version_dir)
+        export_info = {}
+        if not args.feature_spec or retrieving:
+            export_info = read_export_info(version_dir)
+            spec = FeatureSpec.from_json(export_info["feature_spec"])
     except FileNotFoundError as err:  # no SavedModel, or one `tfsr export` did not write
         raise UsageError(f"--saved_model {args.saved_model}: not a tfsr export ({err})") from None
     if args.feature_spec:
         with FileSystems.open(args.feature_spec) as handle:
             spec = FeatureSpec.loads(handle.read().decode("utf-8"))
-    key_fields = _check_args(args, spec)
+    key_fields = _check_args(args, spec, export_info)
     options = pipeline_options(pipeline_args, save_main_session)
     info = {
         "command": "tfsr batch-score " + shlex.join(argv),
@@ -514,14 +934,41 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
         "output_format": args.output_format,
         "key_fields": key_fields,
     }
-    logger.info("scoring %s with %s (version %s)", args.input, version_dir, version)
+    retrieval = export_info.get("retrieval", {})
+    if retrieving:
+        catalogue = retrieval.get("catalogue_items")
+        info["retrieval"] = {
+            "signature": RETRIEVE_SIGNATURE,
+            "k": args.retrieve_top_k,
+            "items_per_row": min(args.retrieve_top_k, catalogue) if catalogue else None,
+            "catalogue_items": catalogue,
+            "domain": args.domain,
+            "users_from": users_vocab_path(args.users_from) if args.users_from else None,
+        }
+        source = f"every user of {users_vocab_path(args.users_from)}" if args.users_from else args.input
+        logger.info(
+            "retrieving the top %d items (catalogue: %s) for %s%s with %s (version %s)",
+            args.retrieve_top_k,
+            catalogue,
+            source,
+            f" in domain {args.domain}" if args.domain else "",
+            version_dir,
+            version,
+        )
+    else:
+        logger.info("scoring %s with %s (version %s)", args.input, version_dir, version)
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, args, spec, version_dir, key_fields, info)
+        if retrieving:
+            domains = retrieval.get("retrieve_domains")
+            build_retrieval_pipeline(p, args, spec, version_dir, key_fields, info, domains)
+        else:
+            build_pipeline(p, args, spec, version_dir, key_fields, info)
     summary = read_summary(args.output_dir)
     rec = summary["reconciliation"]
     logger.info(
-        "read %d = scored %d + dead-lettered %d %s + filtered %d %s %s",
+        "read %d = %s %d + dead-lettered %d %s + filtered %d %s %s",
         rec["read"],
+        "retrieved" if retrieving else "scored",
         rec["scored"],
         sum(rec["dead_lettered"].values()),
         rec["dead_lettered"],
@@ -532,7 +979,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> int:
     lost = lost_inputs(rec["dead_lettered"], INPUT_ERROR_REASONS)
     if lost:
         logger.error(
-            "input files could not be read to their end %s: the scores in %s are INCOMPLETE (see %s/)",
+            "input files could not be read to their end %s: the results in %s are INCOMPLETE (see %s/)",
             lost,
             args.output_dir,
             DEAD_LETTERS_DIR,

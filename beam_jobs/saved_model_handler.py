@@ -2,8 +2,9 @@
 
 Beam's ``TFModelHandlerTensor`` imports ``tensorflow_hub`` and calls ``model(tf.stack(batch))``, which fits
 neither a string-in text encoder nor a dict-of-features CTR model (docs/BEAM.md). Subclasses implement
-``run_inference`` against ``model.signatures[SIGNATURE]``; this class loads the SavedModel, checks the
-signature is there, and carries Beam's batching bounds.
+``run_inference`` against ``model.signatures[self.signature]`` (``serving_default`` unless they name
+another, such as ``retrieve``); this class loads the SavedModel, checks the signature is there, and carries
+Beam's batching bounds.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ SIGNATURE = "serving_default"
 
 
 class SavedModelSignatureHandler(ModelHandler):
-    """Loads a SavedModel with a ``serving_default`` signature for RunInference.
+    """Loads a SavedModel with a ``serving_default`` (or `signature`) signature for RunInference.
 
     Args:
       saved_model_dir: the SavedModel (local path or a Beam/TF filesystem URL such as gs://).
       min_batch_size / max_batch_size: Beam's batching bounds for RunInference.
       metrics_namespace: namespace of Beam's inference metrics.
+      signature: the signature the subclass calls; loading fails when the SavedModel has none of that name.
     """
 
     def __init__(
-        self, saved_model_dir: str, min_batch_size: int, max_batch_size: int, metrics_namespace: str
+        self,
+        saved_model_dir: str,
+        min_batch_size: int,
+        max_batch_size: int,
+        metrics_namespace: str,
+        signature: str = SIGNATURE,
     ):
         if not 0 < min_batch_size <= max_batch_size:
             raise ValueError(
@@ -38,15 +45,16 @@ class SavedModelSignatureHandler(ModelHandler):
         self.min_batch_size = min_batch_size
         self.max_batch_size = max_batch_size
         self.metrics_namespace = metrics_namespace
+        self.signature = signature
 
     def load_model(self) -> Any:
         import tensorflow as tf
         import tensorflow_text  # noqa: F401  (registers the TF Text ops the graphs use)
 
         loaded = tf.saved_model.load(self.saved_model_dir)
-        if SIGNATURE not in loaded.signatures:
+        if self.signature not in loaded.signatures:
             raise ValueError(
-                f"{self.saved_model_dir} has no {SIGNATURE!r} signature; found {list(loaded.signatures)}"
+                f"{self.saved_model_dir} has no {self.signature!r} signature; found {list(loaded.signatures)}"
             )
         return loaded
 

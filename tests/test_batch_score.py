@@ -7,6 +7,7 @@ import pathlib
 import tfsr  # noqa: F401  (Keras 2 before TensorFlow)
 from beam_jobs import batch_score as bsc
 from beam_jobs.reading import LineRef
+from tfsr import layout
 from tfsr.contract import ASPECTS, ENTITIES, RowError
 from tfsr.datasets.logs import CSV_HEADER, format_log_line
 from tfsr.datasets.rows import normalize_query
@@ -338,3 +339,228 @@ def test_truncated_tfrecord_gz_fails_the_job_and_is_counted(model, tmp_path):
         {"truncated_input": 1},
         True,
     )
+
+
+# ---------------------------------------------------------------------------------- batch retrieval
+ITEMS = 30
+CONTEXT_INPUTS = ("domain", "user_id", "query_id", "query_text")
+
+
+@pytest.fixture(scope="module")
+def retrieval(tmp_path_factory):
+    """A small export with the `retrieve` signature: an untrained retrieval model that knows the warm domains
+    only (not rec_children), over a catalogue of 30 items."""
+    root = tmp_path_factory.mktemp("batch_retrieve")
+    toy = T.export_toy_model(root, TEXT_DIM, export_base="saved", retrieval_items=ITEMS)
+    return {"toy": toy, "loaded": tf.saved_model.load(str(toy.path))}
+
+
+def _direct_top_k(retrieval, contexts, k) -> list[tuple[list[str], np.ndarray]]:
+    """The `retrieve` signature called directly on `contexts` (missing query features: empty)."""
+    inputs = {name: tf.constant([c.get(name, "") for c in contexts]) for name in CONTEXT_INPUTS}
+    out = retrieval["loaded"].signatures["retrieve"](**inputs, k=tf.constant(k, tf.int32))
+    ids, scores = out["item_ids"].numpy(), out["scores"].numpy()
+    return [([i.decode() for i in row], s) for row, s in zip(ids, scores, strict=True)]
+
+
+def _retrieved(out: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(out.glob("retrieved-*.jsonl")) for line in f.open()]
+
+
+def _assert_rows_equal_direct(retrieval, rows, contexts, k):
+    expected = dict(
+        zip(
+            [(c["domain"], c["user_id"]) for c in contexts],
+            _direct_top_k(retrieval, contexts, k),
+            strict=True,
+        )
+    )
+    assert sorted((r["domain"], r["user_id"]) for r in rows) == sorted(expected)  # one row per context
+    for row in rows:
+        items, scores = expected[(row["domain"], row["user_id"])]
+        assert row["items"] == items, row
+        np.testing.assert_allclose(row["scores"], scores, rtol=1e-5, atol=1e-6)
+
+
+def test_parse_context_rows_and_the_domain_filter():
+    spec = bsc.context_spec(T.toy_spec(TEXT_DIM))
+    assert "item_id" not in spec and {"domain", "user_id", "query_text", "label", "timestamp"} <= {
+        f.name for f in spec.features
+    }
+    row = bsc.parse_context_row(
+        b'{"domain":"search_tags","user_id":"u1","query_text":" Space  Movie"}', "jsonl", spec
+    )
+    assert (row["query_id"], row["query_text"], "item_id" in row) == ("space movie", " Space  Movie", False)
+    csv_row = bsc.parse_context_row(b"rec_drama,u2,,,,,,,7", "csv", spec)  # a log row, item columns empty
+    assert (csv_row["domain"], csv_row["user_id"], csv_row["timestamp"]) == ("rec_drama", "u2", 7)
+    sample = {**T.toy_records(1)[0], "label": 1}
+    example = T.toy_spec(TEXT_DIM).to_example(sample, roles=("raw", "label", "meta")).SerializeToString()
+    assert bsc.parse_context_row(example, bsc.TFRECORD, spec)["query_id"] == sample["query_id"]
+    assert bsc.parse_context_row(b"u9", bsc.USER_VOCAB, spec, "rec_action")["domain"] == "rec_action"
+    for raw, fmt, reason in [
+        (b'{"domain":"rec_nope","user_id":"u"}', "jsonl", "invalid_domain"),
+        (b'{"domain":"rec_drama"}', "jsonl", "invalid_user_id"),
+        (b'{"domain":"rec_drama","user_id":"u","query":"x"}', "jsonl", "unknown_column"),
+        (b"u\xff", bsc.USER_VOCAB, "invalid_utf8"),
+    ]:
+        with pytest.raises(RowError) as err:
+            bsc.parse_context_row(raw, fmt, spec, "rec_drama")
+        assert err.value.reason == reason, err.value.detail
+
+    rows = [
+        (LineRef("logs", "c.jsonl", 1, ""), ("jsonl", b'{"domain":"rec_drama","user_id":"u1"}')),
+        (LineRef("logs", "c.jsonl", 2, ""), ("jsonl", b'{"domain":"rec_action","user_id":"u2"}')),
+        (LineRef("logs", "c.jsonl", 3, ""), ("jsonl", b'{"domain":"rec_drama"}')),
+    ]
+    with test_pipeline.TestPipeline() as p:
+        parsed = (
+            p
+            | beam.Create(rows)
+            | beam.ParDo(
+                bsc._ParseContextFn(T.toy_spec(TEXT_DIM), ("user_id",), "rec_drama", keep_domain=True)
+            ).with_outputs(bsc.FILTERED, bsc.DEAD, main="rows")
+        )
+        kept = parsed.rows | "Kept" >> beam.Map(lambda kv: (kv[0][0].line, kv[0][1], sorted(kv[1])))
+        filtered = parsed[bsc.FILTERED] | "Filtered" >> beam.Map(lambda f: (f[0].line, f[1]))
+        dead = parsed[bsc.DEAD] | "Dead" >> beam.Map(lambda d: (d["line"], d["reason"]))
+        assert_that(kept, equal_to([(1, ("u1",), sorted(CONTEXT_INPUTS))]), label="CheckKept")
+        assert_that(filtered, equal_to([(2, "other_domain")]), label="CheckFiltered")
+        assert_that(dead, equal_to([(3, "invalid_user_id")]), label="CheckDead")
+    row = {"domain": "rec_drama", "user_id": "u,1", "items": ["m1", "m2"], "scores": [0.5, -1.0]}
+    assert bsc.format_retrieved(row, "csv", ["domain", "user_id"]) == 'rec_drama,"u,1",m1|m2,0.5|-1.0'
+
+
+def test_retrieve_handler_runs_a_failing_batch_row_by_row(retrieval):
+    handler = bsc.RetrieveHandler(str(retrieval["toy"].path), k=4)
+    good = [
+        {"domain": "rec_drama", "user_id": "u2", "query_id": "", "query_text": ""},
+        {"domain": "search_tags", "user_id": "u3", "query_id": "space", "query_text": "space"},
+    ]
+    unknown = {**good[0], "domain": "rec_children"}  # in the spec, unknown to the warm-only retrieval model
+    results = list(handler.run_inference([good[0], unknown, good[1]], retrieval["loaded"]))
+    assert [r.inference is None for r in results] == [False, True, False]
+    assert "InvalidArgumentError" in results[1].model_id and "unknown domain" in results[1].model_id
+    for result, (items, scores) in zip(
+        [results[0], results[2]], _direct_top_k(retrieval, good, 4), strict=True
+    ):
+        assert result.inference["items"] == items
+        np.testing.assert_allclose(result.inference["scores"], scores, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        bsc.RetrieveHandler(str(retrieval["toy"].path), k=0)
+
+
+def test_retrieval_for_every_user_of_a_domain(retrieval, tmp_path):
+    """--users_from: one row per user of the vocabulary, each the retrieve signature's own top-K; K larger
+    than the catalogue returns the whole catalogue, best first."""
+    toy = retrieval["toy"]
+    out = tmp_path / "top"
+    argv = ["--saved_model", str(toy.path.parent), "--retrieve_top_k", "1000", "--domain", "rec_drama"]
+    argv += ["--users_from", str(toy.samples_dir), "--output_dir", str(out), "--max_batch_size", "8"]
+    assert bsc.run(argv, save_main_session=False) == 0
+    users = layout.read_vocab(toy.samples_dir, "user_id")
+    rows = _retrieved(out)
+    assert all(set(r) == {"domain", "user_id", "items", "scores"} for r in rows)
+    assert all(len(r["items"]) == ITEMS and r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
+    _assert_rows_equal_direct(retrieval, rows, [{"domain": "rec_drama", "user_id": u} for u in users], 1000)
+    summary = bsc.read_summary(str(out))
+    assert summary["retrieval"]["items_per_row"] == ITEMS and summary["retrieval"]["k"] == 1000
+    assert summary["reconciliation"] == {
+        "read": len(users),
+        "scored": len(users),
+        "dead_lettered": {},
+        "filtered": {},
+        "balanced": True,
+    }
+
+
+def test_retrieval_of_input_contexts_dead_letters_an_unknown_domain(retrieval, tmp_path):
+    """--input contexts (JSONL and TFRecord samples): each good context gets the signature's top-K; a domain
+    the retrieval model does not know fails its batch, which goes row by row: only that row is a dead letter
+    naming the domain, and read = retrieved + dead-lettered + filtered."""
+    toy, spec = retrieval["toy"], retrieval["toy"].spec
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    contexts = [
+        {"domain": "search_tags", "user_id": "u3", "query_text": "space"},
+        {"domain": "search_tags", "user_id": "u7", "query_text": "Robots in  Love"},
+        {"domain": "rec_children", "user_id": "u1"},  # known to the spec, not to the retrieval model
+        {"domain": "rec_drama", "user_id": "u2"},
+        {"domain": "rec_action", "user_id": "never_seen_user"},
+    ]
+    lines = [json.dumps(c) for c in contexts]
+    lines += ['{"domain":"no_such_domain","user_id":"u1"}', '{"domain":', ""]
+    (inputs / "contexts.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    samples = [{**r, "label": 1} for r in T.toy_records(2, seed=4, domain="rec_comedy")]
+    _write_tfrecord(
+        inputs / "samples.tfrecord.gz",
+        [spec.to_example(r, roles=("raw", "label", "meta")).SerializeToString() for r in samples],
+    )
+    out = tmp_path / "top"
+    argv = ["--saved_model", str(toy.path), "--retrieve_top_k", "5", "--input", str(inputs / "*")]
+    assert bsc.run([*argv, "--output_dir", str(out), "--max_batch_size", "4"], save_main_session=False) == 0
+
+    good = [
+        {**c, "query_id": normalize_query(c.get("query_text", ""))}
+        for c in contexts
+        if c["domain"] != "rec_children"
+    ]
+    good += [{name: s[name] for name in CONTEXT_INPUTS} for s in samples]
+    rows = _retrieved(out)
+    assert all(
+        len(r["items"]) == 5 and set(r) == {"domain", "user_id", "query_text", "items", "scores"}
+        for r in rows
+    )
+    _assert_rows_equal_direct(retrieval, rows, good, 5)
+    dead = sorted((pathlib.Path(d["file"]).name, d["line"], d["reason"]) for d in _dead(out))
+    assert dead == [
+        ("contexts.jsonl", 3, "unknown_domain"),
+        ("contexts.jsonl", 6, "invalid_domain"),
+        ("contexts.jsonl", 7, "malformed_json"),
+    ]
+    (unknown,) = [d for d in _dead(out) if d["reason"] == "unknown_domain"]
+    assert "'rec_children'" in unknown["detail"] and "InvalidArgumentError" in unknown["detail"]
+    assert bsc.read_summary(str(out))["reconciliation"] == {
+        "read": 8 + 2,
+        "scored": 4 + 2,
+        "dead_lettered": {"invalid_domain": 1, "malformed_json": 1, "unknown_domain": 1},
+        "filtered": {"blank_line": 1},
+        "balanced": True,
+    }
+
+
+def test_retrieval_usage_errors_come_before_the_pipeline(retrieval, tmp_path):
+    toy = retrieval["toy"]
+    contexts = tmp_path / "contexts.jsonl"
+    contexts.write_text('{"domain":"rec_drama","user_id":"u1"}\n', encoding="utf-8")
+    base = ["--saved_model", str(toy.path), "--output_dir", str(tmp_path / "out")]
+    users = ["--users_from", str(toy.samples_dir)]
+    cases = [
+        (["--retrieve_top_k", "0", "--input", str(contexts)], "positive number of items, got 0"),
+        (["--retrieve_top_k", "-3", *users, "--domain", "rec_drama"], "positive number of items, got -3"),
+        (["--retrieve_top_k", "5", *users], "--users_from needs --domain"),
+        (["--retrieve_top_k", "5", *users, "--input", str(contexts), "--domain", "rec_drama"], "exactly one"),
+        (["--retrieve_top_k", "5"], "exactly one"),
+        (["--retrieve_top_k", "5", *users, "--domain", "rec_children"], "the retrieval model knows only"),
+        (["--retrieve_top_k", "5", *users, "--domain", "rec_nope"], "not a domain of the export"),
+        (["--retrieve_top_k", "5", "--input", str(contexts), "--key_fields", "user_id,item_id"], "item_id"),
+        (["--input", str(contexts), *users], "--users_from is for batch retrieval"),
+        (
+            ["--retrieve_top_k", "5", "--users_from", str(tmp_path), "--domain", "rec_drama"],
+            "no user vocabulary",
+        ),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            bsc.run([*base, *args], save_main_session=False)
+    # an export without a retrieval model (only its tfsr_export.json is read before the pipeline)
+    ranker_only = tmp_path / "ranker_only" / "1"
+    (ranker_only / "assets.extra").mkdir(parents=True)
+    (ranker_only / "saved_model.pb").write_bytes(b"")
+    info = json.loads((toy.path / bsc.EXPORT_INFO).read_text())
+    info["signatures"] = {k: v for k, v in info["signatures"].items() if not k.startswith("retrieve")}
+    del info["retrieval"]
+    (ranker_only / bsc.EXPORT_INFO).write_text(json.dumps(info))
+    no_retrieve = ["--saved_model", str(ranker_only), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="has no 'retrieve' signature"):
+        bsc.run([*no_retrieve, "--retrieve_top_k", "5", "--input", str(contexts)], save_main_session=False)
+    assert not (tmp_path / "out").exists()

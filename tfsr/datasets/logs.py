@@ -118,6 +118,18 @@ def _from_csv(raw: bytes | str) -> dict[str, Any]:
     return record
 
 
+def read_log_fields(raw: bytes | str, fmt: str) -> dict[str, Any]:
+    """One generic-format line's columns, not yet validated against a spec (`parse_log_line` validates;
+    batch retrieval reads contexts, whose item columns may be absent).
+
+    Raises:
+      RowError: a malformed line (``malformed_json``, a CSV line with the wrong number of columns, ...).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    return _from_jsonl(raw) if fmt == "jsonl" else _from_csv(raw)
+
+
 def parse_log_line(
     raw: bytes | str, fmt: str, spec: FeatureSpec, require_label: bool = True
 ) -> dict[str, Any]:
@@ -129,9 +141,7 @@ def parse_log_line(
       RowError: malformed line, unknown column, text too long, a query missing in a search domain
         (or present in a rec domain), or any FeatureSpec violation (reason ``invalid_<field>``).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    record = _from_jsonl(raw) if fmt == "jsonl" else _from_csv(raw)
+    record = read_log_fields(raw, fmt)
     for name in _TEXT_COLUMNS:
         value = record.get(name)
         if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
