@@ -147,7 +147,8 @@ def test_new_domain_keeps_the_warm_domains_and_the_index():
     for _ in range(3):
         model.train_step(cold)
     after = model(warm_batch)
-    np.testing.assert_array_equal(after["context"].numpy(), before["context"].numpy())
+    # float rounding only (the per-domain output layers are one grouped matmul over one more domain)
+    np.testing.assert_allclose(after["context"].numpy(), before["context"].numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(after["candidate"].numpy(), before["candidate"].numpy())
     assert np.abs(model.context_embeddings(cold).numpy() - context_before).max() > 1e-3
 

@@ -8,8 +8,9 @@ the same pretrained encoders (docs/MODEL.md, "Retrieval"):
 
 ```
 context:   user aspects ─► domain-gated fusion ─┐
-           query aspects ─► domain-gated fusion ─┼─► [h_user; h_query; domain vector] ─► MLP ─► u  (L2-normalised)
-candidate: item aspects ─► [CLS]-gated fusion (one gate: one index serves every domain) ─► MLP ─► v
+           query aspects ─► domain-gated fusion ─┼─► [h_user; h_query] ─► shared MLP ─► the domain's layer ─► u
+candidate: item aspects ─► [CLS]-gated fusion (one gate: one index serves every domain) ─► MLP ─────► v
+(u, v L2-normalised)
 score(context, item) = <u, v> / temperature
 ```
 
@@ -25,7 +26,7 @@ Rows with `label == 0` weigh nothing; each row weighs its domain's `alpha_d`
 
 As a :class:`~tfsr.models.base.MultiDomainModel` subclass it keeps the harness's `add_domain`, `freeze`,
 `save_model` / `load_model` and the checked train step; `freeze("L2_shared")` freezes the towers' shared
-layers, leaving a new domain its gates and its domain vector.
+layers, leaving a new domain its gates and its own output layer of the context tower.
 """
 
 from __future__ import annotations
@@ -97,11 +98,11 @@ class RetrievalModel(MultiDomainModel):
         )
 
     def build_towers(self) -> tf.keras.layers.Layer:
-        """The context tower: `[h_user; h_query]` + the domain's vector -> the embedding."""
+        """The context tower: `[h_user; h_query]` -> shared hidden layers -> the domain's own output layer."""
         return RetrievalTower(
             self.config.tower_units,
             num_domains=len(self.domain_registry),
-            domain_dim=self.config.embedding_dim,
+            domain_mode="output",
             normalize=self.normalize,
             name="context_tower",
         )
@@ -124,13 +125,13 @@ class RetrievalModel(MultiDomainModel):
         )
 
     def level_layers(self, level: str) -> list[tf.keras.layers.Layer]:
-        """As the harness's, with the towers' shared layers as "L2_shared" (their domain vectors apart)."""
+        """As the harness's, with the towers' shared layers as "L2_shared" (the per-domain weights apart)."""
         if level == "L2_shared":
             return [*self.towers.shared_layers, *self.candidate_tower.shared_layers]
         return super().level_layers(level)
 
     def new_domain_trainable_layers(self) -> list[tf.keras.layers.Layer]:
-        """The new domain's gates and its context-tower domain vector."""
+        """The new domain's gates and its own output layer of the context tower."""
         return [*super().new_domain_trainable_layers(), self.towers]
 
     # ------------------------------------------------------------------ towers
@@ -244,6 +245,7 @@ class IdTwoTowerModel(RetrievalModel):
         return RetrievalTower(
             (self.config.embedding_dim,),
             num_domains=len(self.domain_registry),
+            domain_mode="vector",
             domain_dim=self.config.embedding_dim,
             normalize=False,
             name="context_tower",
