@@ -481,39 +481,56 @@ class _ReadUsersFn(beam.DoFn):
             yield out if isinstance(out, beam.pvalue.TaggedOutput) else (out[0], (USER_VOCAB, out[1]))
 
 
-class _ToRetrievedFn(beam.DoFn):
-    """RunInference results -> rows {key fields..., items, scores}; failed contexts -> dead letters.
+class _ToRowsFn(beam.DoFn):
+    """RunInference results -> rows {key fields..., the model's outputs}; failed rows -> dead letters.
 
-    A context whose domain is not one of `retrieve_domains` (the export's record of what the retrieval model
-    knows) is an ``unknown_domain`` dead letter naming the domain; any other failure ``inference_error``.
-    """
+    Subclasses name their counter and give `outputs` (and `failure`, the dead letter's reason and detail)."""
 
-    def __init__(self, key_fields: Sequence[str], retrieve_domains: Sequence[str] | None):
+    counter = "scored"
+
+    def __init__(self, key_fields: Sequence[str]):
         self.key_fields = tuple(key_fields)
-        self.retrieve_domains = list(retrieve_domains) if retrieve_domains is not None else None
-        self.retrieved = Metrics.counter(METRICS_NAMESPACE, "retrieved")
+        self.written = Metrics.counter(METRICS_NAMESPACE, self.counter)
         self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+
+    def failure(self, result) -> tuple[str, str]:
+        return INFERENCE_ERROR, str(result.model_id)
+
+    def outputs(self, inference) -> dict:
+        raise NotImplementedError
 
     def process(self, element):
         (ref, keys), result = element
         if result.inference is None:
             self.dead.inc()
-            domain = result.example.get("domain")
-            if self.retrieve_domains is not None and domain not in self.retrieve_domains:
-                reason = UNKNOWN_DOMAIN
-                detail = (
-                    f"domain {domain!r} is unknown to the retrieval model (it knows {self.retrieve_domains}): "
-                    f"{result.model_id}"
-                )
-            else:
-                reason, detail = INFERENCE_ERROR, f"domain {domain!r}: {result.model_id}"
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, reason, detail))
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, *self.failure(result)))
             return
-        self.retrieved.inc()
-        row = dict(zip(self.key_fields, keys, strict=True))
-        row["items"] = result.inference["items"]
-        row["scores"] = result.inference["scores"]
-        yield row
+        self.written.inc()
+        yield {**dict(zip(self.key_fields, keys, strict=True)), **self.outputs(result.inference)}
+
+
+class _ToRetrievedFn(_ToRowsFn):
+    """Rows {key fields..., items, scores}. A context whose domain is not one of `retrieve_domains` (the
+    export's record of what the retrieval model knows) is an ``unknown_domain`` dead letter naming the
+    domain; any other failure ``inference_error``."""
+
+    counter = "retrieved"
+
+    def __init__(self, key_fields: Sequence[str], retrieve_domains: Sequence[str] | None):
+        super().__init__(key_fields)
+        self.retrieve_domains = list(retrieve_domains) if retrieve_domains is not None else None
+
+    def failure(self, result) -> tuple[str, str]:
+        domain = result.example.get("domain")
+        if self.retrieve_domains is not None and domain not in self.retrieve_domains:
+            return UNKNOWN_DOMAIN, (
+                f"domain {domain!r} is unknown to the retrieval model (it knows {self.retrieve_domains}): "
+                f"{result.model_id}"
+            )
+        return INFERENCE_ERROR, f"domain {domain!r}: {result.model_id}"
+
+    def outputs(self, inference) -> dict:
+        return {"items": inference["items"], "scores": inference["scores"]}
 
 
 class _ParseFn(beam.DoFn):
@@ -540,25 +557,11 @@ class _ParseFn(beam.DoFn):
         yield (ref, keys), serialized
 
 
-class _ToScoreFn(beam.DoFn):
-    """RunInference results -> score rows {key fields..., ctr, gate_weights}; failed rows -> dead letters."""
+class _ToScoreFn(_ToRowsFn):
+    """Score rows {key fields..., ctr, gate_weights}."""
 
-    def __init__(self, key_fields: Sequence[str]):
-        self.key_fields = tuple(key_fields)
-        self.scored = Metrics.counter(METRICS_NAMESPACE, "scored")
-        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
-
-    def process(self, element):
-        (ref, keys), result = element
-        if result.inference is None:
-            self.dead.inc()
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(ref, "inference_error", str(result.model_id)))
-            return
-        self.scored.inc()
-        row = dict(zip(self.key_fields, keys, strict=True))
-        row["ctr"] = result.inference["ctr"]
-        row["gate_weights"] = gate_dict(result.inference["gate_weights"])
-        yield row
+    def outputs(self, inference) -> dict:
+        return {"ctr": inference["ctr"], "gate_weights": gate_dict(inference["gate_weights"])}
 
 
 def gate_dict(gates) -> dict | list:

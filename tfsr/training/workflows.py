@@ -18,6 +18,7 @@ calibration of the trained domains (:func:`validation_metrics`, :func:`calibrate
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import pathlib
@@ -150,41 +151,30 @@ def _fit(
     from tfsr.training import retrieval
 
     if retrieval.is_retrieval(model):
-        # a retrieval model trains on the clicks (with their items' sampling probabilities) and is
-        # selected on its Recall@100 over the whole catalogue
+        # a retrieval model trains on the clicks (with their items' sampling probabilities and catalogue
+        # negatives) and is selected on its Recall@100 over the whole catalogue
         if cfg.domain_weights:
             raise ValueError("domain_weights are not supported for retrieval models; use domain_loss_weights")
-        probability = retrieval.candidate_probability_table(cfg.samples_dir, cfg.split, spec, domains)
-
-        def dataset_fn(epoch: int):
-            return retrieval.clicks_dataset(
-                cfg.samples_dir,
-                cfg.split,
-                spec,
-                cfg.batch_size,
-                shuffle=True,
-                seed=cfg.seed + epoch,
-                domains=domains,
-                probability=probability,
-                negatives=model.catalogue_negatives,
-            )
-
+        read = functools.partial(
+            retrieval.clicks_dataset,
+            probability=retrieval.candidate_probability_table(cfg.samples_dir, cfg.split, spec, domains),
+            negatives=model.catalogue_negatives,
+        )
         score, monitor = retrieval.validation_metrics, retrieval.MONITOR
     else:
-
-        def dataset_fn(epoch: int):
-            return make_dataset(
-                cfg.samples_dir,
-                cfg.split,
-                spec,
-                cfg.batch_size,
-                shuffle=True,
-                seed=cfg.seed + epoch,
-                domains=domains,
-                domain_weights=cfg.domain_weights,
-            )
-
+        read = functools.partial(make_dataset, domain_weights=cfg.domain_weights)
         score, monitor = validation_metrics, cfg.monitor
+
+    def dataset_fn(epoch: int):
+        return read(
+            cfg.samples_dir,
+            cfg.split,
+            spec,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed + epoch,
+            domains=domains,
+        )
 
     validation = None
     if has_split(cfg.samples_dir, cfg.validation_split, domains):
