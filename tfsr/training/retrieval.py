@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import logging
 import pathlib
@@ -148,9 +149,13 @@ class Catalogue:
     ids: np.ndarray  # [M] bytes
     embeddings: np.ndarray  # [M, D] float32
 
+    @functools.cached_property
+    def _position(self) -> dict[bytes, int]:
+        return {item: i for i, item in enumerate(self.ids.tolist())}
+
     def index_of(self, item_ids: np.ndarray) -> np.ndarray:
         """Catalogue row of each id (-1 for an id not in the catalogue)."""
-        position = {item: i for i, item in enumerate(self.ids.tolist())}
+        position = self._position
         return np.array([position.get(item, -1) for item in np.asarray(item_ids).tolist()], dtype=np.int64)
 
 
@@ -261,24 +266,26 @@ def evaluate_split(
     of `split`); with `exclude_seen`, each user's clicks of the earlier splits (``SEEN_SPLITS_OF``) are
     left out of its retrieved items, for every method alike."""
     results: dict[str, dict[str, dict[str, float]]] = {d: {} for d in domains}
-    seen_splits = SEEN_SPLITS_OF[split] if exclude_seen else ()
-    for number, (name, model) in enumerate(models.items()):
-        catalogue = embed_catalogue(model, samples_dir, spec)
-        seen = seen_items(catalogue, samples_dir, seen_splits, spec) if seen_splits else None
-        scorers = {name: model_scorer(model, catalogue)}
-        if number == 0:
-            popular = popularity_scorer(catalogue, samples_dir, SEEN_SPLITS_OF[split][0], spec, domains)
-            scorers = {POPULARITY: popular, **scorers}
+    catalogues = {name: embed_catalogue(model, samples_dir, spec) for name, model in models.items()}
+    # every model's catalogue lists the same items in the same order (items/): the users' history and the
+    # popularity counts, in catalogue rows, are read once for all methods
+    first = next(iter(catalogues.values()))
+    seen = seen_items(first, samples_dir, SEEN_SPLITS_OF[split], spec) if exclude_seen else None
+    methods = [
+        (POPULARITY, popularity_scorer(first, samples_dir, SEEN_SPLITS_OF[split][0], spec, domains), domains)
+    ]
+    for name, model in models.items():
         known = [d for d in domains if d in model.domain_registry]  # a compared model may lack one
-        for method, scorer in scorers.items():
-            found = (
-                retrieve_clicks(scorer, catalogue, samples_dir, split, spec, known, seen) if known else None
-            )
-            for domain in known:
-                mask = found["domain"].astype(str) == domain
-                if mask.any():
-                    ranks = retrieval_metrics.hit_ranks(found["top_k"][mask], found["truth"][mask])
-                    results[domain][method] = retrieval_metrics.metrics_from_ranks(ranks)
+        methods.append((name, model_scorer(model, catalogues[name]), known))
+    for method, scorer, known in methods:
+        if not known:
+            continue
+        found = retrieve_clicks(scorer, first, samples_dir, split, spec, known, seen)
+        for domain in known:
+            mask = found["domain"].astype(str) == domain
+            if mask.any():
+                ranks = retrieval_metrics.hit_ranks(found["top_k"][mask], found["truth"][mask])
+                results[domain][method] = retrieval_metrics.metrics_from_ranks(ranks)
     return {d: r for d, r in results.items() if r}
 
 
@@ -331,7 +338,7 @@ def run_evaluate(
         "methods": [POPULARITY, *models],
         "model_types": {k: m.config.model_type for k, m in models.items()},
         "samples_dir": str(samples_dir),
-        "catalogue_items": len(embed_catalogue(primary, samples_dir, spec).ids),
+        "catalogue_items": catalogue_size(samples_dir, spec),
         "eval_seconds": round(time.perf_counter() - started, 2),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tfsr_version": tfsr.__version__,
