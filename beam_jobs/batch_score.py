@@ -97,6 +97,7 @@ from tfsr.features import Feature, FeatureSpec
 from tfsr.layout import DEAD_LETTERS_DIR, VOCAB_DIR
 
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
@@ -481,6 +482,11 @@ class _ReadUsersFn(beam.DoFn):
             yield out if isinstance(out, beam.pvalue.TaggedOutput) else (out[0], (USER_VOCAB, out[1]))
 
 
+# An output row (scores-* / retrieved-*): the key fields and the model's outputs, by name. Declared on the
+# ParDo: Beam infers a Union with the dead letters' TaggedOutput from the DoFn's code otherwise.
+OutputRow = typehints.Dict[str, Any]
+
+
 class _ToRowsFn(beam.DoFn):
     """RunInference results -> rows {key fields..., the model's outputs}; failed rows -> dead letters.
 
@@ -701,7 +707,8 @@ def build_pipeline(
     scores = (
         parsed.rows
         | "RunInference" >> RunInference(KeyedModelHandler(handler))
-        | "ToScoreRows" >> beam.ParDo(_ToScoreFn(key_fields)).with_outputs(DEAD, main="rows")
+        | "ToScoreRows"
+        >> beam.ParDo(_ToScoreFn(key_fields)).with_output_types(OutputRow).with_outputs(DEAD, main="rows")
     )
     _write_rows(scores.rows, out, SCORES, args.output_format, format_score, key_fields, csv_columns)
     _ledger(
@@ -751,7 +758,9 @@ def build_retrieval_pipeline(
         parsed.rows
         | "RunInference" >> RunInference(KeyedModelHandler(handler))
         | "ToRetrievedRows"
-        >> beam.ParDo(_ToRetrievedFn(key_fields, retrieve_domains)).with_outputs(DEAD, main="rows")
+        >> beam.ParDo(_ToRetrievedFn(key_fields, retrieve_domains))
+        .with_output_types(OutputRow)
+        .with_outputs(DEAD, main="rows")
     )
     _write_rows(
         retrieved.rows,

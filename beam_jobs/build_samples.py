@@ -66,6 +66,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from typing import Any
 
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 from beam_jobs import manifest as manifest_lib
@@ -95,6 +96,11 @@ INPUT_ERROR_REASONS = frozenset({TRUNCATED_INPUT})
 
 
 # ------------------------------------------------------------------------------------ the pipeline
+def _sample_records(row: tuple[Any, list[dict]]) -> list[SampleRecord]:
+    """A used source row (its line, the records it made) -> its records as the job's `SampleRecord`s."""
+    return [SampleRecord(record) for record in row[1]]
+
+
 def build_pipeline(
     p: beam.Pipeline,
     args: argparse.Namespace,
@@ -117,7 +123,7 @@ def build_pipeline(
         if b.source != "movies":  # movies are reference data: used as item metadata, not samples
             samples.append(
                 b.used
-                | f"Samples_{b.source}" >> beam.FlatMap(lambda row: row[1]).with_output_types(SampleRecord)
+                | f"Samples_{b.source}" >> beam.FlatMap(_sample_records).with_output_types(SampleRecord)
             )
         dead = b.dead | f"Dead_{b.source}" >> beam.Flatten()
         dead_letters.append(dead)

@@ -15,6 +15,7 @@ from collections import defaultdict
 from beam_jobs.writing import shard_path
 from tfsr import layout
 from tfsr.features import SCHEMA_VERSION, FeatureSpec
+from tfsr.versions import stack_versions
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -86,6 +87,7 @@ def build_manifest(
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "versions": stack_versions(),
         "options": options,
         "splits": list(layout.SPLITS),
         "domains": spec.domains.to_json(),

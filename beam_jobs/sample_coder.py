@@ -27,7 +27,13 @@ _VALUES, _DICT = 0, 1
 
 
 class SampleRecord(dict):
-    """Element type of sample-record PCollections (records themselves stay plain dicts)."""
+    """A sample record: feature name -> value, in FeatureSpec order.
+
+    The element type of every sample-record PCollection of ``build_samples``, and the records themselves:
+    the job turns each source's parsed rows into `SampleRecord`s, transforms that change a record build a
+    new one, and `SampleCoder` decodes into one, so Beam's pipeline type check sees what really flows
+    (it does not accept a plain ``dict`` for this type, nor this type for a ``dict`` annotation).
+    """
 
 
 class SampleCoder(beam.coders.Coder):
@@ -42,9 +48,9 @@ class SampleCoder(beam.coders.Coder):
             return self._values.encode((_VALUES, tuple(record.values())))
         return self._values.encode((_DICT, record))
 
-    def decode(self, encoded: bytes) -> dict:
+    def decode(self, encoded: bytes) -> SampleRecord:
         tag, payload = self._values.decode(encoded)
-        return dict(zip(self.fields, payload, strict=True)) if tag == _VALUES else payload
+        return SampleRecord(zip(self.fields, payload, strict=True) if tag == _VALUES else payload)
 
     def is_deterministic(self) -> bool:
         return False  # never used as a grouping key

@@ -7,7 +7,7 @@ PCollections without collecting the samples (per-user groups, timestamp counts a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from beam_jobs.reading import FILTERED
 from beam_jobs.sample_coder import SampleRecord, SplitRecord
@@ -33,7 +33,9 @@ COLDSTART_HELD_OUT = (layout.COLDSTART_VALID, layout.COLDSTART_EVAL)
 COLDSTART_FILTER_REASON = "coldstart_before_finetune_window"
 
 
-def _per_user_split(element, eval_fraction: float, valid_fraction: float) -> Iterator[tuple[str, dict]]:
+def _per_user_split(
+    element: tuple[str, Iterable[SampleRecord]], eval_fraction: float, valid_fraction: float
+) -> Iterator[tuple[str, SampleRecord]]:
     _, records = element
     records = list(records)
     timestamps = [r["timestamp"] for r in records]
@@ -120,7 +122,9 @@ class SplitWarm(beam.PTransform):
         }
 
 
-def _cold_split(record: dict, seed: int, cutoff: dict, bounds: dict):
+def _cold_split(
+    record: SampleRecord, seed: int, cutoff: dict, bounds: dict
+) -> Iterator[tuple[str, SampleRecord] | beam.pvalue.TaggedOutput]:
     timestamp = record["timestamp"]
     order = (timestamp, sample_key(record, seed))
     eval_cutoff, valid_start, finetune_start = (
@@ -190,13 +194,13 @@ class SplitCold(beam.PTransform):
         }
 
 
-def _mark_cold_items(element, max_train_count: int) -> Iterator[tuple[str, dict]]:
+def _mark_cold_items(element, max_train_count: int) -> Iterator[tuple[str, SampleRecord]]:
     _, grouped = element
     pretrain = sum(grouped["pretrain"])
     finetune = sum(grouped["finetune"])
     for split, record in grouped["held_out"]:
         seen = pretrain + (finetune if split in COLDSTART_HELD_OUT else 0)
-        yield split, {**record, "is_cold_item": is_cold_item(seen, max_train_count)}
+        yield split, SampleRecord(record, is_cold_item=is_cold_item(seen, max_train_count))
 
 
 class MarkColdItems(beam.PTransform):

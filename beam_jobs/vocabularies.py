@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 
+from beam_jobs.sample_coder import SampleRecord
 from tfsr import layout
 from tfsr.features import default_features, vocab_features
 
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 VOCAB_FEATURES = tuple(f.name for f in vocab_features(default_features()))
 
 
-def _vocab_values(record: dict, features: Sequence[str]) -> Iterator[tuple[str, str]]:
+def _vocab_values(record: SampleRecord, features: Sequence[str]) -> Iterator[tuple[str, str]]:
     for feature in features:
         value = record[feature]
         for item in value if isinstance(value, list) else [value]:

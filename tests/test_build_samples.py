@@ -10,6 +10,7 @@ from beam_jobs import build_samples as bs
 from beam_jobs import catalogue, core, reading, sources, text_features, vocabularies, writing
 from beam_jobs import manifest as bmanifest
 from beam_jobs import splits as bsplits
+from beam_jobs.sample_coder import SampleRecord
 from beam_jobs.text_inference import TextEncoderModelHandler, saved_model_dim
 from tfsr import layout
 from tfsr.data import make_items_dataset
@@ -65,6 +66,11 @@ def encoder_dir(tmp_path_factory) -> str:
     return export_text_encoder(
         tiny_text_encoder(seed=0, dim=TEXT_DIM), tmp_path_factory.mktemp("enc") / "encoder"
     )
+
+
+def _samples(records) -> list[SampleRecord]:
+    """Records as the job's element type (the split and vocabulary transforms are typed for it)."""
+    return [SampleRecord(r) for r in records]
 
 
 def _rec(user, ts, item="1", domain="rec_drama", label=1):
@@ -125,7 +131,9 @@ def test_split_warm_per_user_and_global():
     # b (3 rows): ceil(2.4) = 3 -> no eval row, ceil(1.8) = 2 -> its last row is validation.
     # global (8 rows): eval cutoff = 7th timestamp (100), valid cutoff = ceil(4.8) = 5th (5).
     with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
-        per_user = p | "PU" >> beam.Create(records) | "SplitPU" >> bsplits.SplitWarm("per_user", 0.2, 0.2)
+        per_user = (
+            p | "PU" >> beam.Create(_samples(records)) | "SplitPU" >> bsplits.SplitWarm("per_user", 0.2, 0.2)
+        )
         assert_that(
             per_user["rows"] | "PUKeys" >> beam.Map(lambda sr: (sr[1]["user_id"], sr[1]["timestamp"], sr[0])),
             equal_to(
@@ -137,7 +145,11 @@ def test_split_warm_per_user_and_global():
             label="PerUser",
         )
         assert_that(per_user["cutoffs"], equal_to([]), label="PerUserCutoffs")
-        glob = p | "G" >> beam.Create(records[::-1]) | "SplitG" >> bsplits.SplitWarm("global", 0.2, 0.2)
+        glob = (
+            p
+            | "G" >> beam.Create(_samples(records[::-1]))
+            | "SplitG" >> bsplits.SplitWarm("global", 0.2, 0.2)
+        )
         assert_that(
             glob["rows"] | "GKeys" >> beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
             equal_to(
@@ -163,7 +175,9 @@ def test_split_cold_keeps_the_future_out_of_fine_tuning():
     with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
         # 20 rows, eval 0.25: cutoff = 15th timestamp; then 2 validation rows, 5 fine-tune rows
         split = (
-            p | beam.Create(records) | bsplits.SplitCold(eval_fraction=0.25, finetune_rows=5, valid_rows=2)
+            p
+            | beam.Create(_samples(records))
+            | bsplits.SplitCold(eval_fraction=0.25, finetune_rows=5, valid_rows=2)
         )
         assert_that(
             split["rows"] | beam.Map(lambda sr: (sr[1]["timestamp"], sr[0])),
@@ -203,7 +217,11 @@ def test_split_cold_breaks_timestamp_ties_by_sample_key_not_by_order():
     )
     for order in (tied + later, later + tied[::-1]):
         with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
-            split = p | beam.Create(order) | bsplits.SplitCold(0.3, finetune_rows=3, valid_rows=2, seed=7)
+            split = (
+                p
+                | beam.Create(_samples(order))
+                | bsplits.SplitCold(0.3, finetune_rows=3, valid_rows=2, seed=7)
+            )
             assert_that(split["rows"] | beam.Map(lambda sr: (sr[1]["item_id"], sr[0])), equal_to(expected))
     assert splits.sample_key(tied[0], 7) == splits.sample_key(dict(reversed(tied[0].items())), 7)
     assert splits.sample_key(tied[0], 7) != splits.sample_key(tied[0], 8)
@@ -271,7 +289,11 @@ def test_write_vocabularies_most_frequent_first(tmp_path):
     ]
     (tmp_path / layout.VOCAB_DIR).mkdir()
     with test_pipeline.TestPipeline(runner=core.LOCAL_RUNNER) as p:
-        sizes = p | beam.Create(records) | vocabularies.WriteVocabularies(str(tmp_path), min_frequency=2)
+        sizes = (
+            p
+            | beam.Create(_samples(records))
+            | vocabularies.WriteVocabularies(str(tmp_path), min_frequency=2)
+        )
         assert_that(
             sizes,
             equal_to(
@@ -883,3 +905,16 @@ def test_refuses_to_mix_with_an_existing_samples_directory(tmp_path):
     assert not tmp_path.exists()
     with pytest.raises(SystemExit, match="matches no file"):
         bs._check_args(bs._parser().parse_args(["--logs", str(tmp_path / "*.jsonl"), "--output_dir", "o"]))
+
+
+def test_type_hints_say_what_flows_checked_at_run_time(tmp_path, encoder_dir):
+    """Beam's pipeline type check runs on every job (at construction); here Beam also checks the elements
+    against the declared hints as they flow (--performance_runtime_type_check), over MovieLens rows with
+    bad lines: a hint that named a type the records are not (a plain dict for SampleRecord) fails here.
+
+    Not over generic logs: Beam 2.78's run-time check also holds a step's dead letters (tagged outputs)
+    against the hint of the step that reads its main output, and the log parser's consumer is typed."""
+    out = _run(
+        tmp_path, encoder_dir, "--movielens_dir", str(DATA / "ml_corrupt"), "--performance_runtime_type_check"
+    )
+    assert layout.read_manifest(out)["reconciliation"]["balanced"]

@@ -1,10 +1,10 @@
 """End to end on the real MovieLens data (a slice of it, tiny text encoder, few steps):
 `tfsr train` → resume → `tfsr finetune` → `tfsr evaluate`, the report's structure, frozen levels."""
 
-import csv
 import json
 import pathlib
 
+from tfsr.datasets import movielens
 from tfsr.training import cli, workflows
 from tfsr.training.loop import read_history
 
@@ -15,39 +15,9 @@ from training_samples import MODEL_FLAGS
 pytestmark = pytest.mark.slow  # Beam preprocessing of a MovieLens slice + three short trainings (~1-2 min)
 
 
-def _slice_movielens(
-    src: pathlib.Path, dst: pathlib.Path, max_user: int = 40, max_tags: int = 400
-) -> pathlib.Path:
-    """ratings of users <= max_user, the first max_tags tag applications, the movies they reference."""
-    dst.mkdir(parents=True)
-    movies_used = set()
-    with open(src / "ratings.csv", newline="") as fin, open(dst / "ratings.csv", "w", newline="") as fout:
-        reader, writer = csv.reader(fin), csv.writer(fout)
-        writer.writerow(next(reader))
-        for row in reader:
-            if int(row[0]) <= max_user:
-                writer.writerow(row)
-                movies_used.add(row[1])
-    with open(src / "tags.csv", newline="") as fin, open(dst / "tags.csv", "w", newline="") as fout:
-        reader, writer = csv.reader(fin), csv.writer(fout)
-        writer.writerow(next(reader))
-        for i, row in enumerate(reader):
-            if i >= max_tags:
-                break
-            writer.writerow(row)
-            movies_used.add(row[1])
-    with open(src / "movies.csv", newline="") as fin, open(dst / "movies.csv", "w", newline="") as fout:
-        reader, writer = csv.reader(fin), csv.writer(fout)
-        writer.writerow(next(reader))
-        for i, row in enumerate(reader):
-            if row[0] in movies_used or i % 10 == 0:  # plus some unrated movies, as search candidates
-                writer.writerow(row)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def sliced_movielens(movielens_dir, tmp_path_factory):
-    return _slice_movielens(movielens_dir, tmp_path_factory.mktemp("e2e") / "ml")
+    return movielens.write_slice(movielens_dir, tmp_path_factory.mktemp("e2e") / "ml")
 
 
 def _preprocess(data: pathlib.Path, out: pathlib.Path, *flags: str) -> pathlib.Path:

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import tfsr  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 from tfsr import layout
+from tfsr.versions import format_versions, stack_versions
 
 # A saved tfsr model is a directory holding this file (tfsr.models.io.CONFIG_FILE); a `tfsr train` run
 # directory holds the model under MODEL_SUBDIR (tfsr.training.workflows.MODEL_DIR). Both are named here
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        print(f"tfsr {tfsr.__version__}")
+        print(format_versions(stack_versions()))
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

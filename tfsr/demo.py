@@ -17,13 +17,14 @@ import collections
 import logging
 import pathlib
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
 import time
 
 import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from tfsr import cli
+from tfsr import cli, layout
 from tfsr.datasets import movielens
 from tfsr.datasets.locate import find_movielens
 
@@ -147,12 +148,23 @@ def main(argv: list[str] | None = None) -> int:
         default=100,
         help="movies retrieved from the catalogue per request, then ranked",
     )
+    parser.add_argument(
+        "--max_user",
+        type=int,
+        help="run on a slice: the ratings of users with id <= this, 400 tags (a smoke run; default: all)",
+    )
+    parser.add_argument("--max_steps", type=int, help="cap on each training stage's steps (a smoke run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = find_movielens(args.data, "--data")
     log.info("MovieLens ml-latest-small: %s", data)
 
     work = pathlib.Path(args.workdir)
+    if args.max_user is not None:
+        shutil.rmtree(work / "data", ignore_errors=True)
+        data = movielens.write_slice(data, work / "data", max_user=args.max_user)
+        log.info("a slice of it (users <= %d): %s", args.max_user, data)
+    steps = ["--max_steps", str(args.max_steps)] if args.max_steps else []
     samples, pretrain, coldstart = work / "samples", work / "runs" / "pretrain", work / "runs" / "coldstart"
     retrieval, retrieval_coldstart = work / "runs" / "retrieval", work / "runs" / "retrieval_coldstart"
     started = time.monotonic()
@@ -175,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs",
         str(args.epochs),
         "--fresh",
+        *steps,
     )
     _tfsr(
         "finetune",
@@ -185,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "--output_dir",
         str(coldstart),
         "--fresh",
+        *steps,
     )
     _tfsr(
         "evaluate",
@@ -209,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs",
         str(args.retrieval_epochs),
         "--fresh",
+        *steps,
     )
     _tfsr(
         "finetune",
@@ -219,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "--output_dir",
         str(retrieval_coldstart),
         "--fresh",
+        *steps,
     )
     _tfsr(
         "evaluate",
@@ -243,6 +259,17 @@ def main(argv: list[str] | None = None) -> int:
         args.name,
         "--text_encoder",
         args.text_encoder,
+    )
+    # offline scoring of the cold-start domain's eval samples with the export (Beam RunInference)
+    _tfsr(
+        "batch-score",
+        "--saved_model",
+        str(pathlib.Path(args.export_base) / args.name),
+        "--input",
+        layout.split_pattern(samples, layout.COLDSTART_EVAL),
+        "--output_dir",
+        str(work / "batch_scores"),
+        "--overwrite",
     )
     serve_and_score(
         pathlib.Path(args.export_base),

@@ -22,6 +22,7 @@ primitives of :mod:`tfsr.datasets.rows`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import logging
@@ -286,6 +287,40 @@ def read_movielens(directory: str | os.PathLike | None = None) -> MovieLensData:
     if rejections:
         logger.warning("%s: rejected %d rows (first: %s)", folder, len(rejections), rejections[0])
     return MovieLensData(movies, ratings, tags, rejections)
+
+
+def write_slice(
+    source: str | os.PathLike, destination: str | os.PathLike, max_user: int = 40, max_tags: int = 400
+) -> pathlib.Path:
+    """Writes a small ml-latest-small directory: the ratings of users <= `max_user`, the first `max_tags`
+    tag applications, the movies they reference plus every tenth other movie (search candidates no one
+    rated). Rows are copied as they are, so the slice reads like the real files (smoke runs, tests)."""
+    src, dst = pathlib.Path(source), pathlib.Path(destination)
+    dst.mkdir(parents=True)
+    used: set[str] = set()
+
+    def copy(name: str, keep) -> None:
+        with open(src / name, newline="") as fin, open(dst / name, "w", newline="") as fout:
+            reader, writer = csv.reader(fin), csv.writer(fout)
+            writer.writerow(next(reader))
+            writer.writerows(row for i, row in enumerate(reader) if keep(i, row))
+
+    def rated(_, row) -> bool:
+        if int(row[0]) <= max_user:
+            used.add(row[1])
+            return True
+        return False
+
+    def tagged(i, row) -> bool:
+        if i < max_tags:
+            used.add(row[1])
+            return True
+        return False
+
+    copy("ratings.csv", rated)
+    copy("tags.csv", tagged)
+    copy("movies.csv", lambda i, row: row[0] in used or i % 10 == 0)
+    return dst
 
 
 # ----------------------------------------------------------------------------------------- download

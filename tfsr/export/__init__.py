@@ -54,6 +54,7 @@ import tfsr  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from tfsr import contract, data, layout
 from tfsr.features import Feature, FeatureSpec
 from tfsr.text.lookup import TextEmbedder, TextLookup, read_text_embeddings
+from tfsr.versions import stack_versions
 
 import numpy as np
 import tensorflow as tf
@@ -552,8 +553,7 @@ def export_model(
             "model_name": model_name,
             "version": int(version),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "tfsr_version": tfsr.__version__,
-            "tensorflow_version": tf.__version__,
+            "versions": stack_versions(),
             "signatures": methods,
             "text_encoder": dict(getattr(text_encoder, "identity", {}) or {})
             if text_encoder is not None
