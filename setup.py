@@ -11,7 +11,8 @@ INSTALL_REQUIRES = [
     "tensorflow>=2.21,<2.22",
     "tf-keras>=2.21,<2.22",
     "tensorflow-recommenders>=0.7.7,<0.8",
-    "tensorflow-text>=2.21,<2.22",
+    # 2.21.0's wheels do not load (undefined symbol icudt77_dat; found by `make upgrade-check`)
+    "tensorflow-text>=2.21.1,<2.22",
     "tensorflow-serving-api>=2.21,<2.22",
     BEAM.format(extras="tfrecord"),
     "protobuf>=6.31.1,<6.34",
@@ -40,6 +41,8 @@ setup(
         "dataflow": [BEAM.format(extras="gcp,tfrecord")],
         # uv resolves the lock and the upgrade check's scratch environments (docs/DEPENDENCIES.md).
         "dev": ["pytest", "pytest-timeout", "ruff", "scipy", "import-linter", "uv"],
+        # The outside peers of the quality benchmarks (benchmarks/bench_peers.py); never imported by tfsr.
+        "bench": ["deepctr==0.9.4", "lightgbm>=4.7,<4.8"],
     },
     entry_points={
         "console_scripts": [

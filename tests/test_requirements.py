@@ -81,14 +81,14 @@ def test_setup_py_caps_each_fast_moving_dependency_above_its_locked_version():
         assert spec.contains(pins[name]), f"{name}=={pins[name]} (lock) is outside {spec} (setup.py)"
 
 
-def test_moved_packages_lists_changed_new_and_gone_versions():
+def test_moved_packages_lists_changed_and_new_versions_and_what_was_left_out():
     locked = {"apache-beam": "2.78.0", "numpy": "2.4.6", "gone": "1"}
     tried = {"apache-beam": "2.72.0", "numpy": "2.4.6", "new": "3"}
     assert upgrade_check.moved_packages(locked, tried) == [
         {"name": "apache-beam", "locked": "2.78.0", "tried": "2.72.0"},
-        {"name": "gone", "locked": "1", "tried": None},
         {"name": "new", "locked": None, "tried": "3"},
     ]
+    assert upgrade_check.left_out(locked, tried) == ["gone"]
 
 
 def test_tfsr_version_prints_the_stack_it_runs_on():
