@@ -187,11 +187,21 @@ def _tfsr(*args: str) -> None:
         raise SystemExit(f"tfsr {args[0]} failed with exit status {status}")
 
 
-def tfsr_defaults(samples_dir: pathlib.Path, work: pathlib.Path, seed: int, model_type: str | None) -> dict:
-    """`tfsr train` (default flags but the seed and model type) → `tfsr finetune` → `tfsr evaluate`."""
+def tfsr_run(samples_dir: pathlib.Path, work: pathlib.Path, seed: int, train_flags: list[str]) -> dict:
+    """`tfsr train` (default flags but the seed and `train_flags`) → `tfsr finetune` (defaults) →
+    `tfsr evaluate`: what a user runs."""
     pretrain, coldstart, report = work / "pretrain", work / "coldstart", work / "report"
-    model = ["--model_type", model_type] if model_type else []
-    _tfsr("train", "--samples_dir", samples_dir, "--output_dir", pretrain, "--seed", seed, "--fresh", *model)
+    _tfsr(
+        "train",
+        "--samples_dir",
+        samples_dir,
+        "--output_dir",
+        pretrain,
+        "--seed",
+        seed,
+        "--fresh",
+        *train_flags,
+    )
     _tfsr(
         "finetune",
         "--samples_dir",
@@ -213,6 +223,32 @@ def tfsr_defaults(samples_dir: pathlib.Path, work: pathlib.Path, seed: int, mode
         "--no_plots",
     )
     return json.loads((report / "report.json").read_text())
+
+
+# name -> `tfsr train` flags. The defaults (what the targets are about), then the harness-gap ablations of
+# tfsr's deepfm towards DeepCTR's setting (issue 25, item 5), one change each, then all of them at once.
+NO_SELECTION = ["--epochs", "3", "--set", "validation_split=", "--set", "calibrate=false"]
+TFSR_MODELS = {
+    "tfsr SRFoundation (defaults)": [],
+    "tfsr deepfm (defaults)": ["--model_type", "deepfm"],
+    # every training row used (issue 25, item 3): validation picks epochs and calibration, then a refit
+    "tfsr SRFoundation --refit": ["--refit"],
+    "tfsr deepfm --refit": ["--model_type", "deepfm", "--refit"],
+}
+TFSR_ABLATIONS = {
+    "tfsr deepfm, no text aspect": ["--model_type", "deepfm", "--set", "model.use_text=false"],
+    "tfsr deepfm, embedding 16": ["--model_type", "deepfm", "--set", "model.embedding_dim=16"],
+    "tfsr deepfm, 3 epochs, no selection or calibration": ["--model_type", "deepfm", *NO_SELECTION],
+    "tfsr deepfm, all three (DeepCTR's setting but the valid rows)": [
+        "--model_type",
+        "deepfm",
+        "--set",
+        "model.use_text=false",
+        "--set",
+        "model.embedding_dim=16",
+        *NO_SELECTION,
+    ],
+}
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -300,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default="artifacts/bench_peers", help="tfsr runs go here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no_tfsr", action="store_true", help="train the outside peers only")
+    parser.add_argument(
+        "--ablations", action="store_true", help="also the harness-gap ablations (first seed only)"
+    )
+    parser.add_argument("--only", help="run only the models whose name contains this text")
+    parser.add_argument(
+        "--merge", action="store_true", help="add to (replace the same models of) the existing --out JSON"
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers.json"))
     parser.add_argument("--doc", default=str(REPO / "docs" / "BENCHMARKS_PEERS.md"), help="markdown written")
     args = parser.parse_args(argv)
@@ -333,26 +376,45 @@ def main(argv: list[str] | None = None) -> int:
             seconds,
         )
 
+    peers = {
+        "DeepCTR 0.9.4 DeepFM (ids)": lambda seed: deepctr_deepfm(train, finetune, evals, indexer, seed),
+        "LightGBM 4 (ids)": lambda seed: lightgbm_ids(train, finetune, evals, indexer, seed),
+    }
+    if args.ablations:  # what the validation carve-out costs a stock model: pretrain_train rows only
+        carved = read_rows(samples, [layout.PRETRAIN_TRAIN])
+        peers["DeepCTR DeepFM, pretrain_train rows only"] = lambda seed: deepctr_deepfm(
+            carved, finetune, evals, indexer, seed
+        )
+    runs = {} if args.no_tfsr else {**TFSR_MODELS, **(TFSR_ABLATIONS if args.ablations else {})}
+    if args.only:
+        peers = {k: v for k, v in peers.items() if args.only in k}
+        runs = {k: v for k, v in runs.items() if args.only in k}
     for seed in args.seeds:
-        for name, peer in (
-            ("DeepCTR 0.9.4 DeepFM (ids)", deepctr_deepfm),
-            ("LightGBM 4 (ids)", lightgbm_ids),
-        ):
+        for name, peer in peers.items():
             started = time.perf_counter()
-            probs = peer(train, finetune, evals, indexer, seed)
+            probs = peer(seed)
             record(name, seed, peer_report(probs, evals, cold), time.perf_counter() - started)
-        if not args.no_tfsr:
-            for name, model_type in (
-                ("tfsr SRFoundation (defaults)", None),
-                ("tfsr deepfm (defaults)", "deepfm"),
-            ):
-                started = time.perf_counter()
-                work = pathlib.Path(args.work_dir) / f"{model_type or 'srfoundation'}_seed{seed}"
-                report = tfsr_defaults(samples, work, seed, model_type)
-                record(name, seed, report, time.perf_counter() - started)
+        for name, flags in runs.items():
+            if seed != args.seeds[0] and name in TFSR_ABLATIONS:
+                continue  # ablations: the first seed only
+            started = time.perf_counter()
+            work = (
+                pathlib.Path(args.work_dir) / f"{''.join(c if c.isalnum() else '_' for c in name)}_seed{seed}"
+            )
+            report = tfsr_run(samples, work, seed, flags)
+            record(name, seed, report, time.perf_counter() - started)
 
+    out = pathlib.Path(args.out)
+    if args.merge and out.exists():
+        earlier = json.loads(out.read_text())
+        models = {**earlier["models"], **models}
+        runs = {**earlier.get("flags", {}), **runs}
+    command = " ".join(["benchmarks/bench_peers.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.merge and out.exists():
+        command = f"{earlier['command']}; then {command}"
     results = {
-        "command": " ".join(["benchmarks/bench_peers.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
+        "flags": {name: flags for name, flags in runs.items()},
         "date": _dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "samples_dir": str(samples),
@@ -360,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "domains": {"warm": warm, "search": search, "cold": cold},
         "models": models,
     }
-    pathlib.Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     pathlib.Path(args.doc).write_text(render_doc(results), encoding="utf-8")
     print(render(results))
     print(f"wrote {args.out}, {args.doc}")

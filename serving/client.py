@@ -37,6 +37,7 @@ from tfsr.contract import (
     RETRIEVE_AND_RANK_SIGNATURE,
     RETRIEVE_SIGNATURE,
 )
+from tfsr.datasets.rows import normalize_query
 
 import grpc
 import tensorflow as tf
@@ -57,6 +58,16 @@ log = logging.getLogger("tfsr.client")
 # value a context without them gets (a recommendation context has no query).
 CONTEXT_INPUTS = ("domain", "user_id", "query_id", "query_text")
 CONTEXT_DEFAULTS = {"query_id": "", "query_text": ""}
+
+
+def with_query_id(context: Mapping) -> dict:
+    """`context` with ``query_id`` derived from ``query_text`` the way training derives it
+    (:func:`tfsr.datasets.rows.normalize_query`: NFKC, case-folded, whitespace collapsed) when it has a
+    query text and no query id, so "Space  Opera" finds the id "space opera" the model learned."""
+    context = dict(context)
+    if context.get("query_text") and not context.get("query_id"):
+        context["query_id"] = normalize_query(str(context["query_text"]))
+    return context
 
 
 def make_example(record: Mapping[str, object], spec=None) -> example_pb2.Example:
@@ -286,6 +297,7 @@ class ScoringClient:
         """One request: `context` (domain, user, query) merged into each candidate (item features)."""
         if not candidates:
             raise ValueError("no candidates to score")
+        context = with_query_id(context)
         return self.predict_request(self.examples([{**context, **c} for c in candidates]))
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
@@ -331,6 +343,7 @@ class ScoringClient:
             raise ValueError("no context to retrieve for")
         if isinstance(k, bool) or not isinstance(k, int):
             raise ValueError(f"k must be an int, got {k!r}")
+        contexts = [with_query_id(c) for c in contexts]
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec, signature_name)
         for name, default in self.context_inputs():
@@ -512,7 +525,6 @@ def main(argv: list[str] | None = None) -> int:
                     "domain": args.domain,
                     "user_id": args.user_id,
                     "query_text": args.query_text,
-                    "query_id": args.query_text.strip().lower(),
                 }
                 candidates = [{"item_id": i.strip()} for i in args.items.split(",") if i.strip()]
             if args.retrieve is not None:

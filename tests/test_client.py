@@ -106,6 +106,22 @@ def test_make_example_and_candidate_request():
     client.close()
 
 
+def test_a_query_text_gets_the_query_id_training_gave_it():
+    """Training derives query ids with normalize_query (NFKC, casefold, whitespace collapsed); a client
+    that sends only the text must look up the same id, or the query is out of vocabulary."""
+    context = {"domain": "search_tags", "user_id": "u", "query_text": "  Space\u3000OPERA  Straße "}
+    assert client_lib.with_query_id(context)["query_id"] == "space opera strasse"
+    assert client_lib.with_query_id({**context, "query_id": "given"})["query_id"] == "given"
+    assert "query_id" not in client_lib.with_query_id({"domain": "rec_drama", "user_id": "u"})
+    client = _client()
+    request = client.candidate_request(context, [{"item_id": "a"}])
+    example = tf.train.Example.FromString(tf.make_ndarray(request.inputs["examples"])[0])
+    assert example.features.feature["query_id"].bytes_list.value == [b"space opera strasse"]
+    request = client.retrieval_request([context], 5)
+    assert tf.make_ndarray(request.inputs["query_id"]).tolist() == [b"space opera strasse"]
+    client.close()
+
+
 def test_format_ranking():
     rows = [
         {

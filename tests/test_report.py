@@ -27,7 +27,7 @@ def _report():
     )
     rep["meta"] = {"model": "unit", "split": "pretrain_eval"}
     rep["history"] = {
-        "pretrain": [{"step": 10, "loss": 0.7}, {"step": 20, "loss": 0.6}],
+        "pretrain": [{"step": 10, "loss": 0.7}, {"step": 20, "loss": 0.6}, {"step": 20, "val_loss": 0.65}],
         "finetune": [{"step": 25, "loss": 0.65}],
     }
     rep["domains"]["rec_action"]["gauc"] = float("nan")  # strict JSON must survive NaN
@@ -63,6 +63,9 @@ def test_write_report_files_and_structure(tmp_path):
         "![Aspect gate weights](gate_weights.png)",
     ):
         assert section in md
+    # the last point of a stage is its validation record: the training losses come from the others
+    assert "| pretrain | 20 | 0.7000 | 0.6000 | 0.6500 |" in md
+    assert "| finetune | 25 | 0.6500 | 0.6500 | – |" in md
 
 
 def test_grouped_bars_with_errors(tmp_path):

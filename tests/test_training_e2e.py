@@ -80,6 +80,36 @@ def test_resume_continues_the_step_count(samples, pretrained, tmp_path):
     assert steps == [2, 3, 4, 5], steps
 
 
+def test_refit_trains_a_fresh_model_on_train_and_valid_rows_for_the_chosen_epochs(samples, tmp_path):
+    """--refit: validation picks the epoch and the calibration, then a fresh model learns from the training
+    and the validation rows for that many epochs and becomes the run's model, calibrated as chosen."""
+    import math
+
+    from tfsr import layout
+    from tfsr.models import load_model
+
+    run = tmp_path / "refit"
+    args = ["--samples_dir", str(samples), "--output_dir", str(run), "--batch_size", "256", "--epochs", "2"]
+    assert cli.train_main([*args, "--refit", "--log_every", "5", *MODEL_FLAGS]) == 0
+    selection = json.loads((run / "selection.json").read_text())
+    counts = layout.read_manifest(samples)["counts"]
+    rows = sum(c["samples"] for split in ("pretrain_train", "pretrain_valid") for c in counts[split].values())
+    epochs = selection["best"]["epoch"]
+    assert selection["refit"] == {
+        "epochs": epochs,
+        "splits": ["pretrain_train", "pretrain_valid"],
+        "steps": epochs * math.ceil(rows / 256),  # every training and validation row, once per epoch
+    }
+    assert read_history(run / "refit")[-1]["step"] == selection["refit"]["steps"]  # trained in refit/
+    model = load_model(str(run / "model"))  # the kept model: the refit, with the chosen calibration
+    assert selection["calibration"]
+    for domain, chosen in selection["calibration"].items():
+        scale, shift = model.calibration.domain(model.domain_registry[domain].id)
+        assert (scale, shift) == pytest.approx((chosen["scale"], chosen["shift"]), rel=1e-6)
+    with pytest.raises(ValueError, match="refit needs a validation_split"):
+        workflows.TrainConfig(samples_dir="s", output_dir="o", refit=True, validation_split=None).validate()
+
+
 def test_finetune_keeps_frozen_levels_and_evaluate_writes_report(samples, pretrained, tmp_path):
     from tfsr import layout
     from tfsr.training.config import resolve

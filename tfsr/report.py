@@ -146,9 +146,14 @@ def markdown_report(
         out += ["", "## Training", ""]
         rows = []
         for stage, points in history.items():
+            # a stage's history holds training points ("loss") and epoch-end validation points ("val_loss")
+            train = [p["loss"] for p in points if "loss" in p]
+            valid = [p["val_loss"] for p in points if "val_loss" in p]
             if points:
-                rows.append([stage, points[-1].get("step"), points[0].get("loss"), points[-1].get("loss")])
-        out.append(markdown_table(["stage", "last step", "first logged loss", "last logged loss"], rows))
+                first, last = (train[0], train[-1]) if train else (None, None)
+                rows.append([stage, points[-1].get("step"), first, last, valid[-1] if valid else None])
+        columns = ["stage", "last step", "first training loss", "last training loss", "last validation loss"]
+        out.append(markdown_table(columns, rows))
     if plots:
         out += ["", "## Plots", ""]
         out += [f"![{name}]({path})" for name, path in plots.items()]

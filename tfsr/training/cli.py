@@ -33,7 +33,7 @@ import shutil
 import sys
 
 from tfsr.cli import UsageError, check_path
-from tfsr.training.config import FINETUNE_DEFAULTS, FREEZE_LEVELS, TrainConfig, resolve
+from tfsr.training.config import FINETUNE_DEFAULTS, FREEZE_LEVELS, REFIT_DIR, TrainConfig, resolve
 
 log = logging.getLogger("tfsr.training")
 
@@ -74,6 +74,13 @@ def _common(parser: argparse.ArgumentParser, split_default: str) -> None:
         "--fresh", action="store_true", help="delete existing checkpoints instead of resuming"
     )
     parser.add_argument(
+        "--refit",
+        action="store_true",
+        default=None,
+        help="after validation chose the epoch and the calibration, retrain a fresh model on the training and "
+        "validation rows for that many epochs and keep it (docs/TRAINING.md)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -101,6 +108,7 @@ _COMMON_KEYS = (
     "checkpoint_every",
     "evaluate",
     "verbose",
+    "refit",
 )
 
 
@@ -126,6 +134,8 @@ def _prepare(cfg: TrainConfig, args: argparse.Namespace) -> bool:
     if args.fresh and (out / "checkpoints").exists():
         shutil.rmtree(out / "checkpoints")
         (out / "history.json").unlink(missing_ok=True)
+    if args.fresh:
+        shutil.rmtree(out / REFIT_DIR, ignore_errors=True)
     return True
 
 

@@ -29,6 +29,10 @@ FREEZE_LEVELS = ("L0", "L1", "L2_shared")
 MONITORS = ("val_auc", "val_loss")
 
 
+# The subdirectory of a run directory where a refit (TrainConfig.refit) trains.
+REFIT_DIR = "refit"
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """One training stage (``train`` = pretraining on the warm domains, ``finetune`` = cold start).
@@ -65,6 +69,11 @@ class TrainConfig:
         still restore the best one.
       calibrate: after training, fit each trained domain's Platt scaling on the validation slice
         (``DomainCalibration``: rankings unchanged, CTRs calibrated); other domains keep theirs.
+      refit: once validation has chosen the epoch and the calibration, train a fresh model (same seed) on
+        ``split`` and ``validation_split`` together for that many epochs and keep it, with the chosen
+        calibration, as the run's model: under a time split the validation rows are the newest training
+        rows, the ones that matter most. The selection run stays in the run directory (``best/``,
+        ``selection.json``); the refit trains under ``<output_dir>/refit/``. Ranking models only.
       evaluate: evaluate on the evaluation split(s) after training and write the report.
       eval_batch_size: batch size of evaluation.
       verbose: show a Keras progress bar per epoch (otherwise a log line every ``log_every`` steps).
@@ -95,6 +104,7 @@ class TrainConfig:
     monitor: str = "val_auc"
     patience: int | None = 2
     calibrate: bool = True
+    refit: bool = False
     evaluate: bool = False
     eval_batch_size: int = 4096
     verbose: bool = False
@@ -126,6 +136,8 @@ class TrainConfig:
             raise ValueError(f"patience must be a positive integer or null, got {self.patience!r}")
         if self.validation_split and self.validation_split == self.split:
             raise ValueError(f"validation_split must differ from the training split {self.split!r}")
+        if self.refit and not self.validation_split:
+            raise ValueError("refit needs a validation_split: it refits for the epochs validation chose")
         bad = [lvl for lvl in self.freeze if lvl not in FREEZE_LEVELS]
         if bad:
             raise ValueError(f"freeze levels must be among {FREEZE_LEVELS}, got {bad}")

@@ -17,6 +17,7 @@ calibration of the trained domains (:func:`validation_metrics`, :func:`calibrate
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -29,7 +30,7 @@ from typing import Any
 import tfsr  # noqa: F401  (already imported as the parent package, which selects Keras 2 first)
 from tfsr import evaluation, layout, report
 from tfsr.training import distributed
-from tfsr.training.config import TrainConfig
+from tfsr.training.config import REFIT_DIR, TrainConfig
 from tfsr.training.loop import Trainer, Validation, load_histories, set_seeds
 
 import numpy as np
@@ -85,7 +86,7 @@ def training_registry(spec, domains: Sequence[str]):
 
 def make_dataset(
     samples_dir,
-    split: str,
+    split: str | Sequence[str],
     spec,
     batch_size: int,
     *,
@@ -94,16 +95,19 @@ def make_dataset(
     domains: Sequence[str] | None = None,
     domain_weights=None,
 ) -> tf.data.Dataset:
-    """A split of a samples directory as model-ready batches: text keys looked up in its tables when the
-    samples carry keys (:func:`tfsr.text.lookup.samples_text_lookup`, shared by the run's datasets)."""
+    """A split (or several, read as one) of a samples directory as model-ready batches: text keys looked up
+    in its tables when the samples carry keys (:func:`tfsr.text.lookup.samples_text_lookup`, shared by the
+    run's datasets)."""
     from tfsr import data
     from tfsr.text.lookup import samples_text_lookup
 
     kwargs: dict[str, Any] = {"shuffle": shuffle, "seed": seed, "domains": list(domains) if domains else None}
     if domain_weights:
         kwargs["domain_weights"] = domain_weights
+    splits = [split] if isinstance(split, str) else list(split)
+    files = [f for s in splits for f in tf.io.gfile.glob(layout.split_pattern(samples_dir, s))]
     return data.make_dataset(
-        layout.split_pattern(samples_dir, split),
+        files if len(splits) > 1 else layout.split_pattern(samples_dir, splits[0]),
         spec,
         batch_size,
         text_lookup=samples_text_lookup(samples_dir, spec),
@@ -129,7 +133,9 @@ def _fit(
     domains: Sequence[str],
     model_config: dict | None,
     strategy=None,
+    splits: Sequence[str] | None = None,
 ):
+    """Trains `model` on `splits` (default ``cfg.split``) with the run's callbacks and validation."""
     out = pathlib.Path(cfg.output_dir)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
@@ -168,7 +174,7 @@ def _fit(
     def dataset_fn(epoch: int):
         return read(
             cfg.samples_dir,
-            cfg.split,
+            list(splits) if splits else cfg.split,
             spec,
             cfg.batch_size,
             shuffle=True,
@@ -295,17 +301,46 @@ def _save(model, cfg: TrainConfig, strategy=None) -> pathlib.Path:
 
 
 # --------------------------------------------------------------------------- stages
-def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy) -> dict[str, Any]:
+def _refit(selected, build, cfg: TrainConfig, spec, stage: str, domains, model_config, strategy, epochs: int):
+    """A fresh model (`build()`, seeded like the run) trained on the training and validation splits for the
+    chosen `epochs`, under ``<output_dir>/refit/``, with the selected model's calibration. Returns
+    (model, trainer, history)."""
+    refit_cfg = dataclasses.replace(
+        cfg,
+        output_dir=str(pathlib.Path(cfg.output_dir) / REFIT_DIR),
+        validation_split=None,
+        epochs=epochs,
+        max_steps=None,
+    )
+    set_seeds(cfg.seed)
+    with strategy.scope():
+        model = build()
+    splits = (cfg.split, cfg.validation_split)
+    log.info("%s: refitting a fresh model on %s for %d epoch(s)", stage, " + ".join(splits), epochs)
+    trainer, history = _fit(model, refit_cfg, spec, stage, domains, model_config, strategy, splits=splits)
+    calibration = getattr(selected, "calibration", None)
+    if calibration is not None:
+        model.calibration.set_weights(calibration.get_weights())
+    return model, trainer, history
+
+
+def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy, build=None) -> dict[str, Any]:
     """Fits one stage, saves the model, and (chief only) writes the config and the optional report.
 
-    Pretraining falls back to the model config's learning rate; fine-tuning has its own default.
+    Pretraining falls back to the model config's learning rate; fine-tuning has its own default. With
+    ``cfg.refit``, `build` makes the fresh model that is refitted on the training and validation rows.
     """
+    from tfsr.training.retrieval import is_retrieval
+
+    if cfg.refit and (build is None or is_retrieval(model)):
+        raise ValueError(
+            "refit is for ranking models (a retrieval model is selected on its validation clicks)"
+        )
     cfg.model = model.config.to_json()
     model_config = cfg.model if stage == "train" else None
     if distributed.is_chief():
         cfg.save(pathlib.Path(cfg.output_dir) / "config.json")
     trainer, history = _fit(model, cfg, spec, stage, domains, model_config, strategy)
-    from tfsr.training.retrieval import is_retrieval
 
     calibration = (
         calibrate(model, cfg.samples_dir, spec, cfg.validation_split, domains)
@@ -314,8 +349,21 @@ def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy) -> 
         and has_split(cfg.samples_dir, cfg.validation_split, domains)
         else {}
     )
+    selection = {"best": trainer.best, "calibration": calibration}
+    refit = None
+    if cfg.refit and trainer.best:
+        epochs = int(trainer.best["epoch"])
+        model, refit_trainer, refit_history = _refit(
+            model, build, cfg, spec, stage, domains, model_config, strategy, epochs
+        )
+        refit = {"epochs": epochs, "splits": [cfg.split, cfg.validation_split], "history": refit_history}
+        refit["steps"] = int(refit_trainer.step.numpy())
+        selection["refit"] = {k: v for k, v in refit.items() if k != "history"}
+    elif cfg.refit:
+        log.warning(
+            "%s: no validation ran, so there is nothing to refit for: the trained model is kept", stage
+        )
     if distributed.is_chief() and (trainer.best or calibration):
-        selection = {"best": trainer.best, "calibration": calibration}
         (pathlib.Path(cfg.output_dir) / "selection.json").write_text(json.dumps(selection, indent=1) + "\n")
     result = {
         "model": model,
@@ -324,6 +372,7 @@ def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy) -> 
         "history": history,
         "best": trainer.best,
         "calibration": calibration,
+        "refit": refit,
     }
     if cfg.evaluate and distributed.is_chief():
         result["report"] = run_evaluate(
@@ -348,11 +397,13 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     model_config = ModelConfig.from_json(cfg.model) if cfg.model else ModelConfig()
     if model_config.domains is None:
         model_config = model_config.with_registry(training_registry(spec, domains))
+    vocabularies = load_vocabularies(cfg.samples_dir)
     with strategy.scope():
-        model = build_model(model_config, spec, load_vocabularies(cfg.samples_dir))
+        model = build_model(model_config, spec, vocabularies)
         if cfg.pretrained:
             _init_from_pretrained(model, cfg)
-    return _run_stage(model, cfg, spec, "train", domains, strategy)
+    build = functools.partial(build_model, model_config, spec, vocabularies)
+    return _run_stage(model, cfg, spec, "train", domains, strategy, build)
 
 
 def _init_from_pretrained(model, cfg: TrainConfig) -> None:
@@ -411,9 +462,12 @@ def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
     domains = cfg.domains or [d.name for d in spec.domains.cold()]
     if not domains:
         raise ValueError("the feature spec has no cold-start domain; pass --domains")
+    build = functools.partial(
+        prepare_finetune_model, cfg.pretrained, spec, domains, cfg.freeze, cfg.init_from
+    )
     with strategy.scope():
-        model = prepare_finetune_model(cfg.pretrained, spec, domains, cfg.freeze, cfg.init_from)
-    return _run_stage(model, cfg, spec, "finetune", domains, strategy)
+        model = build()
+    return _run_stage(model, cfg, spec, "finetune", domains, strategy, build)
 
 
 def default_eval_splits(model, spec) -> list[str]:
