@@ -18,7 +18,7 @@ On one samples directory (``tfsr preprocess`` output), each seed trains:
 Ids are indexed on the training rows (index 0 for values never seen there, as a LabelEncoder user does).
 Everything is scored on ``pretrain_eval`` and ``coldstart_eval`` with :func:`tfsr.evaluation.evaluate_arrays`
 (AUC, GAUC, log loss per domain). Writes ``benchmarks/results/peers.json`` and prints the table
-(mean ± std over seeds) that ``docs/BENCHMARKS_QUALITY.md`` shows. DeepCTR and LightGBM are the ``bench``
+(mean ± std over seeds) and renders ``docs/BENCHMARKS_PEERS.md`` from the JSON. DeepCTR and LightGBM are the ``bench``
 extra of setup.py, in the lock; never a runtime dependency of tfsr.
 """
 
@@ -61,7 +61,7 @@ def read_rows(samples_dir: pathlib.Path, splits) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     spec = layout.read_feature_spec(samples_dir)
-    parse = {k: v for k, v in spec.parse_spec(roles=("raw", "label", "meta")).items()}
+    parse = spec.parse_spec(roles=("raw", "label", "meta"))  # varlen features parse to RaggedTensors
     files = [f for s in splits for f in sorted(tf.io.gfile.glob(layout.split_pattern(samples_dir, s)))]
     columns: dict[str, list] = {k: [] for k in (*ID_FEATURES, GENRES, "label")}
     if not files:
@@ -71,15 +71,8 @@ def read_rows(samples_dir: pathlib.Path, splits) -> dict[str, np.ndarray]:
         for name in ID_FEATURES:
             columns[name].append(batch[name].numpy().astype(str))
         columns["label"].append(batch["label"].numpy())
-        genres = batch[GENRES]
-        genres = genres.to_dense(default_value=b"") if isinstance(genres, tf.sparse.SparseTensor) else genres
-        genres = (
-            tf.RaggedTensor.from_tensor(genres, padding=b"")
-            if not isinstance(genres, tf.RaggedTensor)
-            else genres
-        )
-        padded = genres.to_tensor(default_value=b"", shape=[None, MAX_GENRES]).numpy().astype(str)
-        columns[GENRES].append(padded)
+        genres = batch[GENRES].to_tensor(default_value=b"", shape=[None, MAX_GENRES])
+        columns[GENRES].append(genres.numpy().astype(str))
     return {k: np.concatenate(v) for k, v in columns.items()}
 
 
@@ -405,16 +398,15 @@ def main(argv: list[str] | None = None) -> int:
             record(name, seed, report, time.perf_counter() - started)
 
     out = pathlib.Path(args.out)
+    command = " ".join(["benchmarks/bench_peers.py", *(argv if argv is not None else sys.argv[1:])])
     if args.merge and out.exists():
         earlier = json.loads(out.read_text())
         models = {**earlier["models"], **models}
         runs = {**earlier.get("flags", {}), **runs}
-    command = " ".join(["benchmarks/bench_peers.py", *(argv if argv is not None else sys.argv[1:])])
-    if args.merge and out.exists():
         command = f"{earlier['command']}; then {command}"
     results = {
         "command": command,
-        "flags": {name: flags for name, flags in runs.items()},
+        "flags": runs,
         "date": _dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "samples_dir": str(samples),

@@ -104,10 +104,12 @@ def make_dataset(
     kwargs: dict[str, Any] = {"shuffle": shuffle, "seed": seed, "domains": list(domains) if domains else None}
     if domain_weights:
         kwargs["domain_weights"] = domain_weights
-    splits = [split] if isinstance(split, str) else list(split)
-    files = [f for s in splits for f in tf.io.gfile.glob(layout.split_pattern(samples_dir, s))]
+    if isinstance(split, str):
+        files = layout.split_pattern(samples_dir, split)
+    else:  # several splits: their files, globbed here (make_dataset takes one pattern or a list of files)
+        files = [f for s in split for f in tf.io.gfile.glob(layout.split_pattern(samples_dir, s))]
     return data.make_dataset(
-        files if len(splits) > 1 else layout.split_pattern(samples_dir, splits[0]),
+        files,
         spec,
         batch_size,
         text_lookup=samples_text_lookup(samples_dir, spec),
@@ -324,7 +326,7 @@ def _refit(selected, build, cfg: TrainConfig, spec, stage: str, domains, model_c
     return model, trainer, history
 
 
-def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy, build=None) -> dict[str, Any]:
+def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy, build) -> dict[str, Any]:
     """Fits one stage, saves the model, and (chief only) writes the config and the optional report.
 
     Pretraining falls back to the model config's learning rate; fine-tuning has its own default. With
@@ -332,7 +334,7 @@ def _run_stage(model, cfg: TrainConfig, spec, stage: str, domains, strategy, bui
     """
     from tfsr.training.retrieval import is_retrieval
 
-    if cfg.refit and (build is None or is_retrieval(model)):
+    if cfg.refit and is_retrieval(model):
         raise ValueError(
             "refit is for ranking models (a retrieval model is selected on its validation clicks)"
         )
